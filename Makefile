@@ -1,0 +1,21 @@
+# The two commands of README.md. Both run scripts/setup.sh first, which installs what is
+# missing and reuses what an earlier run built.
+.PHONY: setup demo demo-keep demo-down test test-unit bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/vpnagent demo
+
+demo-keep: setup
+	.venv/bin/vpnagent demo --keep
+
+demo-down:
+	.venv/bin/vpnagent demo --down
+
+test: setup
+	.venv/bin/pytest -v -rs
+
+test-unit:
+	.venv/bin/pytest -q -m "not docker"

@@ -1,0 +1,367 @@
+"""The node agent: keeps a declarative picture of what the node's network must look like
+(VPN client, host exception, one entry per live run) and a `reconcile()` that makes the
+kernel match it. Run start, run end, start-up and a replaced VPN client all end in the same
+reconcile, so there is one code path that touches the firewall."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from . import firewall
+from .config import NodeConfig
+from .netns import Netns, NetnsError
+from .ports import PortAllocator, PortError, exposed_ports
+from .proxy import NodeProxy
+from .serverapi import ServerAPI, ServerError
+from .vpnclient import VPNClient
+
+log = logging.getLogger(__name__)
+
+ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
+
+
+class RunError(RuntimeError):
+    """One run could not be started; it is reported failed, the node goes on."""
+
+
+@dataclass
+class PortMap:
+    vpn_port: int
+    container_port: int
+    label: str | None
+
+
+@dataclass
+class LiveRun:
+    run_id: int
+    task_id: int
+    image: str
+    holder_id: str
+    holder_ip: str
+    holder_pid: int
+    ports: list[PortMap] = field(default_factory=list)
+    container_id: str | None = None
+    started: float = field(default_factory=time.time)
+    wired_ms: float | None = None
+
+
+class Agent:
+    def __init__(self, cfg: NodeConfig, docker_client: docker.DockerClient | None = None,
+                 api: ServerAPI | None = None) -> None:
+        self.cfg = cfg
+        self.docker = docker_client or docker.from_env(timeout=120)
+        self.api = api or ServerAPI(cfg.server_url, cfg.api_key)
+        self.vpn = VPNClient(cfg, self.docker, self.api)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ports = PortAllocator(*cfg.port_range, cfg.data_dir / "ports.json")
+        self.runs: dict[int, LiveRun] = {}
+        self.proxy: NodeProxy | None = None
+        self.iso_subnet: ipaddress.IPv4Network | None = None
+        self.iso_gateway: str | None = None
+        self.node: dict[str, Any] = {}
+        self.fixes: list[str] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ start-up
+    def start(self) -> None:
+        self.node = self.api.node_self()
+        log.info("node %s (server id %s, organisation %s)", self.cfg.name, self.node.get("id"),
+                 self.node.get("organization_id"))
+        self._ensure_network()
+        self._remove_orphans()
+        self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url).start()
+        log.info("node proxy listening on %s", self.proxy.url)
+        self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
+        self.reconcile()
+
+    def _ensure_network(self) -> None:
+        """The node's isolated (internal) network: algorithm containers have no way out but
+        the VPN client and the node proxy."""
+        try:
+            net = self.docker.networks.get(self.cfg.isolated_network)
+        except docker.errors.NotFound:
+            ipam = None
+            if self.cfg.isolated_subnet:
+                pool = docker.types.IPAMPool(subnet=str(self.cfg.isolated_subnet))
+                ipam = docker.types.IPAMConfig(pool_configs=[pool])
+            net = self.docker.networks.create(
+                self.cfg.isolated_network, driver="bridge", internal=True, ipam=ipam,
+                options={"com.docker.network.bridge.name": self.cfg.bridge_name},
+                labels={"vpnagent.node": self.cfg.name},
+            )
+            net.reload()
+        conf = net.attrs["IPAM"]["Config"][0]
+        self.iso_subnet = ipaddress.IPv4Network(conf["Subnet"])
+        self.iso_gateway = conf.get("Gateway") or str(next(self.iso_subnet.hosts()))
+
+    def _remove_orphans(self) -> None:
+        """Containers and ports of runs a previous agent process left behind: report the
+        runs failed and give everything back, so nothing is held by a run nobody watches."""
+        for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"}):
+            if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM):
+                c.remove(force=True)
+                self.fixes.append(f"removed orphan container {c.name}")
+        for run_id in sorted(self.ports.runs()):
+            self.ports.release(run_id)
+            self._quiet(self.api.delete_ports, run_id)
+            self._quiet(self.api.update_run, run_id, "failed", None, "node agent restarted during the run")
+            self.fixes.append(f"released ports of interrupted run {run_id}")
+
+    # ------------------------------------------------------------------ reconcile
+    def desired_rules(self) -> firewall.VpnClientRules | None:
+        st = self.vpn.state
+        if st is None:
+            return None
+        with self._lock:
+            runs = tuple(
+                firewall.RunRules(r.run_id, r.holder_ip,
+                                  tuple(firewall.Forward(p.vpn_port, p.container_port) for p in r.ports))
+                for r in sorted(self.runs.values(), key=lambda r: r.run_id)
+            )
+        return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs)
+
+    def reconcile(self) -> None:
+        """Make host exception, VPN client rules and run routes match the desired state.
+        Idempotent: calling it again with nothing changed rewrites the same rules."""
+        with self._lock:
+            host = Netns(None)
+            batch = firewall.render_host(self.cfg.host_chain, self.cfg.bridge_name, str(self.cfg.vpn_subnet),
+                                         firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout))
+            host.iptables_restore(batch)
+            desired = self.desired_rules()
+            if desired is None:
+                return
+            ns = Netns(self.vpn.state.pid)
+            ns.iptables_restore(firewall.render_vpn_client(desired, firewall.parse_save(ns.iptables_save())))
+            for run in self.runs.values():
+                Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
+        self._write_status()
+
+    def check_vpn(self) -> None:
+        """A VPN client that died or was replaced is brought back, then everything is
+        re-applied through reconcile (its namespace, and so its rules, are new)."""
+        if self.vpn.state is not None and self.vpn.is_healthy():
+            return
+        why = "VPN client container is gone or lost tun0" if self.vpn.state else "no VPN yet"
+        log.warning("vpn: %s; reconnecting", why)
+        if self.vpn.connect(self.cfg.isolated_network, self.iso_subnet):
+            self.fixes.append(f"{time.strftime('%H:%M:%S')} reconnected the VPN client ({why})")
+            self.reconcile()
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, run: dict) -> LiveRun:
+        run_id = int(run["id"])
+        image = run["image"]
+        try:
+            meta = self.docker.images.get(image).attrs.get("Config") or {}
+        except docker.errors.ImageNotFound:
+            raise RunError(f"image {image} is not on this node (no registry is used); build or load it first") from None
+        specs = exposed_ports(meta)
+        token = self.api.container_token(run_id)
+        holder = self.docker.containers.run(
+            self.cfg.holder_image, ["sleep", "infinity"], detach=True,
+            name=f"vpnagent-{self.cfg.name}-run{run_id}-holder",
+            network=self.cfg.isolated_network,
+            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_HOLDER, "vpnagent.run": str(run_id)},
+        )
+        try:
+            t0 = time.perf_counter()
+            holder.reload()
+            live = LiveRun(run_id, int(run["task_id"]), image, holder.id,
+                           holder.attrs["NetworkSettings"]["Networks"][self.cfg.isolated_network]["IPAddress"],
+                           int(holder.attrs["State"]["Pid"]))
+            if self.vpn.state is not None:
+                vpn_ports = self.ports.allocate(run_id, len(specs))
+                live.ports = [PortMap(vp, s.port, s.label) for vp, s in zip(vpn_ports, specs)]
+            with self._lock:
+                self.runs[run_id] = live
+            self.reconcile()
+            live.wired_ms = (time.perf_counter() - t0) * 1e3
+            for p in live.ports:
+                self.api.register_port(run_id, p.vpn_port, p.label)
+            live.container_id = self._start_algorithm(run, live, token).id
+        except Exception:
+            self._teardown(run_id, holder_id=holder.id)
+            raise
+        log.info("run %s: started (ports %s, wired in %.1f ms)", run_id,
+                 [(p.vpn_port, p.container_port, p.label) for p in live.ports], live.wired_ms)
+        self._write_status()
+        return live
+
+    def _start_algorithm(self, run: dict, live: LiveRun, token: str):
+        run_dir = self.cfg.data_dir / "runs" / str(live.run_id)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (run_dir / "input.json").write_text(json.dumps(run.get("input")))
+        out = run_dir / "output.json"
+        if out.exists():
+            out.unlink()
+        env = {
+            "VPNAGENT_SERVER_URL": self.proxy.url if self.proxy else "",
+            "VPNAGENT_TOKEN": token,
+            "VPNAGENT_RUN_ID": str(live.run_id),
+            "VPNAGENT_TASK_ID": str(live.task_id),
+            "VPNAGENT_ORGANIZATION_ID": str(run.get("organization_id", "")),
+            "VPNAGENT_COLLABORATION_ID": str(run.get("collaboration_id", "")),
+            "VPNAGENT_IMAGE": live.image,
+            "VPNAGENT_INPUT_FILE": "/mnt/run/input.json",
+            "VPNAGENT_OUTPUT_FILE": "/mnt/run/output.json",
+        }
+        return self.docker.containers.run(
+            live.image, detach=True, name=f"vpnagent-{self.cfg.name}-run{live.run_id}",
+            network_mode=f"container:{live.holder_id}", environment=env,
+            volumes={str(run_dir): {"bind": "/mnt/run", "mode": "rw"}},
+            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_ALGORITHM, "vpnagent.run": str(live.run_id)},
+        )
+
+    def wait_run(self, run_id: int, timeout: float | None = None) -> tuple[str, Any, str]:
+        """Block until the algorithm container exits; returns (status, result, log)."""
+        live = self.runs[run_id]
+        container = self.docker.containers.get(live.container_id)
+        code = container.wait(timeout=timeout)["StatusCode"]
+        logs = container.logs().decode(errors="replace")
+        result = None
+        out = self.cfg.data_dir / "runs" / str(run_id) / "output.json"
+        try:
+            result = json.loads(out.read_text())
+        except (OSError, ValueError):
+            pass
+        return ("completed" if code == 0 else "failed"), result, logs
+
+    def finish_run(self, run_id: int) -> None:
+        """Give back everything the run got: rules, routes, ports (here and at the server),
+        holder and algorithm container."""
+        live = self.runs.get(run_id)
+        self._teardown(run_id, holder_id=live.holder_id if live else None)
+        log.info("run %s: finished and cleaned up", run_id)
+
+    def _teardown(self, run_id: int, holder_id: str | None) -> None:
+        with self._lock:
+            live = self.runs.pop(run_id, None)
+        try:
+            self.reconcile()
+        except (NetnsError, OSError) as exc:
+            log.error("run %s: could not update rules: %s", run_id, exc)
+        self.ports.release(run_id)
+        self._quiet(self.api.delete_ports, run_id)
+        ids = [i for i in (live.container_id if live else None, holder_id) if i]
+        for cid in ids:
+            try:
+                self.docker.containers.get(cid).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        self._write_status()
+
+    def _handle(self, run: dict) -> None:
+        run_id = int(run["id"])
+        try:
+            self.api.update_run(run_id, "initializing")
+            self.start_run(run)
+            self.api.update_run(run_id, "active")
+            status, result, logs = self.wait_run(run_id)
+        except (RunError, PortError, ServerError, docker.errors.APIError, NetnsError, ValueError) as exc:
+            log.error("run %s: failed to start: %s", run_id, exc)
+            self._teardown(run_id, holder_id=None)
+            self._quiet(self.api.update_run, run_id, "failed", None, f"vpnagent: {exc}")
+            return
+        self.finish_run(run_id)
+        self._quiet(self.api.update_run, run_id, status, result, logs)
+        log.info("run %s: %s", run_id, status)
+
+    # ------------------------------------------------------------------ loop
+    def serve_forever(self) -> None:
+        """Poll for work and keep the VPN healthy until stop() is called."""
+        busy: set[int] = set()
+        last_check = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                for run in self.api.pending_runs():
+                    rid = int(run["id"])
+                    if rid in busy:
+                        continue
+                    busy.add(rid)
+                    t = threading.Thread(target=self._handle, args=(run,), name=f"run-{rid}", daemon=True)
+                    self._threads.append(t)
+                    t.start()
+                if time.monotonic() - last_check > 2.0:
+                    last_check = time.monotonic()
+                    self.check_vpn()
+            except ServerError as exc:
+                log.warning("server: %s", exc)
+            except Exception:  # noqa: BLE001 - the loop must outlive any single failure
+                log.exception("agent loop error")
+            self._stop.wait(self.cfg.poll_interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Stop everything this node made: runs, VPN client, rules, network, proxy."""
+        self.stop()
+        for run_id in list(self.runs):
+            self._teardown(run_id, holder_id=self.runs[run_id].holder_id)
+            self._quiet(self.api.update_run, run_id, "failed", None, "node agent stopped")
+        cleanup(self.cfg, self.docker)
+        if self.proxy:
+            self.proxy.stop()
+        log.info("node %s stopped and cleaned up", self.cfg.name)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        st = self.vpn.state
+        return {
+            "node": self.cfg.name,
+            "vpn": {"connected": st is not None, "vpn_ip": st.vpn_ip if st else None,
+                    "since": st.since if st else None, "error": self.vpn.last_error},
+            "runs": [asdict(r) for r in self.runs.values()],
+            "fixes": self.fixes[-50:],
+        }
+
+    def _write_status(self) -> None:
+        path = self.cfg.data_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=2))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _quiet(fn, *args) -> Any:
+        try:
+            return fn(*args)
+        except ServerError as exc:
+            log.warning("server: %s", exc)
+            return None
+
+
+def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
+    """Remove everything a node made, whether or not its agent is alive: containers by label,
+    the host exception, the isolated network and the port records on disk."""
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": f"vpnagent.node={cfg.name}"}):
+        c.remove(force=True)
+        removed.append(f"container {c.name}")
+    host = Netns(None)
+    cur = firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout)
+    if cfg.host_chain in cur.chains.get("filter", set()):
+        host.iptables_restore(firewall.render_host(cfg.host_chain, cfg.bridge_name, str(cfg.vpn_subnet), cur, present=False))
+        removed.append(f"host chain {cfg.host_chain}")
+    try:
+        client.networks.get(cfg.isolated_network).remove()
+        removed.append(f"network {cfg.isolated_network}")
+    except docker.errors.NotFound:
+        pass
+    ports = cfg.data_dir / "ports.json"
+    if ports.exists():
+        ports.unlink()
+        removed.append("port records")
+    return removed

@@ -1,0 +1,110 @@
+"""`vpnagent` command line: run the node agent, show its status, clean up, build images."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    try:
+        agent.start()
+        agent.serve_forever()
+    finally:
+        agent.shutdown()
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    import docker
+
+    from .agent import cleanup
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    removed = cleanup(cfg, docker.from_env())
+    print("\n".join(f"removed {r}" for r in removed) or "nothing to remove")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    path = cfg.data_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"no status at {path}: is the agent for node {cfg.name} running?", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    vpn = status["vpn"]
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["since"])) if vpn.get("since") else "-"
+    print(f"node {status['node']}: VPN {'connected' if vpn['connected'] else 'NOT connected'}"
+          f"  ip {vpn.get('vpn_ip') or '-'}  since {since}")
+    if vpn.get("error"):
+        print(f"  last VPN error: {vpn['error']}")
+    print(f"{'run':>6}  {'task':>6}  {'holder ip':<15}  ports (vpn->container label)")
+    for r in status["runs"]:
+        ports = ", ".join(f"{p['vpn_port']}->{p['container_port']} {p['label'] or ''}".strip() for p in r["ports"])
+        print(f"{r['run_id']:>6}  {r['task_id']:>6}  {r['holder_ip']:<15}  {ports or '-'}")
+    for fix in status.get("fixes", []):
+        print(f"  fixed: {fix}")
+    return 0
+
+
+def _cmd_images(args: argparse.Namespace) -> int:
+    from .images import build_images
+
+    build_images(force=args.force)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vpnagent", description="vpnagent node agent: wires algorithm "
+                                     "containers into the private OpenVPN network of a collaboration.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="run the node agent in the foreground")
+    p.add_argument("--config", "-c", required=True, help="node YAML config")
+    p.set_defaults(fn=_cmd_run)
+    p = sub.add_parser("status", help="show VPN state and live runs of a running agent")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=_cmd_status)
+    p = sub.add_parser("cleanup", help="remove every container, rule and network this node made")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(fn=_cmd_cleanup)
+    p = sub.add_parser("images", help="build the local images (vpn, algorithm base, echo)")
+    isub = p.add_subparsers(dest="images_cmd", required=True)
+    b = isub.add_parser("build", help="build the images whose recipe changed")
+    b.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    b.set_defaults(fn=_cmd_images)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("docker").setLevel(logging.WARNING)
+    from .config import ConfigError
+
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"vpnagent: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The node's HTTP client for the server API (docs/api.md). It holds the node token and
+renews it on a 401, so callers never see an expired-token error."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import requests
+
+
+class ServerError(RuntimeError):
+    """The server refused or could not be reached; `status` is None when unreachable."""
+
+    def __init__(self, status: int | None, msg: str) -> None:
+        super().__init__(f"server said {status}: {msg}" if status else msg)
+        self.status = status
+        self.msg = msg
+
+
+class ServerAPI:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 15.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    def _authenticate(self) -> str:
+        data = self._send("POST", "/token/node", json={"api_key": self.api_key}, auth=False)
+        return data["access_token"]
+
+    def _send(self, method: str, path: str, auth: bool = True, **kwargs: Any) -> Any:
+        url = f"{self.base_url}{path}"
+        for attempt in range(2):
+            headers = {}
+            if auth:
+                with self._lock:
+                    if self._token is None:
+                        self._token = self._authenticate()
+                    headers["Authorization"] = f"Bearer {self._token}"
+            try:
+                resp = self._session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            except requests.RequestException as exc:
+                raise ServerError(None, f"cannot reach the server at {self.base_url}: {exc}") from exc
+            if resp.status_code == 401 and auth and attempt == 0:
+                with self._lock:
+                    self._token = None  # expired: get a fresh node token and retry once
+                continue
+            if resp.status_code >= 400:
+                try:
+                    msg = resp.json().get("msg", resp.text)
+                except ValueError:
+                    msg = resp.text[:200]
+                raise ServerError(resp.status_code, f"{method} {path}: {msg}")
+            return resp.json() if resp.content else None
+        raise ServerError(401, f"{method} {path}: the node API key was not accepted")
+
+    # --- node identity and VPN configuration
+    def node_self(self) -> dict:
+        return self._send("GET", "/node/self")
+
+    def get_vpn_config(self) -> str:
+        return self._send("GET", "/vpn")["ovpn_config"]
+
+    def renew_vpn_config(self, current: str) -> str:
+        return self._send("POST", "/vpn/update", json={"vpn_config": current})["ovpn_config"]
+
+    # --- runs
+    def pending_runs(self) -> list[dict]:
+        return self._send("GET", "/run", params={"state": "pending"})["runs"]
+
+    def update_run(self, run_id: int, status: str, result: Any = None, log: str | None = None) -> dict:
+        body: dict[str, Any] = {"status": status}
+        if result is not None:
+            body["result"] = result
+        if log is not None:
+            body["log"] = log[-20000:]
+        return self._send("PATCH", f"/run/{run_id}", json=body)
+
+    def container_token(self, run_id: int) -> str:
+        return self._send("POST", "/token/container", json={"run_id": run_id})["container_token"]
+
+    # --- ports
+    def register_port(self, run_id: int, port: int, label: str | None) -> dict:
+        return self._send("POST", "/port", json={"run_id": run_id, "port": port, "label": label})
+
+    def delete_ports(self, run_id: int) -> int:
+        return self._send("DELETE", "/port", params={"run_id": run_id})["deleted"]
