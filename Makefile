@@ -6,13 +6,13 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/vpnagent demo
+	.venv/bin/python -m test_algorithms.demo
 
 demo-keep: setup
-	.venv/bin/vpnagent demo --keep
+	.venv/bin/python -m test_algorithms.demo --keep
 
 demo-down:
-	.venv/bin/vpnagent demo --down
+	.venv/bin/python -m test_algorithms.demo --down
 
 test: setup
 	.venv/bin/pytest -v -rs

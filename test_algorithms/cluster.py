@@ -1,0 +1,253 @@
+"""A whole vpnagent network on one machine: the server (Flask + its OpenVPN server
+container) and N node agents, each a real process with its own isolated Docker network.
+The demo and the integration tests both drive it, so what the tests check is what the
+demo shows."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import docker
+import docker.errors
+import requests
+import yaml
+
+Progress = Callable[[str], None]
+
+
+class ClusterError(RuntimeError):
+    """The local network did not come up; the message says which part and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class NodeHandle:
+    name: str
+    organization_id: int
+    node_id: int
+    api_key: str
+    config_path: Path
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def status(self) -> dict | None:
+        try:
+            return json.loads((self.data_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class LocalCluster:
+    workdir: Path
+    prefix: str = "vademo"
+    n_nodes: int = 3
+    vpn_subnet: str = "10.76.0.0/16"
+    progress: Progress = print
+    api_port: int = 0
+    server_proc: subprocess.Popen | None = None
+    nodes: list[NodeHandle] = field(default_factory=list)
+    collaboration_id: int = 0
+    user_api_key: str = ""
+
+    @property
+    def wan_network(self) -> str:
+        return f"{self.prefix}-wan"
+
+    @property
+    def openvpn_container(self) -> str:
+        return f"{self.prefix}-openvpn"
+
+    @property
+    def server_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/api"
+
+    # ------------------------------------------------------------------ up
+    def up(self) -> "LocalCluster":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        client = docker.from_env()
+        try:
+            client.networks.get(self.wan_network)
+        except docker.errors.NotFound:
+            # Internal: the nodes reach the OpenVPN server here and nothing else.
+            client.networks.create(self.wan_network, driver="bridge", internal=True,
+                                   labels={"vpnagent.demo": self.prefix})
+        self.progress(f"network {self.wan_network} ready")
+        self._seed()
+        self._start_server()
+        for node in self.nodes:
+            self._start_node(node)
+        self.wait_connected()
+        return self
+
+    def _seed(self) -> None:
+        from server_ext.store import Store
+
+        self.api_port = self.api_port or free_port()
+        server_dir = self.workdir / "server"
+        server_dir.mkdir(exist_ok=True)
+        store = Store(f"sqlite:///{server_dir / 'store.db'}")
+        store.create_all()
+        orgs = [store.create_organization(f"org-{i + 1}") for i in range(self.n_nodes)]
+        collab = store.create_collaboration(f"{self.prefix}-collab", [o.id for o in orgs])
+        self.collaboration_id = collab.id
+        _, self.user_api_key = store.create_user(orgs[0].id, "researcher")
+        self.nodes = []
+        for i, org in enumerate(orgs):
+            name = f"{self.prefix}{i + 1}"
+            node, key = store.create_node(org.id, collab.id, name)
+            data_dir = self.workdir / "nodes" / name
+            data_dir.mkdir(parents=True, exist_ok=True)
+            cfg = {
+                "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
+                "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
+                "port_range": [6000 + 100 * i, 6099 + 100 * i], "poll_interval": 0.25,
+            }
+            cfg_path = self.workdir / "nodes" / f"{name}.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            os.chmod(cfg_path, 0o600)
+            self.nodes.append(NodeHandle(name, org.id, node.id, key, cfg_path, data_dir,
+                                         self.workdir / "logs" / f"{name}.log"))
+        store.close()
+        self.progress(f"store seeded: {self.n_nodes} organisations, 1 collaboration, {self.n_nodes} nodes")
+
+    def _start_server(self) -> None:
+        server_dir = self.workdir / "server"
+        cfg = {
+            "host": "127.0.0.1", "port": self.api_port,
+            "data_dir": str(server_dir),
+            "database_url": f"sqlite:///{server_dir / 'store.db'}",
+            "vpn_subnet": self.vpn_subnet,
+            "openvpn_remote_host": self.openvpn_container, "openvpn_remote_port": 1194,
+            "openvpn_container": self.openvpn_container, "openvpn_network": self.wan_network,
+        }
+        cfg_path = server_dir / "server.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        log_path = self.workdir / "logs" / "server.log"
+        self.progress("starting the server and its OpenVPN server container")
+        self.server_proc = subprocess.Popen(
+            [sys.executable, "-m", "server_ext.cli", "serve", "--config", str(cfg_path), "--with-openvpn"],
+            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.server_proc.poll() is not None:
+                raise ClusterError(f"server exited with {self.server_proc.returncode}; see {log_path}:\n{_tail(log_path)}")
+            try:
+                requests.get(f"{self.server_url}/health", timeout=1)
+                self.progress(f"server answers at {self.server_url}")
+                return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise ClusterError(f"server did not answer within 60 s; see {log_path}:\n{_tail(log_path)}")
+
+    def _start_node(self, node: NodeHandle) -> None:
+        self.progress(f"starting node agent {node.name} (organisation {node.organization_id})")
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "vpnagent.cli", "run", "--config", str(node.config_path)],
+            stdout=open(node.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_connected(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {n.name: n for n in self.nodes}
+        while pending and time.monotonic() < deadline:
+            for name, node in list(pending.items()):
+                if node.proc and node.proc.poll() is not None:
+                    raise ClusterError(f"agent {name} exited with {node.proc.returncode}; see {node.log_path}:\n{_tail(node.log_path)}")
+                st = node.status()
+                if st and st["vpn"]["connected"]:
+                    self.progress(f"node {name} connected, VPN IP {st['vpn']['vpn_ip']}")
+                    del pending[name]
+            time.sleep(0.1)
+        if pending:
+            names = ", ".join(pending)
+            raise ClusterError(f"node(s) {names} did not connect within {timeout:.0f} s; logs in {self.workdir / 'logs'}")
+
+    # ------------------------------------------------------------------ down
+    def down(self) -> None:
+        """Stop agents and server and remove every container, network and rule they made.
+        Safe to call on a half-built cluster and more than once."""
+        for node in self.nodes:
+            _stop(node.proc, 20)
+        from vpnagent.agent import cleanup
+        from vpnagent.config import load_config
+
+        client = docker.from_env()
+        for node in self.nodes:
+            if node.config_path.exists():
+                cleanup(load_config(node.config_path), client)
+        _stop(self.server_proc, 20)
+        for c in client.containers.list(all=True, filters={"name": self.openvpn_container}):
+            if c.name == self.openvpn_container:
+                c.remove(force=True)
+        try:
+            client.networks.get(self.wan_network).remove()
+        except docker.errors.NotFound:
+            pass
+
+    @classmethod
+    def teardown_dir(cls, workdir: Path, prefix: str, progress: Progress = print) -> None:
+        """Tear down a cluster left running (`demo --keep`) by another process."""
+        cluster = cls(workdir=workdir, prefix=prefix, progress=progress)
+        state = workdir / "cluster.json"
+        pids = json.loads(state.read_text()) if state.exists() else {}
+        for pid in pids.get("pids", []):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in pids.get("pids", [])):
+            time.sleep(0.1)
+        for cfg_path in sorted((workdir / "nodes").glob("*.yaml")) if (workdir / "nodes").exists() else []:
+            cluster.nodes.append(NodeHandle(cfg_path.stem, 0, 0, "", cfg_path, workdir / "nodes" / cfg_path.stem,
+                                            workdir / "logs" / f"{cfg_path.stem}.log"))
+        cluster.down()
+
+    def save_state(self) -> None:
+        pids = [p.pid for p in [self.server_proc, *(n.proc for n in self.nodes)] if p]
+        (self.workdir / "cluster.json").write_text(json.dumps({"pids": pids, "prefix": self.prefix}))
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

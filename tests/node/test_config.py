@@ -1,0 +1,57 @@
+import ipaddress
+
+import pytest
+
+from vpnagent.config import ConfigError, load_config, parse_config
+
+BASE = {"name": "n1", "server_url": "http://127.0.0.1:5000/api", "api_key": "k", "data_dir": "/tmp/x"}
+
+
+def test_minimal_config_gets_defaults():
+    cfg = parse_config(dict(BASE))
+    assert cfg.vpn_subnet == ipaddress.IPv4Network("10.76.0.0/16")
+    assert cfg.port_range == (6000, 6999)
+    assert cfg.isolated_network == "vpnagent-n1-net"
+    assert len(cfg.bridge_name) <= 15
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"colour": "red"}, "unknown key(s) colour"),
+    ({"api_key": None}, "missing required key 'api_key'"),
+    ({"name": "Bad_Name"}, "'name'"),
+    ({"name": "a" * 17}, "'name'"),
+    ({"server_url": "ftp://x"}, "must start with http"),
+    ({"vpn_subnet": "10.76.0.1/16"}, "not an IPv4 network"),
+    ({"vpn_subnet": "10.76.0.0/30"}, "too small"),
+    ({"port_range": [7000, 6000]}, "low <= high"),
+    ({"port_range": "a-b"}, "two ports"),
+    ({"port_range": [80, 90]}, "1024 <= low"),
+    ({"proxy_port": 70000}, "1-65535"),
+    ({"proxy_port": True}, "must be int"),
+    ({"poll_interval": -1}, "positive"),
+])
+def test_bad_values_are_named_with_the_fix(change, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, **change})
+    assert words in str(err.value)
+
+
+def test_load_config_resolves_relative_data_dir(tmp_path):
+    path = tmp_path / "node.yaml"
+    path.write_text("name: n2\nserver_url: http://127.0.0.1:1/api\napi_key: k\ndata_dir: state\nport_range: 7000-7010\n")
+    cfg = load_config(path)
+    assert cfg.data_dir == (tmp_path / "state").resolve()
+    assert cfg.port_range == (7000, 7010)
+
+
+def test_load_config_reports_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(notmap)

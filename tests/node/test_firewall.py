@@ -1,0 +1,106 @@
+"""Firewall rendering as pure logic, then the same batches applied to a real network
+namespace that the test creates (root needed; no traffic leaves it)."""
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from vpnagent import firewall as fw
+from vpnagent.netns import Netns
+
+RULES = fw.VpnClientRules(
+    vpn_ip="10.76.0.5", iso_if="eth1", iso_subnet="172.29.1.0/24",
+    runs=(fw.RunRules(7, "172.29.1.3", (fw.Forward(6000, 8888), fw.Forward(6001, 9000))),
+          fw.RunRules(8, "172.29.1.4", (fw.Forward(6002, 8888),))),
+)
+
+
+def test_render_has_dnat_forward_policy_and_per_run_chains():
+    batch = fw.render_vpn_client(RULES, fw.TableState())
+    assert ":FORWARD DROP [0:0]" in batch
+    assert "-A VA-7-N -d 10.76.0.5/32 -p tcp -m tcp --dport 6001 -j DNAT --to-destination 172.29.1.3:9000" in batch
+    assert "-A VA-8-N -d 10.76.0.5/32 -p tcp -m tcp --dport 6002 -j DNAT --to-destination 172.29.1.4:8888" in batch
+    assert "-A PREROUTING -j VPNAGENT-PRE" in batch and "-A FORWARD -j VPNAGENT-FWD" in batch
+    assert batch.count("COMMIT") == 2
+
+
+def test_render_skips_existing_jumps_and_deletes_stale_chains():
+    current = fw.parse_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:VA-3-N - [0:0]\n:VA-8-N - [0:0]\n-A PREROUTING -j VPNAGENT-PRE\n"
+        "-A POSTROUTING -j VPNAGENT-POST\nCOMMIT\n*filter\n:VA-3-F - [0:0]\n-A FORWARD -j VPNAGENT-FWD\nCOMMIT\n")
+    batch = fw.render_vpn_client(RULES, current)
+    assert "-A PREROUTING" not in batch and "-A FORWARD -j" not in batch
+    assert "-X VA-3-N" in batch and "-X VA-3-F" in batch
+    assert "-X VA-8-N" not in batch
+
+
+@pytest.mark.parametrize("bad", ["1.2.3.4 -j ACCEPT", "eth0\n-A INPUT -j ACCEPT", "x;reboot"])
+def test_unsafe_values_never_reach_a_batch(bad):
+    with pytest.raises(ValueError, match="unsafe"):
+        fw.render_vpn_client(fw.VpnClientRules(vpn_ip=bad, iso_if="eth1", iso_subnet="172.29.1.0/24"), fw.TableState())
+    with pytest.raises(ValueError, match="unsafe"):
+        fw.render_host("VA-HOST-x", bad, "10.76.0.0/16", fw.TableState())
+
+
+@pytest.fixture
+def netns_pid():
+    if os.geteuid() != 0:
+        from tests.conftest import docker_unavailable
+        docker_unavailable("needs root for a network namespace")
+    name = f"vatest-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    proc = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "120"])
+    try:
+        for _ in range(100):
+            if os.path.exists(f"/proc/{proc.pid}/ns/net") and os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+                break
+            time.sleep(0.01)
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.docker
+def test_apply_is_idempotent_and_removal_exact_in_a_real_namespace(netns_pid):
+    ns = Netns(netns_pid)
+    for _ in range(2):  # the second apply must change nothing
+        ns.iptables_restore(fw.render_vpn_client(RULES, fw.parse_save(ns.iptables_save())))
+    state = fw.parse_save(ns.iptables_save())
+    assert state.run_chains("nat") == {"VA-7-N", "VA-8-N"}
+    dnat = [r for r in state.rules["nat"] if "DNAT" in r]
+    assert len(dnat) == 3
+    assert state.rules["nat"].count("-A PREROUTING -j VPNAGENT-PRE") == 1
+    assert state.rules["filter"].count("-A FORWARD -j VPNAGENT-FWD") == 1
+    # run 7 ends: its chains and rules disappear, run 8's stay
+    only8 = fw.VpnClientRules(RULES.vpn_ip, RULES.iso_if, RULES.iso_subnet, runs=RULES.runs[1:])
+    ns.iptables_restore(fw.render_vpn_client(only8, fw.parse_save(ns.iptables_save())))
+    state = fw.parse_save(ns.iptables_save())
+    assert state.run_chains("nat") == {"VA-8-N"} and state.run_chains("filter") == {"VA-8-F"}
+    assert [r for r in state.rules["nat"] if "DNAT" in r] == [
+        "-A VA-8-N -d 10.76.0.5/32 -p tcp -m tcp --dport 6002 -j DNAT --to-destination 172.29.1.4:8888"]
+    # all runs end: no run chain and no DNAT rule is left
+    none = fw.VpnClientRules(RULES.vpn_ip, RULES.iso_if, RULES.iso_subnet)
+    ns.iptables_restore(fw.render_vpn_client(none, fw.parse_save(ns.iptables_save())))
+    state = fw.parse_save(ns.iptables_save())
+    assert not state.run_chains("nat") and not state.run_chains("filter")
+    assert not [r for r in state.rules["nat"] if "DNAT" in r]
+
+
+@pytest.mark.docker
+def test_host_exception_added_once_and_removed_exactly(netns_pid):
+    # The namespace stands in for the host: it gets its own DOCKER-USER chain.
+    ns = Netns(netns_pid)
+    ns.iptables_restore("*filter\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\nCOMMIT\n")
+    for _ in range(2):
+        ns.iptables_restore(fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.parse_save(ns.iptables_save())))
+    state = fw.parse_save(ns.iptables_save())
+    assert state.rules["filter"].count("-A DOCKER-USER -j VA-HOST-t") == 1
+    assert "-A VA-HOST-t -d 10.76.0.0/16 -i va-t -j ACCEPT" in state.rules["filter"]
+    ns.iptables_restore(fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", state, present=False))
+    state = fw.parse_save(ns.iptables_save())
+    assert "VA-HOST-t" not in state.chains["filter"]
+    assert not any("VA-HOST-t" in r for r in state.rules["filter"])
