@@ -1,0 +1,121 @@
+"""End to end over a real OpenVPN network: configs issued by server_ext, real node agents,
+real iptables in the VPN client namespaces, the echo algorithm across three nodes."""
+import ipaddress
+import time
+
+import docker
+import pytest
+
+from server_ext.store import Store
+from test_algorithms.send_echo import format_matrix, send_echo
+from vpnagent import firewall
+from vpnagent.netns import Netns
+from vpnagent.serverapi import ServerAPI
+
+pytestmark = pytest.mark.docker
+
+
+def _vpn_client_state(client: docker.DockerClient, node_name: str) -> firewall.TableState:
+    c = client.containers.get(f"vpnagent-{node_name}-vpn")
+    return firewall.parse_save(Netns(int(c.attrs["State"]["Pid"])).iptables_save())
+
+
+def test_nodes_get_distinct_server_allocated_vpn_ips(cluster):
+    ips = [n.status()["vpn"]["vpn_ip"] for n in cluster.nodes]
+    assert len(set(ips)) == 3
+    subnet = ipaddress.IPv4Network(cluster.vpn_subnet)
+    assert all(ipaddress.IPv4Address(ip) in subnet for ip in ips)
+    store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
+    try:
+        allocated = {n.name: store.get_node(n.node_id).vpn_ip for n in cluster.nodes}
+    finally:
+        store.close()
+    assert {n.name: n.status()["vpn"]["vpn_ip"] for n in cluster.nodes} == allocated
+
+
+def test_echo_task_all_pairs_ok_and_nothing_left_after(cluster, docker_client):
+    result = send_echo(cluster.server_url, cluster.user_api_key, cluster.collaboration_id,
+                       timeout=180, progress=print)
+    print(format_matrix(result))
+    n = len(cluster.nodes)
+    pairs = result["pairs"]
+    # every peer reached every peer (itself included, through the VPN) and the central each peer
+    assert len(pairs) == n * n + n, pairs
+    assert all(p["ok"] for p in pairs), [p for p in pairs if not p["ok"]]
+    assert result["ok"] is True
+
+    # the runs are over: their DNAT rules, chains, holders and port records are gone
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        leftovers = docker_client.containers.list(all=True, filters={"label": "vpnagent.role=holder"})
+        mine = [c for c in leftovers if c.labels.get("vpnagent.node", "").startswith(cluster.prefix)]
+        if not mine:
+            break
+        time.sleep(0.2)
+    assert not mine, [c.name for c in mine]
+    for node in cluster.nodes:
+        state = _vpn_client_state(docker_client, node.name)
+        assert not state.run_chains("nat") and not state.run_chains("filter")
+        assert not [r for r in state.rules["nat"] if "DNAT" in r]
+        assert node.status()["runs"] == []
+        assert (node.data_dir / "ports.json").read_text() in ("{}", "")
+    store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
+    try:
+        assert store.count_ports() == 0
+    finally:
+        store.close()
+
+
+def _raw_client(client: docker.DockerClient, cluster, ovpn: str, tmp_path, name: str):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "client.ovpn").write_text(ovpn)
+    return client.containers.run(
+        "vpnagent/vpn:latest", ["openvpn", "--config", "/vpn/client.ovpn"], detach=True,
+        name=f"{cluster.prefix}-{name}", cap_add=["NET_ADMIN"], devices=["/dev/net/tun:/dev/net/tun"],
+        volumes={str(d): {"bind": "/vpn", "mode": "ro"}}, network=cluster.wan_network,
+        labels={"vpnagent.node": f"{cluster.prefix}-test"})
+
+
+def _tun_ip(container, seconds: float) -> str | None:
+    container.reload()
+    ns = Netns(int(container.attrs["State"]["Pid"]))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        addrs = ns.ipv4_addresses("tun0").get("tun0")
+        if addrs:
+            return str(addrs[0].ip)
+        time.sleep(0.05)
+    return None
+
+
+def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path):
+    store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
+    try:
+        node, key = store.create_node(cluster.nodes[0].organization_id, cluster.collaboration_id, f"{cluster.prefix}x")
+    finally:
+        store.close()
+    api = ServerAPI(cluster.server_url, key)
+    old = api.get_vpn_config()
+    containers = []
+    try:
+        c = _raw_client(docker_client, cluster, old, tmp_path, "old1")
+        containers.append(c)
+        first_ip = _tun_ip(c, 30)
+        assert first_ip is not None, c.logs(tail=20)
+        c.remove(force=True)
+
+        new = api.renew_vpn_config(old)
+        assert new != old
+        c = _raw_client(docker_client, cluster, old, tmp_path, "old2")
+        containers.append(c)
+        assert _tun_ip(c, 12) is None, "a revoked certificate still connects"
+        c = _raw_client(docker_client, cluster, new, tmp_path, "new")
+        containers.append(c)
+        assert _tun_ip(c, 30) == first_ip, c.logs(tail=20)  # same server-allocated IP
+    finally:
+        for c in containers:
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass

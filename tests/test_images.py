@@ -1,0 +1,158 @@
+"""Image recipes: the hash follows exactly what goes into an image; the docker test builds
+(or finds cached) the real images and checks what the node relies on."""
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from vpnagent import images
+from vpnagent.images import ALGO_BASE_RECIPE, ECHO_FILES, VPN_RECIPE, DebootstrapRecipe, EchoRecipe
+
+
+@pytest.fixture
+def fake_repo(tmp_path: Path) -> Path:
+    for rel in ECHO_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"# {rel}\n")
+    return tmp_path
+
+
+def test_echo_hash_is_stable_and_follows_file_content(fake_repo: Path):
+    h1 = EchoRecipe(root=fake_repo).recipe_hash("sha256:base1")
+    assert EchoRecipe(root=fake_repo).recipe_hash("sha256:base1") == h1
+    (fake_repo / "test_algorithms/echo.py").write_text("# changed\n")
+    h2 = EchoRecipe(root=fake_repo).recipe_hash("sha256:base1")
+    assert h2 != h1
+    # an unrelated file in the tree changes nothing
+    (fake_repo / "vpnagent/agent.py").write_text("x = 1\n")
+    assert EchoRecipe(root=fake_repo).recipe_hash("sha256:base1") == h2
+    # a rebuilt base image means a rebuilt echo image
+    assert EchoRecipe(root=fake_repo).recipe_hash("sha256:base2") != h2
+
+
+def test_echo_context_holds_dockerfile_and_packages(fake_repo: Path):
+    with tarfile.open(fileobj=EchoRecipe(root=fake_repo).context()) as tar:
+        names = set(tar.getnames())
+        dockerfile = tar.extractfile("Dockerfile").read().decode()
+    assert names == {"Dockerfile", *(f"app/{rel}" for rel in ECHO_FILES)}
+    assert "EXPOSE 8888" in dockerfile and "LABEL p8888=echo" in dockerfile
+    assert f"FROM {images.ALGO_BASE_IMAGE}" in dockerfile and "PYTHONPATH=/app" in dockerfile
+
+
+def test_missing_echo_file_is_a_clear_error(fake_repo: Path):
+    (fake_repo / "vpnagent/algorithm_client.py").unlink()
+    with pytest.raises(images.ImageBuildError, match="algorithm_client.py"):
+        EchoRecipe(root=fake_repo).recipe_hash("b")
+
+
+def test_debootstrap_hash_follows_packages_only():
+    assert VPN_RECIPE.recipe_hash() == DebootstrapRecipe(VPN_RECIPE.tag, VPN_RECIPE.packages).recipe_hash()
+    assert VPN_RECIPE.recipe_hash() != ALGO_BASE_RECIPE.recipe_hash()
+    more = DebootstrapRecipe(VPN_RECIPE.tag, VPN_RECIPE.packages + ("iperf3",))
+    assert more.recipe_hash() != VPN_RECIPE.recipe_hash()
+    assert "python3" in ALGO_BASE_RECIPE.packages and "python3-minimal" not in ALGO_BASE_RECIPE.packages
+    cmd = VPN_RECIPE.command("/tmp/x.tar")
+    assert cmd[0] == "mmdebstrap" and "--variant=essential" in cmd
+    assert "--include=openvpn,iptables,iproute2,iputils-ping,procps" in cmd
+    assert f"LABEL {images.RECIPE_LABEL}={VPN_RECIPE.recipe_hash()}" in VPN_RECIPE.changes()
+
+
+def test_mmdebstrap_missing_names_the_fix(monkeypatch):
+    class NoImage:
+        class images:
+            @staticmethod
+            def get(tag):
+                import docker.errors
+                raise docker.errors.ImageNotFound(tag)
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(images.ImageBuildError, match="apt-get install mmdebstrap"):
+        images._build_debootstrap(NoImage(), VPN_RECIPE, progress=lambda m: None, force=False)
+
+
+@pytest.mark.docker
+def test_images_build_and_work(docker_client):
+    lines: list[str] = []
+    ids = images.build_images(docker_client, progress=lines.append)
+    assert set(ids) == {images.VPN_IMAGE, images.ALGO_BASE_IMAGE, images.ECHO_IMAGE}
+    # a second call finds everything cached
+    lines.clear()
+    assert images.build_images(docker_client, progress=lines.append) == ids
+    assert sorted(lines) == sorted(f"{tag}: cached" for tag in ids)
+
+    echo_cfg = docker_client.images.get(images.ECHO_IMAGE).attrs["Config"]
+    assert echo_cfg["Labels"]["p8888"] == "echo"
+    assert images.RECIPE_LABEL in echo_cfg["Labels"]
+    assert "8888/tcp" in echo_cfg["ExposedPorts"]
+    assert echo_cfg["Cmd"] == ["python3", "-m", "test_algorithms.echo"]
+
+    out = docker_client.containers.run(images.VPN_IMAGE, ["openvpn", "--version"], remove=True,
+                                       network_mode="none")
+    assert b"OpenVPN 2." in out
+    out = docker_client.containers.run(
+        images.ECHO_IMAGE, ["python3", "-c", "import http.server, test_algorithms.echo; print('ok')"],
+        remove=True, network_mode="none")
+    assert out.strip() == b"ok"
+
+
+@pytest.mark.docker
+def test_echo_image_peer_runs_with_only_the_standard_library(docker_client, tmp_path):
+    """The echo image in peer mode against a fake API on loopback (host network, so nothing
+    leaves this machine): it serves, probes itself, is probed by us, and writes its result."""
+    import json
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from test_algorithms.echo import probe
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        echo_port = s.getsockname()[1]
+    seen: list[str] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(f"{self.path} {self.headers.get('Authorization')}")
+            body = json.dumps({"addresses": [{"ip": "127.0.0.1", "port": echo_port, "label": "echo",
+                                              "organization_id": 1, "task_id": 5, "parent_id": 4,
+                                              "run_id": 9}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    api = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "input.json").write_text(json.dumps(
+        {"method": "peer", "kwargs": {"timeout": 20, "n_peers": 1, "port": echo_port}}))
+    container = docker_client.containers.run(
+        images.ECHO_IMAGE, detach=True, network_mode="host",
+        volumes={str(run_dir): {"bind": "/mnt/run", "mode": "rw"}},
+        environment={"VPNAGENT_SERVER_URL": f"http://127.0.0.1:{api.server_address[1]}/api",
+                     "VPNAGENT_TOKEN": "tok", "VPNAGENT_TASK_ID": "5", "VPNAGENT_ORGANIZATION_ID": "1",
+                     "VPNAGENT_RUN_ID": "9", "VPNAGENT_INPUT_FILE": "/mnt/run/input.json",
+                     "VPNAGENT_OUTPUT_FILE": "/mnt/run/output.json"})
+    try:
+        pair = probe("127.0.0.1", echo_port, "central@org1", "org1", retry_for=15)
+        assert pair["ok"], pair
+        status = container.wait(timeout=30)
+        logs = container.logs().decode(errors="replace")
+        assert status["StatusCode"] == 0, logs
+    finally:
+        container.remove(force=True)
+        api.shutdown()
+        api.server_close()
+    result = json.loads((run_dir / "output.json").read_text())
+    assert result["received_from"] == ["central@org1", "org1"]
+    assert [(p["from"], p["to"], p["ok"]) for p in result["pairs"]] == [("org1", "org1", True)]
+    assert result["errors"] == []
+    assert any("/api/vpn/algorithm/addresses?label=echo Bearer tok" == s for s in seen), seen

@@ -1,0 +1,321 @@
+"""Build the three local images (no registry is reachable): the VPN image, the algorithm base
+image and the echo test algorithm.
+
+The two base images come from `mmdebstrap --variant=essential` (≈20 s each when built in
+parallel, 73 / 102 MB) imported with the docker SDK; the echo image is a small `docker build`
+on top of the algorithm base. Every image carries a label with a hash of its recipe, so a
+build is skipped while the recipe (and, for the echo image, the copied source files and the
+base image) is unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import docker
+import docker.errors
+
+Progress = Callable[[str], None]
+
+RECIPE_LABEL = "vpnagent.recipe"
+VPN_IMAGE = "vpnagent/vpn:latest"
+ALGO_BASE_IMAGE = "vpnagent/algo-base:latest"
+ECHO_IMAGE = "vpnagent/echo:latest"
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("VPNAGENT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SOURCE_DATE_EPOCH = "1700000000"  # reproducible tarball timestamps
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr"
+MMDEBSTRAP_TIMEOUT_S = 900
+
+# Without the merged-usr hook, `usrmerge` (and with it Perl) lands in the image.
+MMDEBSTRAP_OPTIONS: tuple[str, ...] = (
+    "--variant=essential",
+    f"--hook-dir={MERGED_USR_HOOK}",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*.log',
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Files copied into the echo image, as (path relative to the repo root) = path under /app.
+ECHO_FILES: tuple[str, ...] = (
+    "vpnagent/__init__.py",
+    "vpnagent/algorithm_client.py",
+    "test_algorithms/__init__.py",
+    "test_algorithms/echo.py",
+)
+ECHO_DOCKERFILE = f"""\
+FROM {ALGO_BASE_IMAGE}
+COPY app/ /app/
+ENV PYTHONPATH=/app PYTHONUNBUFFERED=1
+WORKDIR /app
+EXPOSE 8888
+LABEL p8888=echo
+CMD ["python3", "-m", "test_algorithms.echo"]
+"""
+
+
+class ImageBuildError(RuntimeError):
+    """An image could not be built; the message names the image, the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class DebootstrapRecipe:
+    """A registry-free Debian image: essential variant plus `packages`."""
+
+    tag: str
+    packages: tuple[str, ...]
+    cmd: tuple[str, ...] = ("/bin/bash",)
+    estimate_s: int = 20
+    suite: str = SUITE
+    mirror: str = MIRROR
+    options: tuple[str, ...] = MMDEBSTRAP_OPTIONS
+
+    def recipe_hash(self) -> str:
+        text = json.dumps({"suite": self.suite, "mirror": self.mirror, "packages": list(self.packages),
+                           "options": list(self.options), "cmd": list(self.cmd), "v": 1}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def changes(self) -> list[str]:
+        return [f"LABEL {RECIPE_LABEL}={self.recipe_hash()}", f"CMD {json.dumps(list(self.cmd))}"]
+
+    def command(self, target: str) -> list[str]:
+        return ["mmdebstrap", "-q", *self.options, f"--include={','.join(self.packages)}",
+                self.suite, target, self.mirror]
+
+
+VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "iputils-ping", "procps"))
+# python3, not python3-minimal: the minimal one has no http.server.
+ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping"))
+
+
+@dataclass
+class EchoRecipe:
+    """The echo algorithm: source files of this repo on top of the algorithm base image."""
+
+    tag: str = ECHO_IMAGE
+    root: Path = REPO_ROOT
+    files: tuple[str, ...] = ECHO_FILES
+    dockerfile: str = ECHO_DOCKERFILE
+    estimate_s: int = 3
+    _contents: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def contents(self) -> dict[str, bytes]:
+        if not self._contents:
+            for rel in self.files:
+                path = self.root / rel
+                try:
+                    self._contents[rel] = path.read_bytes()
+                except OSError as exc:
+                    raise ImageBuildError(f"{self.tag}: cannot read {path} ({exc}); run from a complete "
+                                          "vpnagent checkout") from None
+        return self._contents
+
+    def recipe_hash(self, base_image_id: str) -> str:
+        h = hashlib.sha256()
+        h.update(self.dockerfile.encode())
+        h.update(base_image_id.encode())
+        for rel, data in sorted(self.contents().items()):
+            h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        return h.hexdigest()[:16]
+
+    def context(self) -> io.BytesIO:
+        """An in-memory tar build context: the Dockerfile and app/<files>."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o644
+                info.mtime = int(SOURCE_DATE_EPOCH)
+                tar.addfile(info, io.BytesIO(data))
+            add("Dockerfile", self.dockerfile.encode())
+            for rel, data in sorted(self.contents().items()):
+                add(f"app/{rel}", data)
+        buf.seek(0)
+        return buf
+
+
+def _label(client: docker.DockerClient, tag: str) -> tuple[str | None, str | None]:
+    """(recipe label, image id) of `tag`, or (None, None) when it does not exist."""
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None, None
+    labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+    return labels.get(RECIPE_LABEL), image.id
+
+
+def _size_mb(client: docker.DockerClient, tag: str) -> str:
+    try:
+        return f"{client.images.get(tag).attrs.get('Size', 0) / 1e6:.0f} MB"
+    except docker.errors.DockerException:
+        return "? MB"
+
+
+def _build_debootstrap(client: docker.DockerClient, recipe: DebootstrapRecipe, progress: Progress,
+                       force: bool, replaced: list[str] | None = None) -> str:
+    key = recipe.recipe_hash()
+    current, image_id = _label(client, recipe.tag)
+    if current == key and not force:
+        progress(f"{recipe.tag}: cached")
+        return image_id  # type: ignore[return-value]
+    if image_id and replaced is not None:
+        replaced.append(image_id)
+    if shutil.which("mmdebstrap") is None:
+        raise ImageBuildError(f"{recipe.tag}: mmdebstrap is not installed; fix: apt-get install mmdebstrap")
+    if not Path(MERGED_USR_HOOK).is_dir():
+        raise ImageBuildError(f"{recipe.tag}: {MERGED_USR_HOOK} is missing; fix: apt-get install mmdebstrap "
+                              "(version 1.0 or newer ships the hook)")
+    progress(f"{recipe.tag}: building (about {recipe.estimate_s} s)")
+    t0 = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="vpnagent-image-")
+    try:
+        target = os.path.join(workdir, "rootfs.tar")
+        env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
+        try:
+            proc = subprocess.run(recipe.command(target), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=env, timeout=MMDEBSTRAP_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise ImageBuildError(f"{recipe.tag}: mmdebstrap took longer than {MMDEBSTRAP_TIMEOUT_S} s; "
+                                  f"check that the Debian mirror {recipe.mirror} is reachable") from None
+        if proc.returncode != 0 or not os.path.exists(target):
+            tail = "\n".join(proc.stderr.decode(errors="replace").strip().splitlines()[-15:])
+            raise ImageBuildError(
+                f"{recipe.tag}: mmdebstrap failed (exit {proc.returncode}); check that the Debian mirror "
+                f"{recipe.mirror} is reachable (set VPNAGENT_DEBIAN_MIRROR for another one) and that "
+                f"mmdebstrap runs as root. Its last output:\n{tail}")
+        repo, _, tag = recipe.tag.rpartition(":")
+        try:
+            client.api.import_image_from_file(target, repository=repo, tag=tag, changes=recipe.changes())
+        except docker.errors.DockerException as exc:
+            raise ImageBuildError(f"{recipe.tag}: docker import failed: {exc}; is the Docker engine running "
+                                  "and is there disk space left?") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    label, image_id = _label(client, recipe.tag)
+    if label != key:
+        raise ImageBuildError(f"{recipe.tag}: imported, but the image does not carry the recipe label")
+    progress(f"{recipe.tag}: built in {time.monotonic() - t0:.1f} s, {_size_mb(client, recipe.tag)}")
+    return image_id  # type: ignore[return-value]
+
+
+def _build_echo(client: docker.DockerClient, recipe: EchoRecipe, base_id: str, progress: Progress,
+                force: bool, replaced: list[str] | None = None) -> str:
+    key = recipe.recipe_hash(base_id)
+    current, image_id = _label(client, recipe.tag)
+    if current == key and not force:
+        progress(f"{recipe.tag}: cached")
+        return image_id  # type: ignore[return-value]
+    if image_id and replaced is not None:
+        replaced.append(image_id)
+    progress(f"{recipe.tag}: building (about {recipe.estimate_s} s)")
+    t0 = time.monotonic()
+    try:
+        image, _logs = client.images.build(fileobj=recipe.context(), custom_context=True, tag=recipe.tag,
+                                           labels={RECIPE_LABEL: key}, rm=True, forcerm=True, pull=False)
+    except docker.errors.BuildError as exc:
+        lines = [str(chunk.get("stream") or chunk.get("error") or "").rstrip() for chunk in exc.build_log]
+        tail = "\n".join(line for line in lines if line)[-2000:]
+        raise ImageBuildError(f"{recipe.tag}: docker build failed: {exc.msg}\n{tail}") from None
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"{recipe.tag}: docker build failed: {exc}; is the Docker engine running?") from None
+    progress(f"{recipe.tag}: built in {time.monotonic() - t0:.1f} s, {_size_mb(client, recipe.tag)}")
+    return image.id
+
+
+def _remove_replaced(client: docker.DockerClient, image_ids: list[str], keep: set[str]) -> None:
+    """Drop the images a rebuild untagged, so repeated builds do not pile up dangling layers.
+    Children first (the old echo image sits on the old base); one still used by a container
+    stays, which is fine."""
+    for image_id in reversed(image_ids):
+        if image_id in keep:
+            continue
+        try:
+            image = client.images.get(image_id)
+            if not image.tags:
+                client.images.remove(image_id, noprune=False)
+        except docker.errors.DockerException:
+            pass
+
+
+def build_images(client: docker.DockerClient | None = None, progress: Progress = print,
+                 force: bool = False) -> dict[str, str]:
+    """Build (or find cached) the vpn, algorithm-base and echo images; returns tag → image id.
+
+    The two mmdebstrap builds run in parallel: each is mostly single-threaded dpkg work."""
+    own_client = client is None
+    if client is None:
+        try:
+            client = docker.from_env(timeout=300)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise ImageBuildError(f"Docker engine unreachable ({exc}); start dockerd (and run as root)") from None
+    try:
+        results: dict[str, str] = {}
+        errors: list[BaseException] = []
+        replaced: list[str] = []  # ids of images a rebuild untagged
+
+        def worker(recipe: DebootstrapRecipe) -> None:
+            try:
+                results[recipe.tag] = _build_debootstrap(client, recipe, progress, force, replaced)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(r,), name=f"build {r.tag}", daemon=True)
+                   for r in (VPN_RECIPE, ALGO_BASE_RECIPE)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            if len(errors) > 1:
+                raise ImageBuildError("; ".join(str(e) for e in errors))
+            raise errors[0]
+        results[ECHO_IMAGE] = _build_echo(client, EchoRecipe(), results[ALGO_BASE_IMAGE], progress, force,
+                                          replaced)
+        _remove_replaced(client, replaced, keep=set(results.values()))
+        return {tag: results[tag] for tag in (VPN_IMAGE, ALGO_BASE_IMAGE, ECHO_IMAGE)}
+    finally:
+        if own_client:
+            client.close()
+
+
+def ensure_images(client: docker.DockerClient | None = None, progress: Progress = print,
+                  force: bool = False) -> dict[str, str]:
+    """Make sure the images exist and match their recipes (building what changed)."""
+    return build_images(client, progress=progress, force=force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vpnagent.images",
+                                     description="Build the local vpnagent images (vpn, algo-base, echo).")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    args = parser.parse_args(argv)
+    try:
+        build_images(force=args.force, progress=lambda m: print(m, flush=True))
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
