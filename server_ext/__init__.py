@@ -1,0 +1,94 @@
+"""server_ext: the server side of vpnagent, a Flask extension.
+
+    app = Flask(__name__)
+    app.config.update(VPNAGENT_DATA_DIR="/srv/vpnagent", VPNAGENT_SECRET="...")
+    VPNExtension(app)           # or ext = VPNExtension(); ext.init_app(app)
+
+or standalone: `create_app({...})`. Config keys (all prefixed VPNAGENT_): DATA_DIR,
+SECRET (>= 32 chars; generated and kept in DATA_DIR when absent), DATABASE_URL (default
+SQLite in DATA_DIR), VPN_SUBNET, OPENVPN_REMOTE_HOST, OPENVPN_REMOTE_PORT, OPENVPN_PROTO,
+CERT_DAYS, URL_PREFIX (default /api).
+"""
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .ovpn import VPNSettings
+from .pki import PKI, write_private
+from .store import Store
+from .tokens import TokenService
+from .vpnserver import OpenVPNFiles
+
+MAX_BODY = 64 * 1024
+
+
+@dataclass
+class ExtensionState:
+    store: Store
+    pki: PKI
+    tokens: TokenService
+    files: OpenVPNFiles
+    settings: VPNSettings
+    cert_days: float
+
+
+class VPNExtension:
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        from .api import bp
+
+        cfg = app.config
+        data_dir = Path(cfg.get("VPNAGENT_DATA_DIR") or app.instance_path).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret = cfg.get("VPNAGENT_SECRET") or _stored_secret(data_dir)
+        settings = VPNSettings(
+            subnet=ipaddress.IPv4Network(cfg.get("VPNAGENT_VPN_SUBNET", "10.76.0.0/16")),
+            remote_host=cfg.get("VPNAGENT_OPENVPN_REMOTE_HOST", "127.0.0.1"),
+            remote_port=int(cfg.get("VPNAGENT_OPENVPN_REMOTE_PORT", 1194)),
+            proto=cfg.get("VPNAGENT_OPENVPN_PROTO", "udp"),
+        )
+        pki = PKI(data_dir / "pki")
+        state = ExtensionState(
+            store=Store(cfg.get("VPNAGENT_DATABASE_URL") or f"sqlite:///{data_dir / 'store.db'}"),
+            pki=pki,
+            tokens=TokenService(secret),
+            files=OpenVPNFiles(data_dir / "openvpn", pki, settings),
+            settings=settings,
+            cert_days=float(cfg.get("VPNAGENT_CERT_DAYS", 30)),
+        )
+        state.files.write_all()
+        app.extensions["vpnagent"] = state
+        if not cfg.get("MAX_CONTENT_LENGTH"):
+            cfg["MAX_CONTENT_LENGTH"] = MAX_BODY
+        app.register_blueprint(bp, url_prefix=cfg.get("VPNAGENT_URL_PREFIX", "/api"))
+        app.register_error_handler(HTTPException, _http_error)
+
+
+def _http_error(exc: HTTPException):
+    msg = {413: "request body larger than 64 KiB", 404: "no such endpoint", 405: "method not allowed here"}
+    return jsonify(msg=msg.get(exc.code, exc.description)), exc.code
+
+
+def _stored_secret(data_dir: Path) -> str:
+    path = data_dir / "secret"
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """The standalone server: a Flask app with only this extension."""
+    app = Flask("vpnagent-server")
+    app.config.update(config or {})
+    VPNExtension(app)
+    return app

@@ -1,0 +1,386 @@
+"""The HTTP API (docs/api.md) as a Flask Blueprint. Each request is one short transaction:
+input is validated first and any error rolls everything back, so a rejected request never
+changes the store."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any, Callable
+
+from flask import Blueprint, current_app, g, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .addresses import FLAGS, AddressQuery, AddressQueryError, TaskFamily, parse_flag, selected_task_ids
+from .ovpn import render_client
+from .pki import PKIError, cert_from_ovpn, common_name
+from .store import (ACTIVE_STATES, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node, Organization, Port,
+                    Run, Task, User, hash_key)
+from .tokens import Identity, TokenError
+
+bp = Blueprint("vpnagent", __name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status, self.msg = status, msg
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return jsonify(msg=exc.msg), exc.status
+
+
+def ext():
+    return current_app.extensions["vpnagent"]
+
+
+# ---------------------------------------------------------------- input validation
+def body(**fields: tuple[type | tuple[type, ...], bool]) -> dict[str, Any]:
+    """The JSON object body, checked against {name: (type, required)}."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object (Content-Type: application/json)")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}")
+    for name, (typ, required) in fields.items():
+        if name not in data or data[name] is None:
+            if required:
+                raise ApiError(400, f"field '{name}' is required")
+            continue
+        value = data[name]
+        if isinstance(value, bool) and typ is not bool and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+            raise ApiError(400, f"field '{name}' has the wrong type")
+        if typ is not object and not isinstance(value, typ):
+            raise ApiError(400, f"field '{name}' has the wrong type")
+    return data
+
+
+def int_arg(name: str, required: bool = True) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        if required:
+            raise ApiError(400, f"query parameter '{name}' is required")
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise ApiError(400, f"query parameter '{name}' must be a positive integer")
+    return int(raw)
+
+
+# ---------------------------------------------------------------- auth
+def requires(*kinds: str) -> Callable:
+    """Bearer token of one of `kinds`; sets g.identity. Container tokens die with their run."""
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            header = request.headers.get("Authorization", "")
+            if not header.startswith("Bearer "):
+                raise ApiError(401, "missing 'Authorization: Bearer <token>' header")
+            try:
+                ident = ext().tokens.decode(header[7:].strip())
+            except TokenError as exc:
+                raise ApiError(401, str(exc)) from None
+            if ident.kind not in kinds:
+                raise ApiError(403, f"a {ident.kind} token cannot use this endpoint (needs: {', '.join(kinds)})")
+            g.identity = ident
+            with ext().store.session() as s:
+                g.session = s
+                if ident.kind == "container":
+                    run = s.get(Run, ident.claims.get("run_id"))
+                    if run is None or run.status not in ACTIVE_STATES or run.task_id != ident.claims.get("task_id"):
+                        raise ApiError(401, "container token no longer valid: its run has ended")
+                elif ident.kind == "node" and s.get(Node, ident.claims.get("node_id")) is None:
+                    raise ApiError(401, "node no longer exists")
+                return fn(s, ident, *args, **kwargs)
+        return wrapper
+    return deco
+
+
+def _node(s: Session, ident: Identity) -> Node:
+    return s.get(Node, ident["node_id"])
+
+
+def _own_run(s: Session, ident: Identity, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise ApiError(404, f"run {run_id} does not exist")
+    if run.node_id != ident["node_id"]:
+        raise ApiError(403, f"run {run_id} belongs to another node")
+    return run
+
+
+# ---------------------------------------------------------------- tokens
+@bp.post("/token/node")
+def token_node():
+    data = body(api_key=(str, True))
+    with ext().store.session() as s:
+        node = s.scalar(select(Node).where(Node.api_key_hash == hash_key(data["api_key"])))
+        if node is None:
+            raise ApiError(401, "unknown node API key")
+        sub = {"client_type": "node", "node_id": node.id, "organization_id": node.organization_id,
+               "collaboration_id": node.collaboration_id}
+    return jsonify(access_token=ext().tokens.issue("node", sub))
+
+
+@bp.post("/token/user")
+def token_user():
+    data = body(api_key=(str, True))
+    with ext().store.session() as s:
+        user = s.scalar(select(User).where(User.api_key_hash == hash_key(data["api_key"])))
+        if user is None:
+            raise ApiError(401, "unknown user API key")
+        sub = {"client_type": "user", "user_id": user.id, "organization_id": user.organization_id}
+    return jsonify(access_token=ext().tokens.issue("user", sub))
+
+
+@bp.post("/token/container")
+@requires("node")
+def token_container(s: Session, ident: Identity):
+    data = body(run_id=(int, True))
+    run = _own_run(s, ident, data["run_id"])
+    if run.status not in ACTIVE_STATES:
+        raise ApiError(400, f"run {run.id} is {run.status}; tokens are only issued for active runs")
+    task = run.task
+    sub = {"client_type": "container", "node_id": run.node_id, "organization_id": run.organization_id,
+           "collaboration_id": task.collaboration_id, "task_id": task.id, "run_id": run.id,
+           "image": task.image, "databases": []}
+    return jsonify(container_token=ext().tokens.issue("container", sub))
+
+
+@bp.get("/health")
+def health():
+    return jsonify(status="ok")
+
+
+# ---------------------------------------------------------------- node
+@bp.get("/node/self")
+@requires("node")
+def node_self(s: Session, ident: Identity):
+    node = _node(s, ident)
+    return jsonify(id=node.id, name=node.name, organization_id=node.organization_id,
+                   collaboration_id=node.collaboration_id, vpn_ip=node.vpn_ip, vpn_subnet=str(ext().settings.subnet))
+
+
+def _issue_config(s: Session, node: Node) -> str:
+    e = ext()
+    ip = e.store.allocate_vpn_ip(s, node, e.settings.subnet)
+    e.files.write_ccd(node.common_name, ip)
+    issued = e.pki.issue_node_cert(node.common_name, e.cert_days)
+    s.add(Certificate(node_id=node.id, serial=str(issued.serial), not_after=issued.not_after.replace(tzinfo=None)))
+    s.flush()
+    return render_client(e.settings, e.pki.ca_pem, issued.cert_pem, issued.key_pem, e.pki.tls_crypt_key())
+
+
+def _rewrite_crl(s: Session) -> None:
+    revoked = s.execute(select(Certificate.serial, Certificate.revoked_at).where(Certificate.revoked_at.is_not(None)))
+    ext().pki.write_crl([(int(serial), when) for serial, when in revoked])
+    ext().files.write_crl()
+
+
+@bp.get("/vpn")
+@requires("node")
+def vpn_get(s: Session, ident: Identity):
+    return jsonify(ovpn_config=_issue_config(s, _node(s, ident)))
+
+
+@bp.post("/vpn/update")
+@requires("node")
+def vpn_update(s: Session, ident: Identity):
+    data = body(vpn_config=(str, True))
+    try:
+        cert = ext().pki.verify_issued(cert_from_ovpn(data["vpn_config"]))
+    except PKIError as exc:
+        if "not issued" in str(exc):
+            raise ApiError(403, f"{exc}; fetch a fresh config with GET /vpn") from None
+        raise ApiError(400, f"vpn_config is not a usable OpenVPN config: {exc}") from None
+    node = _node(s, ident)
+    record = s.scalar(select(Certificate).where(Certificate.serial == str(cert.serial_number)))
+    if record is None or record.node_id != node.id or common_name(cert) != node.common_name:
+        raise ApiError(403, "this config belongs to another node; a node can only renew its own")
+    if record.revoked_at is not None:
+        raise ApiError(403, "this certificate was revoked; fetch a fresh config with GET /vpn")
+    new = _issue_config(s, node)
+    record.revoked_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    s.flush()
+    _rewrite_crl(s)
+    return jsonify(ovpn_config=new)
+
+
+# ---------------------------------------------------------------- runs and ports
+def _run_json(run: Run) -> dict:
+    task = run.task
+    return {"id": run.id, "task_id": run.task_id, "organization_id": run.organization_id, "node_id": run.node_id,
+            "status": run.status, "image": task.image, "input": task.input, "parent_id": task.parent_id,
+            "collaboration_id": task.collaboration_id}
+
+
+@bp.get("/run")
+@requires("node")
+def runs_list(s: Session, ident: Identity):
+    state = request.args.get("state", "pending")
+    if state not in RUN_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(RUN_STATES)}")
+    runs = s.scalars(select(Run).where(Run.node_id == ident["node_id"], Run.status == state).order_by(Run.id))
+    return jsonify(runs=[_run_json(r) for r in runs])
+
+
+@bp.patch("/run/<int:run_id>")
+@requires("node")
+def run_update(s: Session, ident: Identity, run_id: int):
+    data = body(status=(str, True), result=(object, False), log=(str, False))
+    if data["status"] not in RUN_STATES[1:]:
+        raise ApiError(400, f"status must be one of {', '.join(RUN_STATES[1:])}")
+    run = _own_run(s, ident, run_id)
+    if run.status in FINAL_STATES:
+        raise ApiError(409, f"run {run_id} is already {run.status}")
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    run.status = data["status"]
+    if "result" in data:
+        run.result = data["result"]
+    if data.get("log") is not None:
+        run.log = data["log"][-20000:]
+    if run.status in FINAL_STATES:
+        run.finished_at = now
+        run.ports.clear()  # a finished run has no address any more
+    elif run.started_at is None:
+        run.started_at = now
+    s.flush()
+    return jsonify(_run_json(run))
+
+
+@bp.post("/port")
+@requires("node")
+def port_add(s: Session, ident: Identity):
+    data = body(run_id=(int, True), port=(int, True), label=(str, False))
+    if not 1 <= data["port"] <= 65535:
+        raise ApiError(400, "port must be within 1-65535")
+    label = data.get("label")
+    if label is not None and not (0 < len(label) <= 64):
+        raise ApiError(400, "label must be 1-64 characters")
+    run = _own_run(s, ident, data["run_id"])
+    if run.status not in ACTIVE_STATES:
+        raise ApiError(400, f"run {run.id} is {run.status}; ports can only be registered for active runs")
+    port = Port(run_id=run.id, port=data["port"], label=label)
+    s.add(port)
+    s.flush()
+    return jsonify(id=port.id, run_id=port.run_id, port=port.port, label=port.label), 201
+
+
+@bp.delete("/port")
+@requires("node")
+def port_delete(s: Session, ident: Identity):
+    run = _own_run(s, ident, int_arg("run_id"))
+    count = len(run.ports)
+    run.ports.clear()
+    return jsonify(deleted=count)
+
+
+# ---------------------------------------------------------------- addresses
+@bp.get("/vpn/algorithm/addresses")
+@requires("container")
+def addresses(s: Session, ident: Identity):
+    try:
+        flags = {f: parse_flag(f, request.args.get(f)) for f in FLAGS}
+        q = AddressQuery(**flags, label=request.args.get("label")).validate()
+    except AddressQueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    task = s.get(Task, ident["task_id"])
+    children = tuple(s.scalars(select(Task.id).where(Task.parent_id == task.id)))
+    siblings = ()
+    if task.parent_id is not None:
+        siblings = tuple(s.scalars(select(Task.id).where(Task.parent_id == task.parent_id, Task.id != task.id)))
+    ids = selected_task_ids(q, TaskFamily(task.id, task.parent_id, children, siblings))
+    stmt = (select(Port, Run, Task, Node).join(Run, Port.run_id == Run.id).join(Task, Run.task_id == Task.id)
+            .join(Node, Run.node_id == Node.id).where(Run.status.in_(ACTIVE_STATES)))
+    stmt = stmt.where(Run.id == ident["run_id"]) if ids is None else stmt.where(Task.id.in_(ids or [-1]))
+    if q.label is not None:
+        stmt = stmt.where(Port.label == q.label)
+    out = [{"ip": node.vpn_ip, "port": port.port, "label": port.label, "organization_id": run.organization_id,
+            "task_id": task.id, "parent_id": task.parent_id, "run_id": run.id}
+           for port, run, task, node in s.execute(stmt.order_by(Port.id))]
+    return jsonify(addresses=out)
+
+
+# ---------------------------------------------------------------- tasks
+def _task_json(task: Task) -> dict:
+    statuses = [r.status for r in task.runs]
+    if statuses and all(st == "completed" for st in statuses):
+        status = "completed"
+    elif "failed" in statuses:
+        status = "failed"
+    elif any(st in ("initializing", "active") for st in statuses):
+        status = "active"
+    else:
+        status = "pending"
+    return {"id": task.id, "name": task.name, "image": task.image, "collaboration_id": task.collaboration_id,
+            "parent_id": task.parent_id, "status": status,
+            "runs": [{"id": r.id, "organization_id": r.organization_id, "node_id": r.node_id, "status": r.status,
+                      "result": r.result, "log": r.log} for r in task.runs]}
+
+
+def _may_see_collaboration(s: Session, ident: Identity, collab: Collaboration) -> bool:
+    if ident.kind == "container":
+        return ident["collaboration_id"] == collab.id
+    return any(o.id == ident["organization_id"] for o in collab.organizations)
+
+
+@bp.post("/task")
+@requires("user", "container")
+def task_create(s: Session, ident: Identity):
+    data = body(collaboration_id=(int, True), organizations=(list, True), image=(str, True),
+                input=(object, False), name=(str, False))
+    orgs = data["organizations"]
+    if not orgs or len(orgs) > 1000 or not all(isinstance(o, int) and not isinstance(o, bool) for o in orgs):
+        raise ApiError(400, "organizations must be a non-empty list of organisation ids")
+    if len(data["image"]) > 512 or len(data.get("name") or "") > 256:
+        raise ApiError(400, "image or name too long")
+    collab = s.get(Collaboration, data["collaboration_id"])
+    if collab is None:
+        raise ApiError(404, f"collaboration {data['collaboration_id']} does not exist")
+    if not _may_see_collaboration(s, ident, collab):
+        raise ApiError(403, f"you may not create tasks in collaboration {collab.id}")
+    parent_id = None
+    if ident.kind == "container":
+        if data["image"] != ident["image"]:
+            raise ApiError(403, "an algorithm may only create subtasks with its own image")
+        parent_id = ident["task_id"]
+    members = {o.id for o in collab.organizations}
+    task = Task(name=data.get("name") or "", image=data["image"], collaboration_id=collab.id,
+                parent_id=parent_id, input=data.get("input"))
+    s.add(task)
+    s.flush()
+    for org_id in dict.fromkeys(orgs):
+        if org_id not in members:
+            raise ApiError(400, f"organisation {org_id} is not in collaboration {collab.id}")
+        node = s.scalar(select(Node).where(Node.organization_id == org_id, Node.collaboration_id == collab.id))
+        if node is None:
+            raise ApiError(400, f"organisation {org_id} has no node in collaboration {collab.id}")
+        s.add(Run(task_id=task.id, organization_id=org_id, node_id=node.id))
+    s.flush()
+    s.refresh(task)
+    return jsonify(_task_json(task)), 201
+
+
+@bp.get("/task/<int:task_id>")
+@requires("user", "container")
+def task_get(s: Session, ident: Identity, task_id: int):
+    task = s.get(Task, task_id)
+    if task is None:
+        raise ApiError(404, f"task {task_id} does not exist")
+    if not _may_see_collaboration(s, ident, s.get(Collaboration, task.collaboration_id)):
+        raise ApiError(403, f"task {task_id} belongs to a collaboration you are not in")
+    return jsonify(_task_json(task))
+
+
+@bp.get("/organization")
+@requires("user", "container")
+def organizations(s: Session, ident: Identity):
+    collab_id = int_arg("collaboration_id")
+    collab = s.get(Collaboration, collab_id)
+    if collab is None:
+        raise ApiError(404, f"collaboration {collab_id} does not exist")
+    if not _may_see_collaboration(s, ident, collab):
+        raise ApiError(403, f"you are not in collaboration {collab_id}")
+    return jsonify(organizations=[{"id": o.id, "name": o.name} for o in sorted(collab.organizations, key=lambda o: o.id)])

@@ -1,0 +1,89 @@
+"""Rendering OpenVPN files from data: the server config, one client-config-dir entry per
+node (its static VPN IP), and the inline client .ovpn handed to a node."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+CIPHER = "AES-256-GCM"
+
+
+@dataclass(frozen=True)
+class VPNSettings:
+    subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.76.0.0/16")
+    remote_host: str = "127.0.0.1"
+    remote_port: int = 1194
+    proto: str = "udp"  # or "tcp"
+    config_dir_in_container: str = "/etc/openvpn/vpnagent"
+
+    def __post_init__(self) -> None:
+        if self.proto not in ("udp", "tcp"):
+            raise ValueError(f"openvpn proto must be udp or tcp, got {self.proto!r}")
+        _one_line(self.remote_host, "remote host")
+        if not 1 <= int(self.remote_port) <= 65535:
+            raise ValueError("openvpn port must be within 1-65535")
+
+
+def _one_line(value: str, what: str) -> str:
+    if not value or any(c in value for c in "\r\n\0 <>\"'"):
+        raise ValueError(f"{what} {value!r} must be a single word without spaces or markup")
+    return value
+
+
+def _inline(tag: str, pem: str) -> str:
+    return f"<{tag}>\n{pem.strip()}\n</{tag}>"
+
+
+def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str) -> str:
+    d = s.config_dir_in_container
+    lines = [
+        f"port {s.remote_port}",
+        "proto " + ("tcp-server" if s.proto == "tcp" else "udp"),
+        "dev tun",
+        "topology subnet",
+        f"server {s.subnet.network_address} {s.subnet.netmask}",
+        # Static IPs come from ccd files the server writes; a certificate without one is refused.
+        f"client-config-dir {d}/ccd",
+        "ccd-exclusive",
+        f"crl-verify {d}/crl.pem",
+        "client-to-client",
+        "keepalive 10 60",
+        "dh none",
+        f"data-ciphers {CIPHER}",
+        "remote-cert-tls client",
+        "verify-client-cert require",
+        "persist-key",
+        "persist-tun",
+        "status /tmp/openvpn-status.log 5",
+        "verb 3",
+    ]
+    if s.proto == "tcp":
+        lines.append("tcp-nodelay")  # without it small packets wait ~25 ms
+    lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key), _inline("tls-crypt", tls_crypt)]
+    return "\n".join(lines) + "\n"
+
+
+def render_ccd(vpn_ip: str, subnet: ipaddress.IPv4Network) -> str:
+    ip = ipaddress.IPv4Address(vpn_ip)
+    if ip not in subnet:
+        raise ValueError(f"{ip} is outside the VPN subnet {subnet}")
+    return f"ifconfig-push {ip} {subnet.netmask}\n"
+
+
+def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str) -> str:
+    lines = [
+        "client",
+        "dev tun",
+        "proto " + ("tcp-client" if s.proto == "tcp" else "udp"),
+        f"remote {s.remote_host} {s.remote_port}",
+        "nobind",
+        "resolv-retry infinite",
+        "connect-retry 1 5",
+        "remote-cert-tls server",
+        f"data-ciphers {CIPHER}",
+        "persist-key",
+        "persist-tun",
+        "verb 3",
+    ]
+    lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key), _inline("tls-crypt", tls_crypt)]
+    return "\n".join(lines) + "\n"

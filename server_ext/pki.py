@@ -1,0 +1,183 @@
+"""The server's own PKI, made with `cryptography`: a CA, the OpenVPN server certificate,
+node certificates with a finite lifetime, the CRL and the tls-crypt key. No EduVPN, no
+easy-rsa. Private keys are written 0600."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CN = "vpnagent-ca"
+SERVER_CN = "vpnagent-openvpn-server"
+
+
+class PKIError(ValueError):
+    """A certificate is malformed or was not issued by this server's CA."""
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    cert_pem: str
+    key_pem: str
+    serial: int
+    not_after: dt.datetime
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def write_private(path: Path, data: str) -> None:
+    """Write a secret with mode 0600 from the first byte (no window with wider rights)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def write_public(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def make_tls_crypt_key() -> str:
+    """OpenVPN's static key V1 format: 2048 random bits as 16 lines of hex."""
+    raw = os.urandom(256).hex()
+    lines = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+    return "-----BEGIN OpenVPN Static key V1-----\n" + "\n".join(lines) + "\n-----END OpenVPN Static key V1-----\n"
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class PKI:
+    """CA material under `directory`; created on first use, loaded afterwards."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._ensure()
+
+    def _ensure(self) -> None:
+        ca_key_path, ca_crt_path = self.dir / "ca.key", self.dir / "ca.crt"
+        if not ca_crt_path.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_CN)])
+            now = _now()
+            cert = (
+                x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                             crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .sign(key, hashes.SHA256())
+            )
+            write_private(ca_key_path, _key_pem(key))
+            write_public(ca_crt_path, _cert_pem(cert))
+        self.ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+        self.ca_cert = x509.load_pem_x509_certificate(ca_crt_path.read_bytes())
+        if not (self.dir / "server.crt").exists():
+            issued = self._issue(SERVER_CN, 3650, ExtendedKeyUsageOID.SERVER_AUTH)
+            write_private(self.dir / "server.key", issued.key_pem)
+            write_public(self.dir / "server.crt", issued.cert_pem)
+        if not (self.dir / "tls-crypt.key").exists():
+            write_private(self.dir / "tls-crypt.key", make_tls_crypt_key())
+        if not (self.dir / "crl.pem").exists():
+            self.write_crl([])
+
+    # --- material
+    @property
+    def ca_pem(self) -> str:
+        return _cert_pem(self.ca_cert)
+
+    def server_pair(self) -> tuple[str, str]:
+        return (self.dir / "server.crt").read_text(), (self.dir / "server.key").read_text()
+
+    def tls_crypt_key(self) -> str:
+        return (self.dir / "tls-crypt.key").read_text()
+
+    def crl_pem(self) -> str:
+        return (self.dir / "crl.pem").read_text()
+
+    # --- issuing and revoking
+    def _issue(self, cn: str, days: float, usage) -> IssuedCert:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        serial = x509.random_serial_number()
+        not_after = now + dt.timedelta(days=days)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.ca_cert.subject).public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=usage == ExtendedKeyUsageOID.SERVER_AUTH,
+                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()), critical=False)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        return IssuedCert(_cert_pem(cert), _key_pem(key), serial, not_after)
+
+    def issue_node_cert(self, cn: str, days: float = 30) -> IssuedCert:
+        return self._issue(cn, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    def write_crl(self, revoked: list[tuple[int, dt.datetime]]) -> None:
+        """Rewrite the CRL with every revoked serial; OpenVPN re-reads it on each connect."""
+        now = _now()
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.ca_cert.subject)
+                   .last_update(now - dt.timedelta(minutes=5)).next_update(now + dt.timedelta(days=365)))
+        for serial, when in revoked:
+            entry = (x509.RevokedCertificateBuilder().serial_number(serial)
+                     .revocation_date(when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when).build())
+            builder = builder.add_revoked_certificate(entry)
+        crl = builder.sign(self.ca_key, hashes.SHA256())
+        write_public(self.dir / "crl.pem", crl.public_bytes(serialization.Encoding.PEM).decode())
+
+    def verify_issued(self, cert_pem: str) -> x509.Certificate:
+        """The certificate, if it was signed by our CA; PKIError otherwise."""
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        except ValueError as exc:
+            raise PKIError("not a PEM certificate") from exc
+        try:
+            cert.verify_directly_issued_by(self.ca_cert)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise PKIError("certificate was not issued by this server's CA") from exc
+        return cert
+
+
+def cert_from_ovpn(text: str) -> str:
+    """The PEM certificate inside an inline .ovpn's <cert> block."""
+    match = re.search(r"<cert>\s*(-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----)\s*</cert>", text, re.S)
+    if not match:
+        raise PKIError("config holds no <cert> block with a PEM certificate")
+    return match.group(1) + "\n"
+
+
+def common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""

@@ -1,0 +1,242 @@
+"""The server's store: SQLAlchemy 2 models and the operations the API and the admin
+commands need. SQLite by default (one file), PostgreSQL by URL."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import secrets
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, String, Table, Text, create_engine, event,
+                        func, select)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+ACTIVE_STATES = ("pending", "initializing", "active")
+FINAL_STATES = ("completed", "failed")
+RUN_STATES = ACTIVE_STATES + FINAL_STATES
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+member = Table(
+    "collaboration_member", Base.metadata,
+    Column("collaboration_id", ForeignKey("collaboration.id"), primary_key=True),
+    Column("organization_id", ForeignKey("organization.id"), primary_key=True),
+)
+
+
+class Organization(Base):
+    __tablename__ = "organization"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    collaborations: Mapped[list["Collaboration"]] = relationship(secondary=member, back_populates="organizations")
+
+
+class Collaboration(Base):
+    __tablename__ = "collaboration"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    organizations: Mapped[list[Organization]] = relationship(secondary=member, back_populates="collaborations")
+
+
+class Node(Base):
+    __tablename__ = "node"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
+    collaboration_id: Mapped[int] = mapped_column(ForeignKey("collaboration.id"))
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    vpn_ip: Mapped[str | None] = mapped_column(String(45), unique=True)
+
+    @property
+    def common_name(self) -> str:
+        return f"node-{self.id}"
+
+
+class User(Base):
+    __tablename__ = "user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Task(Base):
+    __tablename__ = "task"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    image: Mapped[str] = mapped_column(String(512))
+    collaboration_id: Mapped[int] = mapped_column(ForeignKey("collaboration.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("task.id"))
+    input: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    runs: Mapped[list["Run"]] = relationship(back_populates="task", order_by="Run.id")
+
+
+class Run(Base):
+    __tablename__ = "run"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    task: Mapped[Task] = relationship(back_populates="runs")
+    ports: Mapped[list["Port"]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class Port(Base):
+    __tablename__ = "port"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id"))
+    port: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    run: Mapped[Run] = relationship(back_populates="ports")
+
+
+class Certificate(Base):
+    __tablename__ = "certificate"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
+    serial: Mapped[str] = mapped_column(String(64), unique=True)  # decimal text: serials exceed 64 bits
+    not_after: Mapped[dt.datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class StoreError(ValueError):
+    """An admin operation was refused (duplicate name, unknown id, full subnet)."""
+
+
+class Store:
+    def __init__(self, url: str = "sqlite:///vpnagent.db") -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                kwargs["poolclass"] = StaticPool
+        self.engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(conn, _record):  # WAL: readers do not block the writer (agents poll)
+                cur = conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                if url not in ("sqlite://", "sqlite:///:memory:"):
+                    cur.execute("PRAGMA journal_mode=WAL")
+                cur.close()
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.create_all()
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One short transaction: committed on success, rolled back on any error, so a
+        rejected request leaves the store as it was."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    # --- admin operations
+    def create_organization(self, name: str) -> Organization:
+        with self.session() as s:
+            if s.scalar(select(Organization).where(Organization.name == name)):
+                raise StoreError(f"organisation {name!r} exists already")
+            org = Organization(name=name)
+            s.add(org)
+            s.flush()
+            return org
+
+    def create_collaboration(self, name: str, organization_ids: list[int]) -> Collaboration:
+        with self.session() as s:
+            orgs = [self._get(s, Organization, i) for i in organization_ids]
+            collab = Collaboration(name=name, organizations=orgs)
+            s.add(collab)
+            s.flush()
+            return collab
+
+    def create_node(self, organization_id: int, collaboration_id: int, name: str) -> tuple[Node, str]:
+        """A node and its API key (shown once; only its hash is kept)."""
+        key = secrets.token_urlsafe(32)
+        with self.session() as s:
+            org = self._get(s, Organization, organization_id)
+            collab = self._get(s, Collaboration, collaboration_id)
+            if org not in collab.organizations:
+                raise StoreError(f"organisation {organization_id} is not in collaboration {collaboration_id}")
+            if s.scalar(select(Node).where(Node.organization_id == organization_id,
+                                           Node.collaboration_id == collaboration_id)):
+                raise StoreError(f"organisation {organization_id} has a node in collaboration {collaboration_id} already")
+            node = Node(name=name, organization_id=organization_id, collaboration_id=collaboration_id,
+                        api_key_hash=hash_key(key))
+            s.add(node)
+            s.flush()
+            return node, key
+
+    def create_user(self, organization_id: int, name: str) -> tuple[User, str]:
+        key = secrets.token_urlsafe(32)
+        with self.session() as s:
+            self._get(s, Organization, organization_id)
+            user = User(name=name, organization_id=organization_id, api_key_hash=hash_key(key))
+            s.add(user)
+            s.flush()
+            return user, key
+
+    def get_node(self, node_id: int) -> Node:
+        with self.session() as s:
+            return self._get(s, Node, node_id)
+
+    def count_ports(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count(Port.id))) or 0
+
+    def count(self, model: type[Base]) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(model)) or 0
+
+    @staticmethod
+    def _get(s: Session, model: type, ident: int):
+        obj = s.get(model, ident)
+        if obj is None:
+            raise StoreError(f"{model.__name__.lower()} {ident} does not exist")
+        return obj
+
+    # --- VPN IPs
+    @staticmethod
+    def allocate_vpn_ip(s: Session, node: Node, subnet: ipaddress.IPv4Network) -> str:
+        """The node's VPN IP, allocated once by the server and never chosen by the node.
+        .1 is the OpenVPN server's own address."""
+        if node.vpn_ip and ipaddress.IPv4Address(node.vpn_ip) in subnet:
+            return node.vpn_ip
+        used = set(s.scalars(select(Node.vpn_ip).where(Node.vpn_ip.is_not(None))))
+        server_ip = next(subnet.hosts())
+        for ip in subnet.hosts():
+            if ip != server_ip and str(ip) not in used:
+                node.vpn_ip = str(ip)
+                s.flush()
+                return node.vpn_ip
+        raise StoreError(f"VPN subnet {subnet} is full; use a larger vpn_subnet")
