@@ -66,9 +66,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
-    from .images import build_images
+    from .images import ImageBuildError, build_images
 
-    build_images(force=args.force)
+    try:
+        build_images(force=args.force)
+    except ImageBuildError as exc:
+        print(f"vpnagent: image build failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,7 @@
 """End to end over a real OpenVPN network: configs issued by server_ext, real node agents,
 real iptables in the VPN client namespaces, the echo algorithm across three nodes."""
 import ipaddress
+import json
 import time
 
 import docker
@@ -56,7 +57,7 @@ def test_echo_task_all_pairs_ok_and_nothing_left_after(cluster, docker_client):
     for node in cluster.nodes:
         state = _vpn_client_state(docker_client, node.name)
         assert not state.run_chains("nat") and not state.run_chains("filter")
-        assert not [r for r in state.rules["nat"] if "DNAT" in r]
+        assert not [r for r in state.rules["nat"] if r.startswith("-A VA-")]
         assert node.status()["runs"] == []
         assert (node.data_dir / "ports.json").read_text() in ("{}", "")
     store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
@@ -92,7 +93,9 @@ def _tun_ip(container, seconds: float) -> str | None:
 def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path):
     store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
     try:
-        node, key = store.create_node(cluster.nodes[0].organization_id, cluster.collaboration_id, f"{cluster.prefix}x")
+        org = store.create_organization(f"{cluster.prefix}-extra")
+        collab = store.create_collaboration(f"{cluster.prefix}-extra", [org.id])
+        node, key = store.create_node(org.id, collab.id, f"{cluster.prefix}x")
     finally:
         store.close()
     api = ServerAPI(cluster.server_url, key)
@@ -119,3 +122,57 @@ def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path
                 c.remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+
+def _user_session(cluster):
+    import requests
+
+    tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10).json()
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {tok['access_token']}"
+    return s
+
+
+def test_live_run_has_dnat_and_ports_which_go_when_it_ends(cluster, docker_client):
+    """A run that lives a few seconds: while it runs its chain, DNAT rule and port record
+    exist; after it ends (waiting in vain for peers that never come) all are gone."""
+    node = cluster.nodes[1]
+    http = _user_session(cluster)
+    task = http.post(f"{cluster.server_url}/task", timeout=10, json={
+        "collaboration_id": cluster.collaboration_id, "organizations": [node.organization_id],
+        "image": "vpnagent/echo:latest", "input": {"method": "peer", "kwargs": {"timeout": 6, "n_peers": 5}}}).json()
+    run_id = task["runs"][0]["id"]
+    deadline = time.monotonic() + 30
+    live = None
+    while time.monotonic() < deadline:
+        live = [r for r in (node.status() or {}).get("runs", []) if r["run_id"] == run_id]
+        if live:
+            break
+        time.sleep(0.05)
+    assert live, "the run never became live on the node"
+    vpn_port = live[0]["ports"][0]["vpn_port"]
+    state = _vpn_client_state(docker_client, node.name)
+    assert f"VA-{run_id}-N" in state.run_chains("nat")
+    vpn_ip = node.status()["vpn"]["vpn_ip"]
+    assert any(f"--dport {vpn_port} -j DNAT" in r and r.startswith(f"-A VA-{run_id}-N -d {vpn_ip}/32")
+               for r in state.rules["nat"])
+    store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
+    try:
+        assert store.count_ports() >= 1
+        while time.monotonic() < deadline + 30:
+            t = http.get(f"{cluster.server_url}/task/{task['id']}", timeout=10).json()
+            if t["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        assert t["status"] in ("completed", "failed")
+        # the peers it waited for never came: the result says so instead of pretending
+        assert t["runs"][0]["result"]["errors"], t["runs"][0]["result"]
+        time.sleep(0.5)
+        assert store.count_ports() == 0
+    finally:
+        store.close()
+    state = _vpn_client_state(docker_client, node.name)
+    assert f"VA-{run_id}-N" not in state.run_chains("nat") and f"VA-{run_id}-F" not in state.run_chains("filter")
+    assert not [r for r in state.rules["nat"] if r.startswith("-A VA-")]
+    assert not docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"})
+    assert json.loads((node.data_dir / "ports.json").read_text() or "{}") == {}
