@@ -92,7 +92,7 @@ class LocalCluster:
         self._seed()
         self._start_server()
         for node in self.nodes:
-            self._start_node(node)
+            self.start_node(node)
         self.wait_connected()
         return self
 
@@ -112,20 +112,43 @@ class LocalCluster:
         for i, org in enumerate(orgs):
             name = f"{self.prefix}{i + 1}"
             node, key = store.create_node(org.id, collab.id, name)
-            data_dir = self.workdir / "nodes" / name
-            data_dir.mkdir(parents=True, exist_ok=True)
-            cfg = {
-                "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
-                "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
-                "port_range": [6000 + 100 * i, 6099 + 100 * i], "poll_interval": 0.25,
-            }
-            cfg_path = self.workdir / "nodes" / f"{name}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg))
-            os.chmod(cfg_path, 0o600)
-            self.nodes.append(NodeHandle(name, org.id, node.id, key, cfg_path, data_dir,
-                                         self.workdir / "logs" / f"{name}.log"))
+            self.nodes.append(self._write_node_config(name, org.id, node.id, key, port_base=6000 + 100 * i))
         store.close()
         self.progress(f"store seeded: {self.n_nodes} organisations, 1 collaboration, {self.n_nodes} nodes")
+
+    def add_node(self, name: str, **overrides) -> NodeHandle:
+        """One more node, in an organisation and collaboration of its own (not started)."""
+        from server_ext.store import Store
+
+        store = Store(f"sqlite:///{self.workdir / 'server' / 'store.db'}")
+        try:
+            org = store.create_organization(f"org-{name}")
+            collab = store.create_collaboration(f"collab-{name}", [org.id])
+            node, key = store.create_node(org.id, collab.id, name)
+        finally:
+            store.close()
+        node_handle = self._write_node_config(name, org.id, node.id, key, port_base=7000 + 100 * len(self.nodes),
+                                              overrides=overrides)
+        self.nodes.append(node_handle)
+        return node_handle
+
+    def _write_node_config(self, name: str, org_id: int, node_id: int, key: str, port_base: int,
+                           overrides: dict | None = None) -> NodeHandle:
+        data_dir = self.workdir / "nodes" / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
+            "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
+            "port_range": [port_base, port_base + 99], "poll_interval": 0.25, **(overrides or {}),
+        }
+        cfg_path = self.workdir / "nodes" / f"{name}.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        os.chmod(cfg_path, 0o600)
+        return NodeHandle(name, org_id, node_id, key, cfg_path, data_dir, self.workdir / "logs" / f"{name}.log")
+
+    def stop_node(self, node: NodeHandle) -> None:
+        _stop(node.proc, 20)
+        node.proc = None
 
     def _start_server(self) -> None:
         server_dir = self.workdir / "server"
@@ -156,15 +179,15 @@ class LocalCluster:
                 time.sleep(0.1)
         raise ClusterError(f"server did not answer within 60 s; see {log_path}:\n{_tail(log_path)}")
 
-    def _start_node(self, node: NodeHandle) -> None:
+    def start_node(self, node: NodeHandle) -> None:
         self.progress(f"starting node agent {node.name} (organisation {node.organization_id})")
         node.proc = subprocess.Popen(
             [sys.executable, "-m", "vpnagent.cli", "run", "--config", str(node.config_path)],
             stdout=open(node.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_connected(self, timeout: float = 90) -> None:
+    def wait_connected(self, timeout: float = 90, nodes: list[NodeHandle] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        pending = {n.name: n for n in self.nodes}
+        pending = {n.name: n for n in (nodes or self.nodes)}
         while pending and time.monotonic() < deadline:
             for name, node in list(pending.items()):
                 if node.proc and node.proc.poll() is not None:

@@ -28,6 +28,7 @@ from .vpnclient import VPNClient
 log = logging.getLogger(__name__)
 
 ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
+VPN_RETRY_S = 30.0
 
 
 class RunError(RuntimeError):
@@ -73,9 +74,11 @@ class Agent:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._last_vpn_attempt = 0.0
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
+        self._write_status()  # a status left by an earlier process must not claim a VPN
         self.node = self.api.node_self()
         log.info("node %s (server id %s, organisation %s)", self.cfg.name, self.node.get("id"),
                  self.node.get("organization_id"))
@@ -83,6 +86,7 @@ class Agent:
         self._remove_orphans()
         self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url).start()
         log.info("node proxy listening on %s", self.proxy.url)
+        self._last_vpn_attempt = time.monotonic()
         self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
         self.reconcile()
 
@@ -142,6 +146,7 @@ class Agent:
             host.iptables_restore(batch)
             desired = self.desired_rules()
             if desired is None:
+                self._write_status()
                 return
             ns = Netns(self.vpn.state.pid)
             ns.iptables_restore(firewall.render_vpn_client(desired, firewall.parse_save(ns.iptables_save())))
@@ -154,6 +159,9 @@ class Agent:
         re-applied through reconcile (its namespace, and so its rules, are new)."""
         if self.vpn.state is not None and self.vpn.is_healthy():
             return
+        if self.vpn.state is None and time.monotonic() - self._last_vpn_attempt < VPN_RETRY_S:
+            return  # without a VPN, retry now and then rather than on every check
+        self._last_vpn_attempt = time.monotonic()
         why = "VPN client container is gone or lost tun0" if self.vpn.state else "no VPN yet"
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.connect(self.cfg.isolated_network, self.iso_subnet):
@@ -313,6 +321,8 @@ class Agent:
             self._teardown(run_id, holder_id=self.runs[run_id].holder_id)
             self._quiet(self.api.update_run, run_id, "failed", None, "node agent stopped")
         cleanup(self.cfg, self.docker)
+        self.vpn.state = None
+        self._write_status()
         if self.proxy:
             self.proxy.stop()
         log.info("node %s stopped and cleaned up", self.cfg.name)
