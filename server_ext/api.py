@@ -262,6 +262,8 @@ def port_add(s: Session, ident: Identity):
     run = _own_run(s, ident, data["run_id"])
     if run.status not in ACTIVE_STATES:
         raise ApiError(400, f"run {run.id} is {run.status}; ports can only be registered for active runs")
+    if _node(s, ident).vpn_ip is None:
+        raise ApiError(409, "this node has no VPN IP yet; fetch its VPN config (GET /vpn) first")
     port = Port(run_id=run.id, port=data["port"], label=label)
     s.add(port)
     s.flush()

@@ -1,0 +1,71 @@
+"""A real Flask app with a real SQLite store in tmp_path, and a small world in it:
+collaboration C (orgs 1, 2, 3 with nodes n1..n3), collaboration D (org 4, node n4)."""
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import select
+
+from server_ext import create_app
+from server_ext.store import Certificate, Node, Port, Run, Task
+
+
+@dataclass
+class World:
+    app: object
+    client: object
+    store: object
+    collab: int
+    other_collab: int
+    orgs: list
+    node_keys: list
+    user_key: str
+    other_user_key: str
+    tokens: dict = field(default_factory=dict)
+
+    def node_headers(self, i: int) -> dict:
+        if ("node", i) not in self.tokens:
+            r = self.client.post("/api/token/node", json={"api_key": self.node_keys[i]})
+            self.tokens[("node", i)] = r.json["access_token"]
+        return {"Authorization": f"Bearer {self.tokens[('node', i)]}"}
+
+    def user_headers(self, key: str | None = None) -> dict:
+        r = self.client.post("/api/token/user", json={"api_key": key or self.user_key})
+        return {"Authorization": f"Bearer {r.json['access_token']}"}
+
+    def container_headers(self, node_index: int, run_id: int) -> dict:
+        r = self.client.post("/api/token/container", headers=self.node_headers(node_index), json={"run_id": run_id})
+        assert r.status_code == 200, r.json
+        return {"Authorization": f"Bearer {r.json['container_token']}"}
+
+    def create_task(self, orgs: list[int], headers: dict | None = None, collab: int | None = None, **extra) -> dict:
+        body = {"collaboration_id": collab or self.collab, "organizations": orgs, "image": "img:1", "input": {"k": 1}}
+        body.update(extra)
+        r = self.client.post("/api/task", headers=headers or self.user_headers(), json=body)
+        assert r.status_code == 201, r.json
+        return r.json
+
+    def snapshot(self) -> tuple:
+        """Everything a rejected request must leave untouched."""
+        with self.store.session() as s:
+            return (
+                [(t.id, t.parent_id, t.image, repr(t.input)) for t in s.scalars(select(Task))],
+                [(r.id, r.status, repr(r.result), r.log) for r in s.scalars(select(Run))],
+                [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port))],
+                [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate))],
+                [(n.id, n.vpn_ip) for n in s.scalars(select(Node))],
+            )
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True,
+                      "VPNAGENT_VPN_SUBNET": "10.76.0.0/16"})
+    store = app.extensions["vpnagent"].store
+    orgs = [store.create_organization(f"org{i}").id for i in range(1, 5)]
+    collab = store.create_collaboration("C", orgs[:3]).id
+    other = store.create_collaboration("D", orgs[3:]).id
+    keys = [store.create_node(orgs[i], collab, f"n{i + 1}")[1] for i in range(3)]
+    keys.append(store.create_node(orgs[3], other, "n4")[1])
+    user_key = store.create_user(orgs[0], "alice")[1]
+    other_user_key = store.create_user(orgs[3], "mallory")[1]
+    return World(app, app.test_client(), store, collab, other, orgs, keys, user_key, other_user_key)

@@ -1,0 +1,176 @@
+"""Token scoping and hostile input against the real app. Every rejected request is
+checked to leave the store exactly as it was."""
+import pytest
+
+from server_ext.tokens import TokenService
+
+
+@pytest.fixture
+def task(world):
+    for i in range(3):
+        world.client.get("/api/vpn", headers=world.node_headers(i))
+    return world.create_task([world.orgs[0], world.orgs[1]])
+
+
+def rejected(world, method, url, status, words="", **kwargs):
+    """Send a request that must fail with `status` and change nothing."""
+    before = world.snapshot()
+    r = getattr(world.client, method)(url, **kwargs)
+    assert r.status_code == status, (r.status_code, r.get_json())
+    assert r.is_json and r.json["msg"], "errors are JSON with a message"
+    assert words.lower() in r.json["msg"].lower(), r.json["msg"]
+    assert world.snapshot() == before, "a rejected request changed the store"
+    return r
+
+
+# ------------------------------------------------------------------ tokens
+def test_missing_garbage_foreign_and_expired_tokens_are_401(world):
+    rejected(world, "get", "/api/node/self", 401, "Authorization")
+    rejected(world, "get", "/api/node/self", 401, "invalid", headers={"Authorization": "Bearer x.y.z"})
+    foreign = TokenService("s" * 40).issue("node", {"node_id": 1})
+    rejected(world, "get", "/api/node/self", 401, "invalid", headers={"Authorization": f"Bearer {foreign}"})
+    secret = world.app.extensions["vpnagent"].tokens.secret
+    expired = TokenService(secret, {"node": -60}).issue("node", {"node_id": 1, "client_type": "node"})
+    rejected(world, "get", "/api/node/self", 401, "expired", headers={"Authorization": f"Bearer {expired}"})
+    rejected(world, "post", "/api/token/node", 401, "unknown", json={"api_key": "nope"})
+    rejected(world, "post", "/api/token/user", 401, "unknown", json={"api_key": world.node_keys[0]})
+
+
+def test_each_token_kind_only_opens_its_own_endpoints(world, task):
+    run1 = task["runs"][0]["id"]
+    ch = world.container_headers(0, run1)
+    rejected(world, "get", "/api/vpn/algorithm/addresses", 403, "node token", headers=world.node_headers(0))
+    rejected(world, "get", "/api/vpn/algorithm/addresses", 403, "user token", headers=world.user_headers())
+    rejected(world, "get", "/api/vpn", 403, "container token", headers=ch)
+    rejected(world, "get", "/api/vpn", 403, "user token", headers=world.user_headers())
+    # a container cannot register ports (or read the run queue) even for its own run
+    rejected(world, "post", "/api/port", 403, "container token", headers=ch, json={"run_id": run1, "port": 6000})
+    rejected(world, "get", "/api/run", 403, "container token", headers=ch)
+    rejected(world, "post", "/api/token/container", 403, "container token", headers=ch, json={"run_id": run1})
+
+
+def test_container_token_dies_with_its_run(world, task):
+    run1 = task["runs"][0]["id"]
+    ch = world.container_headers(0, run1)
+    assert world.client.get("/api/vpn/algorithm/addresses", headers=ch).status_code == 200
+    assert world.client.patch(f"/api/run/{run1}", headers=world.node_headers(0), json={"status": "failed"}).status_code == 200
+    rejected(world, "get", "/api/vpn/algorithm/addresses", 401, "run has ended", headers=ch)
+    rejected(world, "post", "/api/token/container", 400, "failed", headers=world.node_headers(0), json={"run_id": run1})
+
+
+def test_container_subtasks_stay_in_collaboration_and_image(world, task):
+    run1 = task["runs"][0]["id"]
+    ch = world.container_headers(0, run1)
+    base = {"collaboration_id": world.collab, "organizations": [world.orgs[1]], "image": "img:1"}
+    rejected(world, "post", "/api/task", 403, "may not create", headers=ch,
+             json={**base, "collaboration_id": world.other_collab, "organizations": [world.orgs[3]]})
+    rejected(world, "post", "/api/task", 403, "own image", headers=ch, json={**base, "image": "evil:latest"})
+    sub = world.create_task([world.orgs[1]], headers=ch)
+    assert sub["parent_id"] == task["id"]
+
+
+def test_users_only_reach_their_collaborations(world, task):
+    other = world.user_headers(world.other_user_key)
+    rejected(world, "post", "/api/task", 403, "may not create", headers=other,
+             json={"collaboration_id": world.collab, "organizations": [world.orgs[0]], "image": "img:1"})
+    rejected(world, "get", f"/api/task/{task['id']}", 403, "not in", headers=other)
+    rejected(world, "get", f"/api/organization?collaboration_id={world.collab}", 403, "not in", headers=other)
+    assert world.client.get(f"/api/task/{task['id']}", headers=world.user_headers()).json["status"] == "pending"
+
+
+def test_nodes_only_touch_their_own_runs(world, task):
+    run2 = task["runs"][1]["id"]  # org2's run, node n2
+    n1 = world.node_headers(0)
+    rejected(world, "post", "/api/token/container", 403, "another node", headers=n1, json={"run_id": run2})
+    rejected(world, "patch", f"/api/run/{run2}", 403, "another node", headers=n1, json={"status": "active"})
+    rejected(world, "post", "/api/port", 403, "another node", headers=n1, json={"run_id": run2, "port": 6000})
+    rejected(world, "delete", f"/api/port?run_id={run2}", 403, "another node", headers=n1)
+    rejected(world, "post", "/api/token/container", 404, "does not exist", headers=n1, json={"run_id": 999})
+    rejected(world, "patch", "/api/run/999", 404, "does not exist", headers=n1, json={"status": "active"})
+    assert [r["id"] for r in world.client.get("/api/run", headers=n1).json["runs"]] == [task["runs"][0]["id"]]
+
+
+# ------------------------------------------------------------------ VPN configs
+def test_vpn_update_refuses_others_configs_and_garbage(world, tmp_path):
+    from server_ext.pki import PKI
+
+    own = world.client.get("/api/vpn", headers=world.node_headers(0)).json["ovpn_config"]
+    other = world.client.get("/api/vpn", headers=world.node_headers(1)).json["ovpn_config"]
+    n1 = world.node_headers(0)
+    rejected(world, "post", "/api/vpn/update", 403, "another node", headers=n1, json={"vpn_config": other})
+    rejected(world, "post", "/api/vpn/update", 400, "no <cert> block", headers=n1, json={"vpn_config": "garbage"})
+    foreign = PKI(tmp_path / "foreign").issue_node_cert("node-1").cert_pem
+    rejected(world, "post", "/api/vpn/update", 403, "not issued", headers=n1,
+             json={"vpn_config": f"client\n<cert>\n{foreign}</cert>\n"})
+    rejected(world, "post", "/api/vpn/update", 400, "required", headers=n1, json={})
+    rejected(world, "post", "/api/vpn/update", 400, "wrong type", headers=n1, json={"vpn_config": 5})
+    rejected(world, "post", "/api/vpn/update", 413, "64 KiB", headers=n1, json={"vpn_config": own + "x" * 70000})
+    renewed = world.client.post("/api/vpn/update", headers=n1, json={"vpn_config": own})
+    assert renewed.status_code == 200 and renewed.json["ovpn_config"] != own
+    rejected(world, "post", "/api/vpn/update", 403, "revoked", headers=n1, json={"vpn_config": own})
+
+
+def test_vpn_ip_is_stable_across_configs_and_unique(world):
+    n1 = world.node_headers(0)
+    world.client.get("/api/vpn", headers=n1)
+    ip = world.client.get("/api/node/self", headers=n1).json["vpn_ip"]
+    world.client.get("/api/vpn", headers=n1)
+    assert world.client.get("/api/node/self", headers=n1).json["vpn_ip"] == ip
+    world.client.get("/api/vpn", headers=world.node_headers(1))
+    assert world.client.get("/api/node/self", headers=world.node_headers(1)).json["vpn_ip"] != ip
+
+
+# ------------------------------------------------------------------ hostile bodies
+@pytest.mark.parametrize("payload, status, words", [
+    ("{not json", 400, "JSON object"),
+    ([1, 2], 400, "JSON object"),
+    ({"organizations": [1], "image": "i"}, 400, "collaboration_id"),
+    ({"collaboration_id": "1", "organizations": [1], "image": "i"}, 400, "wrong type"),
+    ({"collaboration_id": True, "organizations": [1], "image": "i"}, 400, "wrong type"),
+    ({"collaboration_id": 1, "organizations": "1", "image": "i"}, 400, "wrong type"),
+    ({"collaboration_id": 1, "organizations": [], "image": "i"}, 400, "non-empty"),
+    ({"collaboration_id": 1, "organizations": ["x"], "image": "i"}, 400, "non-empty"),
+    ({"collaboration_id": 1, "organizations": [1], "image": "i", "evil": 1}, 400, "unknown field"),
+    ({"collaboration_id": 99, "organizations": [1], "image": "i"}, 404, "does not exist"),
+    ({"collaboration_id": 1, "organizations": [1, 4], "image": "i"}, 400, "not in collaboration"),
+    ({"collaboration_id": 1, "organizations": [1], "image": "i" * 600}, 400, "too long"),
+])
+def test_bad_task_bodies(world, payload, status, words):
+    kwargs = {"data": payload, "content_type": "application/json"} if isinstance(payload, str) else {"json": payload}
+    rejected(world, "post", "/api/task", status, words, headers=world.user_headers(), **kwargs)
+
+
+def test_oversized_body_is_413(world):
+    rejected(world, "post", "/api/task", 413, "64 KiB", headers=world.user_headers(),
+             data=b"{" + b" " * (65 * 1024) + b"}", content_type="application/json")
+
+
+def test_bad_port_and_run_updates(world, task):
+    run1 = task["runs"][0]["id"]
+    n1 = world.node_headers(0)
+    for port in (0, 70000):
+        rejected(world, "post", "/api/port", 400, "1-65535", headers=n1, json={"run_id": run1, "port": port})
+    rejected(world, "post", "/api/port", 400, "1-64", headers=n1, json={"run_id": run1, "port": 6000, "label": "x" * 65})
+    rejected(world, "delete", "/api/port", 400, "required", headers=n1)
+    rejected(world, "delete", "/api/port?run_id=abc", 400, "integer", headers=n1)
+    rejected(world, "patch", f"/api/run/{run1}", 400, "status must be", headers=n1, json={"status": "exploded"})
+    rejected(world, "patch", f"/api/run/{run1}", 400, "status must be", headers=n1, json={"status": "pending"})
+    rejected(world, "get", "/api/run?state=bogus", 400, "state must be", headers=n1)
+    assert world.client.post("/api/port", headers=n1, json={"run_id": run1, "port": 6000}).status_code == 201
+    assert world.client.patch(f"/api/run/{run1}", headers=n1, json={"status": "completed", "result": [1]}).status_code == 200
+    rejected(world, "patch", f"/api/run/{run1}", 409, "already completed", headers=n1, json={"status": "active"})
+    rejected(world, "post", "/api/port", 400, "completed", headers=n1, json={"run_id": run1, "port": 6001})
+    assert world.store.count_ports() == 0, "a finished run keeps no ports"
+
+
+def test_node_without_vpn_ip_cannot_register_ports(world):
+    t = world.create_task([world.orgs[2]])
+    rejected(world, "post", "/api/port", 409, "no VPN IP", headers=world.node_headers(2),
+             json={"run_id": t["runs"][0]["id"], "port": 6000})
+
+
+def test_unknown_endpoints_and_methods_answer_json(world):
+    r = world.client.get("/api/nope")
+    assert r.status_code == 404 and r.json["msg"]
+    r = world.client.put("/api/vpn")
+    assert r.status_code == 405 and r.json["msg"]

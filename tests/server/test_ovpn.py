@@ -1,0 +1,54 @@
+import ipaddress
+
+import pytest
+
+from server_ext.ovpn import VPNSettings, render_ccd, render_client, render_server_conf
+
+PEMS = dict(ca="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----",
+            cert="-----BEGIN CERTIFICATE-----\nC\n-----END CERTIFICATE-----",
+            key="-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----",
+            tls_crypt="-----BEGIN OpenVPN Static key V1-----\nT\n-----END OpenVPN Static key V1-----")
+
+
+def test_server_conf_udp():
+    conf = render_server_conf(VPNSettings(subnet=ipaddress.IPv4Network("10.77.0.0/16")), **PEMS).splitlines()
+    for line in ("proto udp", "dev tun", "topology subnet", "server 10.77.0.0 255.255.0.0", "ccd-exclusive",
+                 "client-to-client", "data-ciphers AES-256-GCM", "crl-verify /etc/openvpn/vpnagent/crl.pem",
+                 "client-config-dir /etc/openvpn/vpnagent/ccd", "verify-client-cert require", "dh none"):
+        assert line in conf, line
+    assert "tcp-nodelay" not in conf
+    for tag in ("ca", "cert", "key", "tls-crypt"):
+        assert f"<{tag}>" in conf and f"</{tag}>" in conf
+
+
+def test_server_conf_tcp_has_nodelay():
+    conf = render_server_conf(VPNSettings(proto="tcp", remote_port=443), **PEMS).splitlines()
+    assert "proto tcp-server" in conf and "tcp-nodelay" in conf and "port 443" in conf
+
+
+def test_client_config():
+    conf = render_client(VPNSettings(remote_host="vpn.example.org", remote_port=1194), **PEMS)
+    lines = conf.splitlines()
+    assert lines[0] == "client"
+    assert "remote vpn.example.org 1194" in lines and "remote-cert-tls server" in lines and "nobind" in lines
+    assert PEMS["key"] in conf and PEMS["tls_crypt"] in conf
+
+
+def test_ccd_pushes_the_static_ip():
+    net = ipaddress.IPv4Network("10.76.0.0/16")
+    assert render_ccd("10.76.0.9", net) == "ifconfig-push 10.76.0.9 255.255.0.0\n"
+    with pytest.raises(ValueError, match="outside"):
+        render_ccd("10.99.0.9", net)
+
+
+@pytest.mark.parametrize("host", ["a\nup /bin/sh", "a b", "", "<ca>"])
+def test_remote_host_cannot_inject_directives(host):
+    with pytest.raises(ValueError, match="single word"):
+        VPNSettings(remote_host=host)
+
+
+def test_bad_proto_and_port():
+    with pytest.raises(ValueError, match="udp or tcp"):
+        VPNSettings(proto="sctp")
+    with pytest.raises(ValueError, match="1-65535"):
+        VPNSettings(remote_port=0)
