@@ -62,6 +62,7 @@ class LocalCluster:
     api_port: int = 0
     server_proc: subprocess.Popen | None = None
     nodes: list[NodeHandle] = field(default_factory=list)
+    extra_nodes: list[NodeHandle] = field(default_factory=list)  # add_node(): outside the collaboration
     collaboration_id: int = 0
     user_api_key: str = ""
 
@@ -127,9 +128,9 @@ class LocalCluster:
             node, key = store.create_node(org.id, collab.id, name)
         finally:
             store.close()
-        node_handle = self._write_node_config(name, org.id, node.id, key, port_base=7000 + 100 * len(self.nodes),
-                                              overrides=overrides)
-        self.nodes.append(node_handle)
+        node_handle = self._write_node_config(name, org.id, node.id, key,
+                                              port_base=7000 + 100 * len(self.extra_nodes), overrides=overrides)
+        self.extra_nodes.append(node_handle)
         return node_handle
 
     def _write_node_config(self, name: str, org_id: int, node_id: int, key: str, port_base: int,
@@ -205,13 +206,14 @@ class LocalCluster:
     def down(self) -> None:
         """Stop agents and server and remove every container, network and rule they made.
         Safe to call on a half-built cluster and more than once."""
-        for node in self.nodes:
+        every = self.nodes + self.extra_nodes
+        for node in every:
             _stop(node.proc, 20)
         from vpnagent.agent import cleanup
         from vpnagent.config import load_config
 
         client = docker.from_env()
-        for node in self.nodes:
+        for node in every:
             if node.config_path.exists():
                 cleanup(load_config(node.config_path), client)
         _stop(self.server_proc, 20)
@@ -243,7 +245,7 @@ class LocalCluster:
         cluster.down()
 
     def save_state(self) -> None:
-        pids = [p.pid for p in [self.server_proc, *(n.proc for n in self.nodes)] if p]
+        pids = [p.pid for p in [self.server_proc, *(n.proc for n in self.nodes + self.extra_nodes)] if p]
         (self.workdir / "cluster.json").write_text(json.dumps({"pids": pids, "prefix": self.prefix}))
 
     def wipe(self) -> None:
