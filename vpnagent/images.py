@@ -170,15 +170,24 @@ def _size_mb(client: docker.DockerClient, tag: str) -> str:
         return "? MB"
 
 
+def _cached(client: docker.DockerClient, tag: str, key: str, force: bool, progress: Progress,
+            replaced: list[str] | None) -> str | None:
+    """The image id when `tag` already carries this recipe; else note the id it replaces."""
+    current, image_id = _label(client, tag)
+    if current == key and not force:
+        progress(f"{tag}: cached")
+        return image_id
+    if image_id and replaced is not None:
+        replaced.append(image_id)
+    return None
+
+
 def _build_debootstrap(client: docker.DockerClient, recipe: DebootstrapRecipe, progress: Progress,
                        force: bool, replaced: list[str] | None = None) -> str:
     key = recipe.recipe_hash()
-    current, image_id = _label(client, recipe.tag)
-    if current == key and not force:
-        progress(f"{recipe.tag}: cached")
-        return image_id  # type: ignore[return-value]
-    if image_id and replaced is not None:
-        replaced.append(image_id)
+    cached = _cached(client, recipe.tag, key, force, progress, replaced)
+    if cached:
+        return cached
     if shutil.which("mmdebstrap") is None:
         raise ImageBuildError(f"{recipe.tag}: mmdebstrap is not installed; fix: apt-get install mmdebstrap")
     if not Path(MERGED_USR_HOOK).is_dir():
@@ -220,12 +229,9 @@ def _build_debootstrap(client: docker.DockerClient, recipe: DebootstrapRecipe, p
 def _build_echo(client: docker.DockerClient, recipe: EchoRecipe, base_id: str, progress: Progress,
                 force: bool, replaced: list[str] | None = None) -> str:
     key = recipe.recipe_hash(base_id)
-    current, image_id = _label(client, recipe.tag)
-    if current == key and not force:
-        progress(f"{recipe.tag}: cached")
-        return image_id  # type: ignore[return-value]
-    if image_id and replaced is not None:
-        replaced.append(image_id)
+    cached = _cached(client, recipe.tag, key, force, progress, replaced)
+    if cached:
+        return cached
     progress(f"{recipe.tag}: building (about {recipe.estimate_s} s)")
     t0 = time.monotonic()
     try:
@@ -272,10 +278,15 @@ def build_images(client: docker.DockerClient | None = None, progress: Progress =
         results: dict[str, str] = {}
         errors: list[BaseException] = []
         replaced: list[str] = []  # ids of images a rebuild untagged
+        say_lock = threading.Lock()
+
+        def say(msg: str) -> None:  # one line at a time from the two build threads
+            with say_lock:
+                progress(msg)
 
         def worker(recipe: DebootstrapRecipe) -> None:
             try:
-                results[recipe.tag] = _build_debootstrap(client, recipe, progress, force, replaced)
+                results[recipe.tag] = _build_debootstrap(client, recipe, say, force, replaced)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 errors.append(exc)
 
