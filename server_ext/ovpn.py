@@ -59,6 +59,10 @@ def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: 
     ]
     if s.proto == "tcp":
         lines.append("tcp-nodelay")  # without it small packets wait ~25 ms
+    else:
+        # On a restart the server tells every client to reconnect at once instead of each
+        # finding out by its ping timeout (up to 60 s later).
+        lines.append("explicit-exit-notify 1")
     lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key), _inline("tls-crypt", tls_crypt)]
     return "\n".join(lines) + "\n"
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
 VPN_RETRY_S = 30.0
+VERIFY_S = 10.0
 
 
 class RunError(RuntimeError):
@@ -53,7 +54,8 @@ class LiveRun:
     ports: list[PortMap] = field(default_factory=list)
     container_id: str | None = None
     started: float = field(default_factory=time.time)
-    wired_ms: float | None = None
+    wired_ms: float | None = None  # holder running → rules, route and ports in place (local work)
+    registered_ms: float | None = None  # the HTTP calls that register the ports at the server
 
 
 class Agent:
@@ -75,6 +77,7 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_vpn_attempt = 0.0
+        self._synced_pid: int | None = None  # VPN client pid whose namespace matches the desired state
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -138,7 +141,8 @@ class Agent:
 
     def reconcile(self) -> None:
         """Make host exception, VPN client rules and run routes match the desired state.
-        Idempotent: calling it again with nothing changed rewrites the same rules."""
+        Idempotent: calling it again with nothing changed rewrites the same rules. What it
+        had to correct in a namespace it believed in sync is recorded for `status`."""
         with self._lock:
             host = Netns(None)
             batch = firewall.render_host(self.cfg.host_chain, self.cfg.bridge_name, str(self.cfg.vpn_subnet),
@@ -146,13 +150,52 @@ class Agent:
             host.iptables_restore(batch)
             desired = self.desired_rules()
             if desired is None:
+                self._synced_pid = None
                 self._write_status()
                 return
-            ns = Netns(self.vpn.state.pid)
-            ns.iptables_restore(firewall.render_vpn_client(desired, firewall.parse_save(ns.iptables_save())))
+            pid = self.vpn.state.pid
+            ns = Netns(pid)
+            current = firewall.parse_save(ns.iptables_save())
+            if self._synced_pid == pid:
+                for fix in firewall.drift(desired, current):
+                    self._record_fix(fix)
+            ns.iptables_restore(firewall.render_vpn_client(desired, current))
             for run in self.runs.values():
                 Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
+            self._synced_pid = pid
         self._write_status()
+
+    def _apply_run_added(self, live: LiveRun) -> None:
+        """Fast path for one new run: a constant-size batch plus its route, when the
+        namespace is known to be in sync; otherwise (or on any error) a full reconcile."""
+        with self._lock:
+            desired = self.desired_rules()
+            if desired is not None and self._synced_pid == self.vpn.state.pid:
+                run = next(r for r in desired.runs if r.run_id == live.run_id)
+                try:
+                    Netns(self._synced_pid).iptables_restore(firewall.render_run_added(desired, run))
+                    Netns(live.holder_pid).set_default_route(self.vpn.state.iso_ip)
+                    return
+                except NetnsError as exc:
+                    log.warning("run %s: fast path failed (%s); full reconcile", live.run_id, exc)
+                    self._synced_pid = None
+            self.reconcile()
+
+    def _apply_run_removed(self, run_id: int) -> None:
+        with self._lock:
+            desired = self.desired_rules()
+            if desired is not None and self._synced_pid == self.vpn.state.pid:
+                try:
+                    Netns(self._synced_pid).iptables_restore(firewall.render_run_removed(desired, run_id))
+                    return
+                except NetnsError as exc:
+                    log.warning("run %s: fast removal failed (%s); full reconcile", run_id, exc)
+                    self._synced_pid = None
+            self.reconcile()
+
+    def _record_fix(self, fix: str) -> None:
+        log.warning("reconcile: %s", fix)
+        self.fixes.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {fix}")
 
     def check_vpn(self) -> None:
         """A VPN client that died or was replaced is brought back, then everything is
@@ -165,7 +208,7 @@ class Agent:
         why = "VPN client container is gone or lost tun0" if self.vpn.state else "no VPN yet"
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.connect(self.cfg.isolated_network, self.iso_subnet):
-            self.fixes.append(f"{time.strftime('%H:%M:%S')} reconnected the VPN client ({why})")
+            self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)")
             self.reconcile()
 
     # ------------------------------------------------------------------ runs
@@ -195,10 +238,12 @@ class Agent:
                 live.ports = [PortMap(vp, s.port, s.label) for vp, s in zip(vpn_ports, specs)]
             with self._lock:
                 self.runs[run_id] = live
-            self.reconcile()
+            self._apply_run_added(live)
             live.wired_ms = (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
             for p in live.ports:
                 self.api.register_port(run_id, p.vpn_port, p.label)
+            live.registered_ms = (time.perf_counter() - t1) * 1e3
             live.container_id = self._start_algorithm(run, live, token).id
         except Exception:
             self._teardown(run_id, holder_id=holder.id)
@@ -258,7 +303,8 @@ class Agent:
         with self._lock:
             live = self.runs.pop(run_id, None)
         try:
-            self.reconcile()
+            if live is not None:
+                self._apply_run_removed(run_id)
         except (NetnsError, OSError) as exc:
             log.error("run %s: could not update rules: %s", run_id, exc)
         self.ports.release(run_id)
@@ -291,20 +337,26 @@ class Agent:
     def serve_forever(self) -> None:
         """Poll for work and keep the VPN healthy until stop() is called."""
         busy: set[int] = set()
-        last_check = time.monotonic()
+        last_check = last_verify = time.monotonic()
         while not self._stop.is_set():
             try:
                 for run in self.api.pending_runs():
                     rid = int(run["id"])
                     if rid in busy:
                         continue
+                    if sum(t.is_alive() for t in self._threads) >= self.cfg.max_concurrent_runs:
+                        break  # the rest stay pending at the server until a slot frees
                     busy.add(rid)
                     t = threading.Thread(target=self._handle, args=(run,), name=f"run-{rid}", daemon=True)
                     self._threads.append(t)
                     t.start()
+                self._threads = [t for t in self._threads if t.is_alive()]
                 if time.monotonic() - last_check > 2.0:
                     last_check = time.monotonic()
                     self.check_vpn()
+                if time.monotonic() - last_verify > VERIFY_S:
+                    last_verify = time.monotonic()
+                    self.reconcile()  # level-triggered: repair whatever drifted meanwhile
             except ServerError as exc:
                 log.warning("server: %s", exc)
             except Exception:  # noqa: BLE001 - the loop must outlive any single failure

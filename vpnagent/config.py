@@ -29,6 +29,7 @@ class NodeConfig:
     vpn_client_network: str = "bridge"
     proxy_port: int = 8765
     poll_interval: float = 0.5
+    max_concurrent_runs: int = 8
     vpn_connect_timeout: float = 30.0
     vpn_image: str = "vpnagent/vpn:latest"
     holder_image: str = "vpnagent/algo-base:latest"
@@ -62,6 +63,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "isolated_subnet": str,
     "vpn_client_network": str,
     "proxy_port": int,
+    "max_concurrent_runs": int,
     "poll_interval": (int, float),
     "vpn_connect_timeout": (int, float),
     "vpn_image": str,
@@ -112,6 +114,10 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if not 1 <= raw["proxy_port"] <= 65535:
             raise ConfigError(f"'proxy_port' {raw['proxy_port']} must be within 1-65535")
         kwargs["proxy_port"] = raw["proxy_port"]
+    if raw.get("max_concurrent_runs") is not None:
+        if not 1 <= raw["max_concurrent_runs"] <= 1000:
+            raise ConfigError("'max_concurrent_runs' must be within 1-1000")
+        kwargs["max_concurrent_runs"] = raw["max_concurrent_runs"]
     for key in ("poll_interval", "vpn_connect_timeout"):
         if raw.get(key) is not None:
             if raw[key] <= 0:

@@ -105,24 +105,13 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
     nat_body.append(f"-A {POST} -o {d.iso_if} -s {d.iso_subnet} -d {d.iso_subnet} -j MASQUERADE")
     wanted_nat, wanted_flt = set(), set()
     for run in d.runs:
-        _check(run.holder_ip)
-        n, f = nat_chain(run.run_id), filter_chain(run.run_id)
-        wanted_nat.add(n)
-        wanted_flt.add(f)
-        nat.append(f":{n} - [0:0]")
-        flt.append(f":{f} - [0:0]")
-        nat_body.append(f"-A {PRE} -d {d.vpn_ip}/32 -j {n}")
-        flt_body.append(f"-A {FWD} -j {f}")
-        for fw in run.forwards:
-            nat_body.append(
-                f"-A {n} -d {d.vpn_ip}/32 -p tcp -m tcp --dport {fw.vpn_port} "
-                f"-j DNAT --to-destination {run.holder_ip}:{fw.target_port}"
-            )
-            for in_if in (d.tun_if, d.iso_if):
-                flt_body.append(
-                    f"-A {f} -i {in_if} -d {run.holder_ip}/32 -p tcp -m tcp --dport {fw.target_port} -j ACCEPT"
-                )
-        flt_body.append(f"-A {f} -i {d.iso_if} -o {d.tun_if} -s {run.holder_ip}/32 -j ACCEPT")
+        rn, rf = _run_lines(d, run)
+        wanted_nat.add(nat_chain(run.run_id))
+        wanted_flt.add(filter_chain(run.run_id))
+        nat.append(rn[0])
+        flt.append(rf[0])
+        nat_body += rn[1:]
+        flt_body += rf[1:]
     stale_nat = sorted(current.run_chains("nat") - wanted_nat)
     stale_flt = sorted(current.run_chains("filter") - wanted_flt)
     # Stale chains: declare (= empty) them, then delete them after the dispatch chains that
@@ -140,6 +129,54 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
     out += [f"-X {c}" for c in stale_flt]
     out.append("COMMIT")
     return "\n".join(out) + "\n"
+
+
+def _run_lines(d: VpnClientRules, run: RunRules) -> tuple[list[str], list[str]]:
+    """One run's chains (declaration first), their rules and the jumps into them."""
+    _check(run.holder_ip)
+    n, f = nat_chain(run.run_id), filter_chain(run.run_id)
+    nat = [f":{n} - [0:0]", f"-A {PRE} -d {d.vpn_ip}/32 -j {n}"]
+    flt = [f":{f} - [0:0]", f"-A {FWD} -j {f}"]
+    for fw in run.forwards:
+        nat.append(f"-A {n} -d {d.vpn_ip}/32 -p tcp -m tcp --dport {fw.vpn_port} "
+                   f"-j DNAT --to-destination {run.holder_ip}:{fw.target_port}")
+        for in_if in (d.tun_if, d.iso_if):
+            flt.append(f"-A {f} -i {in_if} -d {run.holder_ip}/32 -p tcp -m tcp --dport {fw.target_port} -j ACCEPT")
+    flt.append(f"-A {f} -i {d.iso_if} -o {d.tun_if} -s {run.holder_ip}/32 -j ACCEPT")
+    return nat, flt
+
+
+def render_run_added(d: VpnClientRules, run: RunRules) -> str:
+    """Fast path: add one run to a namespace known to match `d` without it. The batch size
+    does not grow with the number of live runs (a full rewrite would)."""
+    _check(d.vpn_ip, d.iso_if, d.tun_if)
+    nat, flt = _run_lines(d, run)
+    return "\n".join(["*nat", *nat, "COMMIT", "*filter", *flt, "COMMIT"]) + "\n"
+
+
+def render_run_removed(d: VpnClientRules, run_id: int) -> str:
+    """Fast path: remove one run's jumps and chains exactly (the jump specs match the ones
+    render_run_added wrote, so -D finds them)."""
+    _check(d.vpn_ip)
+    n, f = nat_chain(run_id), filter_chain(run_id)
+    return "\n".join([
+        "*nat", f"-D {PRE} -d {d.vpn_ip}/32 -j {n}", f":{n} - [0:0]", f"-X {n}", "COMMIT",
+        "*filter", f"-D {FWD} -j {f}", f":{f} - [0:0]", f"-X {f}", "COMMIT",
+    ]) + "\n"
+
+
+def drift(desired: VpnClientRules, current: TableState) -> list[str]:
+    """What a full reconcile is about to correct, in words (for `vpnagent status`)."""
+    want = {run.run_id for run in desired.runs}
+    have = {int(RUN_CHAIN_RE.match(c).group(1)) for c in current.run_chains("nat") | current.run_chains("filter")}
+    found = []
+    if want - have:
+        found.append(f"restored missing rules of run(s) {', '.join(map(str, sorted(want - have)))}")
+    if have - want:
+        found.append(f"removed stale rules of run(s) {', '.join(map(str, sorted(have - want)))}")
+    if not current.has_rule("filter", f"-A FORWARD -j {FWD}") or not current.has_rule("nat", f"-A PREROUTING -j {PRE}"):
+        found.append("installed the base rules (FORWARD policy DROP, dispatch chains)")
+    return found
 
 
 def render_host(chain: str, bridge: str, vpn_subnet: str, current: TableState, present: bool = True) -> str:
