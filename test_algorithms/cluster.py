@@ -180,11 +180,14 @@ class LocalCluster:
                 time.sleep(0.1)
         raise ClusterError(f"server did not answer within 60 s; see {log_path}:\n{_tail(log_path)}")
 
-    def start_node(self, node: NodeHandle) -> None:
+    def start_node(self, node: NodeHandle, env: dict[str, str] | None = None) -> None:
         self.progress(f"starting node agent {node.name} (organisation {node.organization_id})")
+        # a status left by an agent that was killed would look connected until the new one writes
+        (node.data_dir / "status.json").unlink(missing_ok=True)
         node.proc = subprocess.Popen(
             [sys.executable, "-m", "vpnagent.cli", "run", "--config", str(node.config_path)],
-            stdout=open(node.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=open(node.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})})
 
     def wait_connected(self, timeout: float = 90, nodes: list[NodeHandle] | None = None) -> None:
         deadline = time.monotonic() + timeout

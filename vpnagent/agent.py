@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
 VPN_RETRY_S = 30.0
 VERIFY_S = 10.0
+# Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
+FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
 
 class RunError(RuntimeError):
@@ -240,6 +242,8 @@ class Agent:
                 self.runs[run_id] = live
             self._apply_run_added(live)
             live.wired_ms = (time.perf_counter() - t0) * 1e3
+            if FAULT_PAUSE_S:
+                time.sleep(FAULT_PAUSE_S)  # fault injection for the crash tests: rules in, ports not yet registered
             t1 = time.perf_counter()
             for p in live.ports:
                 self.api.register_port(run_id, p.vpn_port, p.label)
@@ -392,9 +396,10 @@ class Agent:
 
     def _write_status(self) -> None:
         path = self.cfg.data_dir / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=2))
-        os.replace(tmp, path)
+        with self._lock:  # run threads and the loop write it; one at a time through one tmp file
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), indent=2))
+            os.replace(tmp, path)
 
     @staticmethod
     def _quiet(fn, *args) -> Any:

@@ -1,0 +1,152 @@
+"""Helpers for the integration tests: tasks through the real API, the live state of a
+node, and TCP probes sent from inside a VPN client's namespace (so the probe really
+crosses the OpenVPN network)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import docker
+import requests
+
+from server_ext.store import Store
+from vpnagent import firewall
+from vpnagent.netns import Netns, NetnsError
+
+PROBE = r"""
+import json, socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+try:
+    with socket.create_connection((ip, port), timeout=3) as s:
+        s.settimeout(3)
+        line = json.dumps({"from": "probe", "nonce": "x"}).encode() + b"\n"
+        s.sendall(line)
+        got = s.makefile("rb").readline()
+    print("ok" if got == line else "bad echo")
+except OSError as exc:
+    print(f"error {exc}")
+"""
+
+
+def vpn_container(client: docker.DockerClient, node_name: str):
+    return client.containers.get(f"vpnagent-{node_name}-vpn")
+
+
+def vpn_client_state(client: docker.DockerClient, node_name: str) -> firewall.TableState:
+    c = vpn_container(client, node_name)
+    return firewall.parse_save(Netns(int(c.attrs["State"]["Pid"])).iptables_save())
+
+
+def user_session(cluster) -> requests.Session:
+    tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10).json()
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {tok['access_token']}"
+    return s
+
+
+def create_task(cluster, http: requests.Session, org_ids: list[int], input_: dict) -> dict:
+    r = http.post(f"{cluster.server_url}/task", timeout=10, json={
+        "collaboration_id": cluster.collaboration_id, "organizations": org_ids,
+        "image": "vpnagent/echo:latest", "input": input_})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def long_peer(cluster, http, node, seconds: float = 90) -> dict:
+    """A run that serves the echo port for `seconds` (it waits for peers that never come)."""
+    return create_task(cluster, http, [node.organization_id],
+                       {"method": "peer", "kwargs": {"timeout": seconds, "n_peers": 50}})
+
+
+def wait_live(node, run_id: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in (node.status() or {}).get("runs", []):
+            if r["run_id"] == run_id and r["ports"]:
+                return r
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not become live on {node.name}")
+
+
+def wait_task_done(cluster, http, task_id: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = http.get(f"{cluster.server_url}/task/{task_id}", timeout=10).json()
+        if all(r["status"] in ("completed", "failed") for r in t["runs"]):
+            return t
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} did not finish within {timeout} s")
+
+
+def probe(client: docker.DockerClient, from_node: str, ip: str, port: int) -> str:
+    """TCP echo probe from the VPN client namespace of `from_node` to ip:port."""
+    pid = int(vpn_container(client, from_node).attrs["State"]["Pid"])
+    proc = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", PROBE, ip, str(port)],
+                          capture_output=True, text=True, timeout=20)
+    return (proc.stdout.strip() or proc.stderr.strip())[-300:]
+
+
+def probe_until_ok(client, from_node: str, ip: str, port: int, timeout: float) -> tuple[bool, float, str]:
+    t0 = time.monotonic()
+    last = ""
+    while time.monotonic() - t0 < timeout:
+        try:
+            last = probe(client, from_node, ip, port)
+        except (docker.errors.NotFound, subprocess.TimeoutExpired, KeyError) as exc:
+            last = f"{type(exc).__name__}"
+        if last == "ok":
+            return True, time.monotonic() - t0, last
+        time.sleep(0.25)
+    return False, time.monotonic() - t0, last
+
+
+def store_of(cluster) -> Store:
+    return Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
+
+
+def port_rows(cluster) -> list[tuple[int, int, int]]:
+    from sqlalchemy import select
+
+    from server_ext.store import Port
+
+    store = store_of(cluster)
+    try:
+        with store.session() as s:
+            return [(p.id, p.run_id, p.port) for p in s.scalars(select(Port))]
+    finally:
+        store.close()
+
+
+def leftovers(cluster, client: docker.DockerClient) -> dict:
+    """Everything runs leave behind, counted over the collaboration's nodes."""
+    chains = dnat = 0
+    for node in cluster.nodes:
+        st = vpn_client_state(client, node.name)
+        chains += len(st.run_chains("nat") | st.run_chains("filter"))
+        dnat += len([r for r in st.rules["nat"] if r.startswith("-A VA-")])
+    holders = [c.name for c in client.containers.list(all=True, filters={"label": "vpnagent.role=holder"})
+               if c.labels.get("vpnagent.node", "").startswith(cluster.prefix)]
+    algos = [c.name for c in client.containers.list(all=True, filters={"label": "vpnagent.role=algorithm"})
+             if c.labels.get("vpnagent.node", "").startswith(cluster.prefix)]
+    local_ports = sum(len(json.loads((n.data_dir / "ports.json").read_text() or "{}"))
+                      for n in cluster.nodes if (n.data_dir / "ports.json").exists())
+    return {"run_chains": chains, "dnat_rules": dnat, "holders": len(holders), "algorithm_containers": len(algos),
+            "server_port_records": len(port_rows(cluster)), "local_port_records": local_ports}
+
+
+ZERO = {"run_chains": 0, "dnat_rules": 0, "holders": 0, "algorithm_containers": 0,
+        "server_port_records": 0, "local_port_records": 0}
+
+
+def wait_zero(cluster, client, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = leftovers(cluster, client)
+        except (NetnsError, docker.errors.NotFound) as exc:  # a VPN client being replaced right now
+            found = {"vpn_client_unavailable": str(exc)[:200]}
+        if found == ZERO or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
