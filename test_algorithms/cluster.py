@@ -60,6 +60,7 @@ class LocalCluster:
     vpn_subnet: str = "10.76.0.0/16"
     progress: Progress = print
     api_port: int = 0
+    ports_per_node: int = 100
     server_proc: subprocess.Popen | None = None
     nodes: list[NodeHandle] = field(default_factory=list)
     extra_nodes: list[NodeHandle] = field(default_factory=list)  # add_node(): outside the collaboration
@@ -79,7 +80,8 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.api_port}/api"
 
     # ------------------------------------------------------------------ up
-    def up(self) -> "LocalCluster":
+    def up(self, start: list[int] | None = None) -> "LocalCluster":
+        """Bring everything up; `start` picks which nodes' agents run (default: all)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         client = docker.from_env()
@@ -92,9 +94,10 @@ class LocalCluster:
         self.progress(f"network {self.wan_network} ready")
         self._seed()
         self._start_server()
-        for node in self.nodes:
+        started = [n for i, n in enumerate(self.nodes) if start is None or i in start]
+        for node in started:
             self.start_node(node)
-        self.wait_connected()
+        self.wait_connected(nodes=started)
         return self
 
     def _seed(self) -> None:
@@ -113,7 +116,7 @@ class LocalCluster:
         for i, org in enumerate(orgs):
             name = f"{self.prefix}{i + 1}"
             node, key = store.create_node(org.id, collab.id, name)
-            self.nodes.append(self._write_node_config(name, org.id, node.id, key, port_base=6000 + 100 * i))
+            self.nodes.append(self._write_node_config(name, org.id, node.id, key, port_base=6000 + self.ports_per_node * i))
         store.close()
         self.progress(f"store seeded: {self.n_nodes} organisations, 1 collaboration, {self.n_nodes} nodes")
 
@@ -129,7 +132,7 @@ class LocalCluster:
         finally:
             store.close()
         node_handle = self._write_node_config(name, org.id, node.id, key,
-                                              port_base=7000 + 100 * len(self.extra_nodes), overrides=overrides)
+                                              port_base=20000 + self.ports_per_node * len(self.extra_nodes), overrides=overrides)
         self.extra_nodes.append(node_handle)
         return node_handle
 
@@ -140,7 +143,8 @@ class LocalCluster:
         cfg = {
             "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
             "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
-            "port_range": [port_base, port_base + 99], "poll_interval": 0.25, **(overrides or {}),
+            "port_range": [port_base, port_base + self.ports_per_node - 1], "poll_interval": 0.25,
+            **(overrides or {}),
         }
         cfg_path = self.workdir / "nodes" / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))

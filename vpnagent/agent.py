@@ -223,39 +223,53 @@ class Agent:
             raise RunError(f"image {image} is not on this node (no registry is used); build or load it first") from None
         specs = exposed_ports(meta)
         token = self.api.container_token(run_id)
-        holder = self.docker.containers.run(
-            self.cfg.holder_image, ["sleep", "infinity"], detach=True,
-            name=f"vpnagent-{self.cfg.name}-run{run_id}-holder",
-            network=self.cfg.isolated_network,
-            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_HOLDER, "vpnagent.run": str(run_id)},
-        )
+        holder = self.start_holder(run_id)
         try:
-            t0 = time.perf_counter()
-            holder.reload()
-            live = LiveRun(run_id, int(run["task_id"]), image, holder.id,
-                           holder.attrs["NetworkSettings"]["Networks"][self.cfg.isolated_network]["IPAddress"],
-                           int(holder.attrs["State"]["Pid"]))
-            if self.vpn.state is not None:
-                vpn_ports = self.ports.allocate(run_id, len(specs))
-                live.ports = [PortMap(vp, s.port, s.label) for vp, s in zip(vpn_ports, specs)]
-            with self._lock:
-                self.runs[run_id] = live
-            self._apply_run_added(live)
-            live.wired_ms = (time.perf_counter() - t0) * 1e3
+            live = self.wire_run(run_id, int(run["task_id"]), image, holder, specs)
             if FAULT_PAUSE_S:
                 time.sleep(FAULT_PAUSE_S)  # fault injection for the crash tests: rules in, ports not yet registered
-            t1 = time.perf_counter()
-            for p in live.ports:
-                self.api.register_port(run_id, p.vpn_port, p.label)
-            live.registered_ms = (time.perf_counter() - t1) * 1e3
+            self.register_ports(live)
             live.container_id = self._start_algorithm(run, live, token).id
         except Exception:
             self._teardown(run_id, holder_id=holder.id)
             raise
-        log.info("run %s: started (ports %s, wired in %.1f ms)", run_id,
-                 [(p.vpn_port, p.container_port, p.label) for p in live.ports], live.wired_ms)
+        log.info("run %s: started (ports %s, wired in %.1f ms, registered in %.1f ms)", run_id,
+                 [(p.vpn_port, p.container_port, p.label) for p in live.ports], live.wired_ms, live.registered_ms)
         self._write_status()
         return live
+
+    def start_holder(self, run_id: int, command: list[str] | None = None):
+        """The pause container that owns the run's network namespace, so the network is
+        ready before any algorithm code runs."""
+        return self.docker.containers.run(
+            self.cfg.holder_image, command or ["sleep", "infinity"], detach=True,
+            name=f"vpnagent-{self.cfg.name}-run{run_id}-holder",
+            network=self.cfg.isolated_network,
+            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_HOLDER, "vpnagent.run": str(run_id)},
+        )
+
+    def wire_run(self, run_id: int, task_id: int, image: str, holder, specs: list) -> LiveRun:
+        """The local work from "holder running" to "reachable over the VPN": ports
+        allocated, rules in the VPN client, default route in the holder."""
+        t0 = time.perf_counter()
+        holder.reload()
+        live = LiveRun(run_id, task_id, image, holder.id,
+                       holder.attrs["NetworkSettings"]["Networks"][self.cfg.isolated_network]["IPAddress"],
+                       int(holder.attrs["State"]["Pid"]))
+        if self.vpn.state is not None:
+            vpn_ports = self.ports.allocate(run_id, len(specs))
+            live.ports = [PortMap(vp, s.port, s.label) for vp, s in zip(vpn_ports, specs)]
+        with self._lock:
+            self.runs[run_id] = live
+        self._apply_run_added(live)
+        live.wired_ms = (time.perf_counter() - t0) * 1e3
+        return live
+
+    def register_ports(self, live: LiveRun) -> None:
+        t0 = time.perf_counter()
+        for p in live.ports:
+            self.api.register_port(live.run_id, p.vpn_port, p.label)
+        live.registered_ms = (time.perf_counter() - t0) * 1e3
 
     def _start_algorithm(self, run: dict, live: LiveRun, token: str):
         run_dir = self.cfg.data_dir / "runs" / str(live.run_id)

@@ -56,12 +56,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
           f"  ip {vpn.get('vpn_ip') or '-'}  since {since}")
     if vpn.get("error"):
         print(f"  last VPN error: {vpn['error']}")
-    print(f"{'run':>6}  {'task':>6}  {'holder ip':<15}  ports (vpn->container label)")
+    print(f"{len(status['runs'])} live run(s)")
+    if status["runs"]:
+        print(f"{'run':>6}  {'task':>6}  {'holder ip':<15}  {'wired':>8}  ports (vpn->container label)")
     for r in status["runs"]:
         ports = ", ".join(f"{p['vpn_port']}->{p['container_port']} {p['label'] or ''}".strip() for p in r["ports"])
-        print(f"{r['run_id']:>6}  {r['task_id']:>6}  {r['holder_ip']:<15}  {ports or '-'}")
-    for fix in status.get("fixes", []):
-        print(f"  fixed: {fix}")
+        wired = f"{r['wired_ms']:.1f} ms" if r.get("wired_ms") is not None else "-"
+        print(f"{r['run_id']:>6}  {r['task_id']:>6}  {r['holder_ip']:<15}  {wired:>8}  {ports or '-'}")
+    fixes = status.get("fixes", [])
+    print(f"reconcile corrections: {len(fixes) or 'none'}")
+    for fix in fixes:
+        print(f"  {fix}")
     return 0
 
 

@@ -176,3 +176,29 @@ def test_live_run_has_dnat_and_ports_which_go_when_it_ends(cluster, docker_clien
     assert not [r for r in state.rules["nat"] if r.startswith("-A VA-")]
     assert not docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"})
     assert json.loads((node.data_dir / "ports.json").read_text() or "{}") == {}
+
+
+def test_status_command_shows_vpn_and_live_runs(cluster, docker_client):
+    import subprocess
+    import sys
+
+    from .util import long_peer, wait_live, wait_task_done, user_session
+
+    node = cluster.nodes[0]
+    http = user_session(cluster)
+    task = long_peer(cluster, http, node, seconds=30)
+    run_id = task["runs"][0]["id"]
+    live = wait_live(node, run_id)
+    try:
+        cmd = [sys.executable, "-m", "vpnagent.cli", "status", "--config", str(node.config_path)]
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        assert f"VPN connected  ip {node.status()['vpn']['vpn_ip']}" in text
+        assert "1 live run(s)" in text and f"{live['ports'][0]['vpn_port']}->8888 echo" in text
+        data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=30).stdout)
+        assert data["vpn"]["connected"] is True and [r["run_id"] for r in data["runs"]] == [run_id]
+        assert data["runs"][0]["wired_ms"] > 0
+    finally:
+        for c in docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"}):
+            if c.labels.get("vpnagent.role") == "algorithm":
+                c.kill()
+        wait_task_done(cluster, http, task["id"])

@@ -1,0 +1,295 @@
+"""Wiring benchmark: time from "holder container running" to "run reachable over the VPN
+and its ports registered", for (a) vpnagent and (b) a baseline doing what vantage6 4.x's
+node does (docker exec into the VPN client to list the nat table and add the DNAT rule,
+a `docker run --rm` helper container to set the algorithm's default route).
+
+Both run in one process, on the same images, against the same real server, OpenVPN
+server and VPN client. Reachability is checked from another node's VPN client namespace
+by a persistent prober (a TCP echo through the tunnel). Then the same is measured with
+200 runs already live on the node.
+
+    .venv/bin/python benchmarks/wiring.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/wiring.py --quick    # smoke run (seconds), used by the tests
+
+Prints a table and writes JSON (default benchmarks/results/wiring.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+import requests  # noqa: E402
+
+from test_algorithms.cluster import LocalCluster  # noqa: E402
+from vpnagent.agent import Agent  # noqa: E402
+from vpnagent.config import load_config  # noqa: E402
+from vpnagent.ports import PortSpec  # noqa: E402
+
+ECHO_SERVER = (
+    "import socketserver\n"
+    "class H(socketserver.StreamRequestHandler):\n"
+    "    def handle(self):\n"
+    "        for line in self.rfile:\n"
+    "            self.wfile.write(line)\n"
+    "socketserver.ThreadingTCPServer.allow_reuse_address = True\n"
+    "socketserver.ThreadingTCPServer(('0.0.0.0', 8888), H).serve_forever()\n"
+)
+
+# Runs inside the prober node's VPN client namespace; one request per line on stdin:
+# "<ip> <port>" → retries a TCP echo every millisecond, answers "ok <ms>" or "fail <why>".
+PROBER = r"""
+import socket, sys, time
+for line in sys.stdin:
+    ip, port = line.split()
+    t0 = time.perf_counter(); err = ""
+    while time.perf_counter() - t0 < 10:
+        try:
+            with socket.create_connection((ip, int(port)), timeout=1) as s:
+                s.sendall(b"ping\n")
+                if s.makefile("rb").readline() == b"ping\n":
+                    print("ok %.3f" % ((time.perf_counter() - t0) * 1e3), flush=True); break
+        except OSError as exc:
+            err = str(exc)
+        time.sleep(0.001)
+    else:
+        print("fail " + err, flush=True)
+"""
+
+
+class Prober:
+    def __init__(self, pid: int) -> None:
+        self.proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-u", "-c", PROBER],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def reach_ms(self, ip: str, port: int) -> float:
+        self.proc.stdin.write(f"{ip} {port}\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer.startswith("ok "):
+            raise RuntimeError(f"{ip}:{port} not reachable over the VPN: {answer}")
+        return float(answer[3:])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(5)
+
+
+def stats(values: list[float]) -> dict:
+    return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+class Bench:
+    def __init__(self, cluster: LocalCluster, agent: Agent, prober: Prober, client: docker.DockerClient) -> None:
+        self.cluster, self.agent, self.prober, self.docker = cluster, agent, prober, client
+        self.node = cluster.nodes[1]
+        tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10)
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+        self.vpn_ip = agent.vpn.state.vpn_ip
+
+    def new_runs(self, n: int) -> list[tuple[int, int]]:
+        """(run id, task id) of n runs for the benchmark node (pending at the server; nobody
+        else picks them up because this node's agent is the one in this process)."""
+        out = []
+        for _ in range(n):
+            r = self.http.post(f"{self.cluster.server_url}/task", timeout=10, json={
+                "collaboration_id": self.cluster.collaboration_id, "organizations": [self.node.organization_id],
+                "image": "vpnagent/algo-base:latest", "input": None})
+            out.append((r.json()["runs"][0]["id"], r.json()["id"]))
+        return out
+
+    def holder(self, run_id: int, with_listener: bool = True):
+        return self.agent.start_holder(run_id, ["python3", "-c", ECHO_SERVER] if with_listener else None)
+
+    def wait_listening(self, holder) -> None:
+        """Until the holder's echo server listens (so we time the wiring, not python start-up)."""
+        for _ in range(400):
+            r = holder.exec_run(["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8888), 1)"])
+            if r.exit_code == 0:
+                return
+            time.sleep(0.01)
+        raise RuntimeError("benchmark holder never listened on 8888")
+
+    # ---------------------------------------------------------------- (a) vpnagent
+    def sample_agent(self, run_id: int, task_id: int) -> dict:
+        holder = self.holder(run_id)
+        self.wait_listening(holder)
+        t0 = time.perf_counter()
+        live = self.agent.wire_run(run_id, task_id, "bench", holder, [PortSpec(8888, "bench")])
+        t_local = time.perf_counter()
+        self.agent.register_ports(live)
+        t_http = time.perf_counter()
+        reach = self.prober.reach_ms(self.vpn_ip, live.ports[0].vpn_port)
+        total = (time.perf_counter() - t0) * 1e3
+        self.agent._teardown(run_id, holder.id)
+        return {"local_ms": (t_local - t0) * 1e3, "http_ms": (t_http - t_local) * 1e3, "reach_ms": reach,
+                "total_ms": total}
+
+    # ---------------------------------------------------------------- (b) vantage6 4.x style
+    def sample_baseline(self, run_id: int, task_id: int) -> dict:
+        holder = self.holder(run_id)
+        self.wait_listening(holder)
+        vpn = self.docker.containers.get(self.agent.cfg.vpn_container)
+        low, high = self.agent.cfg.port_range
+        t0 = time.perf_counter()
+        holder.reload()
+        algo_ip = holder.attrs["NetworkSettings"]["Networks"][self.agent.cfg.isolated_network]["IPAddress"]
+        vpn.reload()
+        vpn_iso_ip = vpn.attrs["NetworkSettings"]["Networks"][self.agent.cfg.isolated_network]["IPAddress"]
+        # vantage6: list PREROUTING with `iptables -L` in the VPN client and parse the ports
+        listed = vpn.exec_run(["sh", "-c", "iptables -t nat -L PREROUTING -n | awk '{print $11}' | cut -c 5-"])
+        used = {int(x) for x in listed.output.decode().split() if x.isdigit()}
+        port = next(p for p in range(high, low, -1) if p not in used)  # from the top: no clash with the agent
+        dnat = f"-t nat -I PREROUTING -i tun0 -p tcp --dport {port} -j DNAT --to-destination {algo_ip}:8888"
+        fwd_in = f"-I FORWARD -i tun0 -d {algo_ip} -p tcp --dport 8888 -j ACCEPT"
+        for rule in (dnat, fwd_in):  # one exec per rule, as vantage6 does
+            r = vpn.exec_run(["sh", "-c", f"iptables {rule}"])
+            if r.exit_code:
+                raise RuntimeError(f"baseline iptables failed: {r.output.decode()}")
+        # vantage6: a throw-away helper container in the algorithm's namespace sets the route
+        self.docker.containers.run(self.agent.cfg.vpn_image, ["ip", "route", "replace", "default", "via", vpn_iso_ip],
+                                   network_mode=f"container:{holder.id}", cap_add=["NET_ADMIN"], remove=True)
+        t_local = time.perf_counter()
+        self.agent.api.register_port(run_id, port, "bench")
+        t_http = time.perf_counter()
+        reach = self.prober.reach_ms(self.vpn_ip, port)
+        total = (time.perf_counter() - t0) * 1e3
+        # vantage6 never removed its rules; the benchmark does
+        for rule in (dnat, fwd_in):
+            vpn.exec_run(["sh", "-c", f"iptables {rule.replace('-I ', '-D ', 1)}"])
+        self.agent.api.delete_ports(run_id)
+        holder.remove(force=True)
+        return {"local_ms": (t_local - t0) * 1e3, "http_ms": (t_http - t_local) * 1e3, "reach_ms": reach,
+                "total_ms": total}
+
+    # ---------------------------------------------------------------- background load
+    def make_live(self, n: int, progress) -> list[int]:
+        """n live runs (real holders, rules, ports) as the node would have them."""
+        runs = self.new_runs(n)
+
+        def one(rt):
+            run_id, task_id = rt
+            h = self.holder(run_id, with_listener=False)
+            live = self.agent.wire_run(run_id, task_id, "bench", h, [PortSpec(8888, "bench")])
+            self.agent.register_ports(live)
+            return run_id
+
+        done = []
+        with ThreadPoolExecutor(4) as pool:
+            for i, run_id in enumerate(pool.map(one, runs), 1):
+                done.append(run_id)
+                if i % 50 == 0:
+                    progress(f"  {i}/{n} background runs live")
+        return done
+
+    def drop_live(self, run_ids: list[int]) -> None:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda r: self.agent._teardown(r, self.agent.runs[r].holder_id), run_ids))
+
+
+def measure(bench: Bench, samples: int, label: str, progress) -> dict:
+    out = {"agent": [], "baseline": []}
+    runs = bench.new_runs(2 * samples)
+    for i in range(samples):
+        out["agent"].append(bench.sample_agent(*runs[2 * i]))
+        out["baseline"].append(bench.sample_baseline(*runs[2 * i + 1]))
+        progress(f"  {label}: sample {i + 1}/{samples}: agent {out['agent'][-1]['total_ms']:.1f} ms, "
+                 f"baseline {out['baseline'][-1]['total_ms']:.1f} ms")
+    return {k: {f: stats([s[f] for s in v]) for f in ("local_ms", "http_ms", "reach_ms", "total_ms")}
+            for k, v in out.items()}
+
+
+def table(results: dict) -> str:
+    lines = [f"{'scenario':<14} {'variant':<9} {'figure':<9} {'min':>8} {'median':>8} {'max':>8}   (ms)"]
+    for scenario, data in results["scenarios"].items():
+        for variant in ("agent", "baseline"):
+            for fig in ("local_ms", "http_ms", "reach_ms", "total_ms"):
+                s = data[variant][fig]
+                lines.append(f"{scenario:<14} {variant:<9} {fig[:-3]:<9} {s['min']:8.2f} {s['median']:8.2f} {s['max']:8.2f}")
+    lines.append("")
+    for key, value in results["ratios"].items():
+        lines.append(f"{key:<52} {value:8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 samples, 10 live runs")
+    ap.add_argument("--samples", type=int, default=None, help="samples per variant and scenario (default 30)")
+    ap.add_argument("--live", type=int, default=None, help="runs already live in the second scenario (default 200)")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "wiring.json")
+    args = ap.parse_args(argv)
+    samples = args.samples or (3 if args.quick else 30)
+    n_live = args.live if args.live is not None else (10 if args.quick else 200)
+
+    def progress(msg: str) -> None:
+        print(f"[wiring {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    from vpnagent.images import build_images
+
+    client = docker.from_env(timeout=300)
+    build_images(client, progress=progress)
+    workdir = Path(tempfile.mkdtemp(prefix="vpnagent-bench-"))
+    cluster = LocalCluster(workdir=workdir, prefix=f"vab{int(time.time()) % 10000}", n_nodes=2,
+                           vpn_subnet="10.78.0.0/16", progress=progress, ports_per_node=max(100, 2 * n_live + 100))
+    agent = prober = None
+    try:
+        cluster.up(start=[0])  # node 1: a real agent whose VPN client is the prober's vantage point
+        cfg = load_config(cluster.nodes[1].config_path)
+        agent = Agent(cfg, client)  # node 2: in this process, so its steps can be timed
+        agent.start()
+        a_vpn = client.containers.get(f"vpnagent-{cluster.nodes[0].name}-vpn")
+        prober = Prober(int(a_vpn.attrs["State"]["Pid"]))
+        bench = Bench(cluster, agent, prober, client)
+        bench.sample_agent(*bench.new_runs(1)[0])  # warm-up (imports, first connection)
+        results = {"machine": {"cpus": __import__("os").cpu_count(), "kernel": platform.release(),
+                               "python": platform.python_version(),
+                               "iptables": subprocess.run(["iptables", "--version"], capture_output=True,
+                                                          text=True).stdout.strip(),
+                               "docker": client.version().get("Version")},
+                   "samples": samples, "live_runs": n_live, "scenarios": {}}
+        progress(f"measuring {samples} samples each with no other run live")
+        results["scenarios"]["first"] = measure(bench, samples, "first", progress)
+        progress(f"starting {n_live} background runs")
+        live = bench.make_live(n_live, progress)
+        progress(f"measuring {samples} samples each with {n_live} runs live")
+        results["scenarios"][f"{n_live}_live"] = measure(bench, samples, f"{n_live} live", progress)
+        bench.drop_live(live)
+        first, loaded = results["scenarios"]["first"], results["scenarios"][f"{n_live}_live"]
+        results["ratios"] = {
+            "baseline/agent total, first run (x faster)": first["baseline"]["total_ms"]["median"] / first["agent"]["total_ms"]["median"],
+            "baseline/agent local work, first run (x faster)": first["baseline"]["local_ms"]["median"] / first["agent"]["local_ms"]["median"],
+            f"agent local, {n_live} live / first (target <= 1.5)": loaded["agent"]["local_ms"]["median"] / first["agent"]["local_ms"]["median"],
+            f"agent total, {n_live} live / first": loaded["agent"]["total_ms"]["median"] / first["agent"]["total_ms"]["median"],
+        }
+        print()
+        print(table(results))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        progress(f"JSON written to {args.json}")
+        return 0
+    finally:
+        if prober:
+            prober.close()
+        if agent:
+            agent.shutdown()
+        cluster.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

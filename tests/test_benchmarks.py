@@ -1,0 +1,26 @@
+"""Smoke runs of the benchmarks, so they keep working. They assert the report's shape and
+that both variants really reached the run over the VPN, never a timing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.docker
+def test_wiring_benchmark_smoke(docker_client, tmp_path):
+    out = tmp_path / "wiring.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wiring.py"), "--quick", "--samples", "2",
+                           "--live", "3", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "baseline/agent total" in proc.stdout
+    report = json.loads(out.read_text())
+    assert set(report["scenarios"]) == {"first", "3_live"}
+    for scenario in report["scenarios"].values():
+        for variant in ("agent", "baseline"):
+            assert scenario[variant]["total_ms"]["n"] == 2
+            assert scenario[variant]["reach_ms"]["max"] > 0
+    assert all(v > 0 for v in report["ratios"].values())
