@@ -118,15 +118,20 @@ class Agent:
     def _remove_orphans(self) -> None:
         """Containers and ports of runs a previous agent process left behind: report the
         runs failed and give everything back, so nothing is held by a run nobody watches."""
+        interrupted: set[int] = set()
         for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"}):
             if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM):
                 c.remove(force=True)
-                self.fixes.append(f"removed orphan container {c.name}")
+                self._record_fix(f"removed orphan container {c.name}")
+                if c.labels.get("vpnagent.run", "").isdigit():
+                    interrupted.add(int(c.labels["vpnagent.run"]))
         for run_id in sorted(self.ports.runs()):
             self.ports.release(run_id)
             self._quiet(self.api.delete_ports, run_id)
+            self._record_fix(f"released the ports of interrupted run {run_id}")
+            interrupted.add(run_id)
+        for run_id in sorted(interrupted):
             self._quiet(self.api.update_run, run_id, "failed", None, "node agent restarted during the run")
-            self.fixes.append(f"released ports of interrupted run {run_id}")
 
     # ------------------------------------------------------------------ reconcile
     def desired_rules(self) -> firewall.VpnClientRules | None:

@@ -1,6 +1,7 @@
 """Faults the node agent must survive, each on the real network: a crashing algorithm, a
 killed VPN client, a restarted OpenVPN server, an agent SIGKILLed in the middle of wiring,
 and a soak of 300 runs. After each, the test counts what was left behind."""
+import contextlib
 import os
 import signal
 import time
@@ -32,16 +33,27 @@ def test_crashing_algorithm_leaves_nothing(cluster, docker_client):
     assert wait_zero(cluster, docker_client) == ZERO
 
 
-def test_killed_vpn_client_is_brought_back_and_runs_reachable_again(cluster, docker_client):
+@contextlib.contextmanager
+def reachable_run(cluster, docker_client, prober, target):
+    """A live run on `target`, reachable from `prober`'s VPN client; ended afterwards."""
     http = user_session(cluster)
-    a, b = cluster.nodes[0], cluster.nodes[1]
-    task = long_peer(cluster, http, b)
+    task = long_peer(cluster, http, target)
     run_id = task["runs"][0]["id"]
-    live = wait_live(b, run_id)
-    ip, port = b.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
+    live = wait_live(target, run_id)
+    ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
     try:
-        ok, _, last = probe_until_ok(docker_client, a.name, ip, port, 20)
+        ok, _, last = probe_until_ok(docker_client, prober.name, ip, port, 20)
         assert ok, last
+        yield ip, port
+    finally:
+        _kill_run(docker_client, run_id)
+        wait_task_done(cluster, http, task["id"])
+    assert wait_zero(cluster, docker_client) == ZERO
+
+
+def test_killed_vpn_client_is_brought_back_and_runs_reachable_again(cluster, docker_client):
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    with reachable_run(cluster, docker_client, a, b) as (ip, port):
         old_id = vpn_container(docker_client, b.name).id
         vpn_container(docker_client, b.name).kill()
         ok, took, last = probe_until_ok(docker_client, a.name, ip, port, 60)
@@ -50,22 +62,12 @@ def test_killed_vpn_client_is_brought_back_and_runs_reachable_again(cluster, doc
         assert b.status()["vpn"]["vpn_ip"] == ip  # same server-allocated IP, no re-registration
         assert any("reconnected the VPN client" in f for f in b.status()["fixes"]) or \
             vpn_container(docker_client, b.name).id == old_id
-    finally:
-        _kill_run(docker_client, run_id)
-        wait_task_done(cluster, http, task["id"])
-    assert wait_zero(cluster, docker_client) == ZERO
 
 
 def test_restarted_openvpn_server_nodes_reconnect_and_keep_their_ips(cluster, docker_client):
-    http = user_session(cluster)
     a, b = cluster.nodes[0], cluster.nodes[2]
     ips = {n.name: n.status()["vpn"]["vpn_ip"] for n in cluster.nodes}
-    task = long_peer(cluster, http, b)
-    run_id = task["runs"][0]["id"]
-    live = wait_live(b, run_id)
-    ip, port = ips[b.name], live["ports"][0]["vpn_port"]
-    try:
-        assert probe_until_ok(docker_client, a.name, ip, port, 20)[0]
+    with reachable_run(cluster, docker_client, a, b) as (ip, port):
         ports_before = port_rows(cluster)
         docker_client.containers.get(cluster.openvpn_container).restart(timeout=5)
         ok, took, last = probe_until_ok(docker_client, a.name, ip, port, 90)
@@ -73,10 +75,6 @@ def test_restarted_openvpn_server_nodes_reconnect_and_keep_their_ips(cluster, do
         assert ok, last
         assert {n.name: n.status()["vpn"]["vpn_ip"] for n in cluster.nodes} == ips
         assert port_rows(cluster) == ports_before  # reachable without re-registration
-    finally:
-        _kill_run(docker_client, run_id)
-        wait_task_done(cluster, http, task["id"])
-    assert wait_zero(cluster, docker_client) == ZERO
 
 
 def test_agent_sigkilled_mid_wiring_restarts_clean(cluster, docker_client):
