@@ -279,6 +279,40 @@ def port_delete(s: Session, ident: Identity):
     return jsonify(deleted=count)
 
 
+# ---------------------------------------------------------------- isolation
+def family_task_ids(s: Session, task: Task) -> set[int]:
+    """The tasks whose runs may talk to `task`'s runs: itself, its parent, its children and
+    its siblings — exactly what GET /vpn/algorithm/addresses can return to it. The relation
+    is symmetric, so the same set says who may send to it and whom it may reach."""
+    ids = {task.id}
+    ids |= set(s.scalars(select(Task.id).where(Task.parent_id == task.id)))
+    if task.parent_id is not None:
+        ids.add(task.parent_id)
+        ids |= set(s.scalars(select(Task.id).where(Task.parent_id == task.parent_id)))
+    return ids
+
+
+@bp.get("/node/peers")
+@requires("node")
+def node_peers(s: Session, ident: Identity):
+    """For each active run of this node, the runs of its task family with their node's VPN
+    IP and ports: the node turns this into allow rules (deny by default)."""
+    stmt = select(Run).where(Run.node_id == ident["node_id"], Run.status.in_(ACTIVE_STATES))
+    run_id = int_arg("run_id", required=False)
+    if run_id is not None:
+        stmt = stmt.where(Run.id == run_id)
+    mine = s.scalars(stmt)
+    out = []
+    for run in mine:
+        fam = family_task_ids(s, run.task)
+        rows = s.execute(select(Run, Node).join(Node, Run.node_id == Node.id)
+                         .where(Run.task_id.in_(fam), Run.status.in_(ACTIVE_STATES)).order_by(Run.id))
+        peers = [{"run_id": r.id, "node_id": n.id, "ip": n.vpn_ip, "ports": sorted(p.port for p in r.ports)}
+                 for r, n in rows if n.vpn_ip]
+        out.append({"run_id": run.id, "peers": peers})
+    return jsonify(runs=out)
+
+
 # ---------------------------------------------------------------- addresses
 @bp.get("/vpn/algorithm/addresses")
 @requires("container")

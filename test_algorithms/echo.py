@@ -270,7 +270,40 @@ def peer(client: AlgorithmClient, timeout: float = 90, n_peers: int | None = Non
         server.stop()
 
 
-METHODS: dict[str, Callable[..., dict]] = {"central": central, "peer": peer}
+def reach(client: AlgorithmClient, targets: list[dict], delay: float = 0.0, connect_timeout: float = 2.0,
+          include_self: bool = True) -> dict:
+    """Try to open a TCP connection to each target ({"what", "ip", "port"}), concurrently;
+    used by the isolation test to show what an algorithm can and cannot reach. With
+    `include_self`, its own address (hairpin through the VPN) is tried as a positive control."""
+    server = None
+    if include_self:
+        server = EchoServer("0.0.0.0", ECHO_PORT).start()
+        org = client.organization_id
+        own = wait_for_org_addresses(lambda: client.vpn.get_addresses(only_self=True), [org], timeout=30)[org]
+        targets = targets + [{"what": "own address (control)", "ip": own["ip"], "port": own["port"]}]
+    time.sleep(delay)  # let the node's rules settle before probing
+
+    def attempt(t: dict) -> dict:
+        try:
+            with socket.create_connection((str(t["ip"]), int(t["port"])), timeout=connect_timeout):
+                return {**t, "ok": True, "error": None}
+        except OSError as exc:
+            return {**t, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
+
+    results: list[dict] = [{}] * len(targets)
+    threads = []
+    for i, t in enumerate(targets[:500]):
+        th = threading.Thread(target=lambda i=i, t=t: results.__setitem__(i, attempt(t)), daemon=True)
+        threads.append(th)
+        th.start()
+    for th in threads:
+        th.join(connect_timeout + 5)
+    if server is not None:
+        server.stop()
+    return {"probes": results}
+
+
+METHODS: dict[str, Callable[..., dict]] = {"central": central, "peer": peer, "reach": reach}
 
 
 def main() -> int:

@@ -56,6 +56,9 @@ class LiveRun:
     ports: list[PortMap] = field(default_factory=list)
     container_id: str | None = None
     started: float = field(default_factory=time.time)
+    peer_ips: tuple[str, ...] = ()  # task family, from the server (GET /node/peers)
+    peer_run_ids: tuple[int, ...] = ()
+    destinations: tuple[tuple[str, int], ...] = ()
     wired_ms: float | None = None  # holder running → rules, route and ports in place (local work)
     registered_ms: float | None = None  # the HTTP calls that register the ports at the server
 
@@ -139,12 +142,42 @@ class Agent:
         if st is None:
             return None
         with self._lock:
-            runs = tuple(
-                firewall.RunRules(r.run_id, r.holder_ip,
-                                  tuple(firewall.Forward(p.vpn_port, p.container_port) for p in r.ports))
-                for r in sorted(self.runs.values(), key=lambda r: r.run_id)
-            )
+            runs = tuple(self._run_rules(r) for r in sorted(self.runs.values(), key=lambda r: r.run_id))
         return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs)
+
+    def _run_rules(self, r: LiveRun) -> firewall.RunRules:
+        local = tuple(self.runs[i].holder_ip for i in r.peer_run_ids if i in self.runs)
+        return firewall.RunRules(r.run_id, r.holder_ip,
+                                 tuple(firewall.Forward(p.vpn_port, p.container_port) for p in r.ports),
+                                 peer_ips=r.peer_ips, local_peers=local, destinations=r.destinations)
+
+    def sync_peers(self) -> None:
+        """Follow each run's task family as runs appear and end: one request for all live
+        runs; a run whose family changed gets its filter chain rewritten."""
+        if not self.runs or self.vpn.state is None:
+            return
+        families = {int(r["run_id"]): r["peers"] for r in self.api.node_peers()}
+        changed = []
+        with self._lock:
+            for run_id, live in self.runs.items():
+                new = family_fields(families.get(run_id, []))
+                if new != (live.peer_ips, live.peer_run_ids, live.destinations):
+                    live.peer_ips, live.peer_run_ids, live.destinations = new
+                    changed.append(run_id)
+            if not changed:
+                return
+            desired = self.desired_rules()
+            # a local peer appearing changes the hairpin rules of the other local runs too
+            targets = [r for r in desired.runs if r.run_id in changed or set(self.runs[r.run_id].peer_run_ids) & set(changed)]
+            if self._synced_pid == self.vpn.state.pid:
+                try:
+                    batch = "".join(firewall.render_run_refreshed(desired, r) for r in targets)
+                    Netns(self._synced_pid).iptables_restore(batch)
+                    return
+                except NetnsError as exc:
+                    log.warning("peers: fast refresh failed (%s); full reconcile", exc)
+                    self._synced_pid = None
+            self.reconcile()
 
     def reconcile(self) -> None:
         """Make host exception, VPN client rules and run routes match the desired state.
@@ -153,7 +186,8 @@ class Agent:
         with self._lock:
             host = Netns(None)
             batch = firewall.render_host(self.cfg.host_chain, self.cfg.bridge_name, str(self.cfg.vpn_subnet),
-                                         firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout))
+                                         firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout),
+                                         gateway=self.iso_gateway, proxy_port=self.cfg.proxy_port)
             host.iptables_restore(batch)
             desired = self.desired_rules()
             if desired is None:
@@ -228,9 +262,10 @@ class Agent:
             raise RunError(f"image {image} is not on this node (no registry is used); build or load it first") from None
         specs = exposed_ports(meta)
         token = self.api.container_token(run_id)
+        family = next((r["peers"] for r in self.api.node_peers(run_id) if r["run_id"] == run_id), [])
         holder = self.start_holder(run_id)
         try:
-            live = self.wire_run(run_id, int(run["task_id"]), image, holder, specs)
+            live = self.wire_run(run_id, int(run["task_id"]), image, holder, specs, family)
             if FAULT_PAUSE_S:
                 time.sleep(FAULT_PAUSE_S)  # fault injection for the crash tests: rules in, ports not yet registered
             self.register_ports(live)
@@ -249,18 +284,21 @@ class Agent:
         return self.docker.containers.run(
             self.cfg.holder_image, command or ["sleep", "infinity"], detach=True,
             name=f"vpnagent-{self.cfg.name}-run{run_id}-holder",
-            network=self.cfg.isolated_network,
+            network=self.cfg.isolated_network, cap_drop=["NET_RAW"],
             labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_HOLDER, "vpnagent.run": str(run_id)},
         )
 
-    def wire_run(self, run_id: int, task_id: int, image: str, holder, specs: list) -> LiveRun:
+    def wire_run(self, run_id: int, task_id: int, image: str, holder, specs: list,
+                 family: list[dict] | None = None) -> LiveRun:
         """The local work from "holder running" to "reachable over the VPN": ports
-        allocated, rules in the VPN client, default route in the holder."""
+        allocated, rules in the VPN client (for the task family known so far; sync_peers
+        follows it afterwards), default route in the holder."""
         t0 = time.perf_counter()
         holder.reload()
         live = LiveRun(run_id, task_id, image, holder.id,
                        holder.attrs["NetworkSettings"]["Networks"][self.cfg.isolated_network]["IPAddress"],
                        int(holder.attrs["State"]["Pid"]))
+        live.peer_ips, live.peer_run_ids, live.destinations = family_fields(family or [])
         if self.vpn.state is not None:
             vpn_ports = self.ports.allocate(run_id, len(specs))
             live.ports = [PortMap(vp, s.port, s.label) for vp, s in zip(vpn_ports, specs)]
@@ -296,7 +334,8 @@ class Agent:
         }
         return self.docker.containers.run(
             live.image, detach=True, name=f"vpnagent-{self.cfg.name}-run{live.run_id}",
-            network_mode=f"container:{live.holder_id}", environment=env,
+            # no raw sockets: an algorithm cannot forge another container's source address
+            network_mode=f"container:{live.holder_id}", environment=env, cap_drop=["NET_RAW"],
             volumes={str(run_dir): {"bind": "/mnt/run", "mode": "rw"}},
             labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_ALGORITHM, "vpnagent.run": str(live.run_id)},
         )
@@ -374,6 +413,7 @@ class Agent:
                     self._threads.append(t)
                     t.start()
                 self._threads = [t for t in self._threads if t.is_alive()]
+                self.sync_peers()
                 if time.monotonic() - last_check > 2.0:
                     last_check = time.monotonic()
                     self.check_vpn()
@@ -427,6 +467,13 @@ class Agent:
         except ServerError as exc:
             log.warning("server: %s", exc)
             return None
+
+
+def family_fields(peers: list[dict]) -> tuple[tuple[str, ...], tuple[int, ...], tuple[tuple[str, int], ...]]:
+    """Peer VPN IPs, peer run ids and reachable (ip, port) pairs of a run's task family."""
+    return (tuple(sorted({p["ip"] for p in peers})),
+            tuple(sorted(int(p["run_id"]) for p in peers)),
+            tuple(sorted({(p["ip"], int(port)) for p in peers for port in p["ports"]})))
 
 
 def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:

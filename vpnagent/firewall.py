@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-PRE, POST, FWD = "VPNAGENT-PRE", "VPNAGENT-POST", "VPNAGENT-FWD"
+PRE, POST, FWD, IN = "VPNAGENT-PRE", "VPNAGENT-POST", "VPNAGENT-FWD", "VPNAGENT-IN"
 RUN_CHAIN_RE = re.compile(r"^VA-(\d+)-[NF]$")
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 
@@ -38,9 +38,15 @@ class Forward:
 
 @dataclass(frozen=True)
 class RunRules:
+    """One run's wiring. Deny by default: only the peers of its task family may connect to
+    its ports, and it may connect only to its family's ports."""
+
     run_id: int
     holder_ip: str
     forwards: tuple[Forward, ...]
+    peer_ips: tuple[str, ...] = ()  # VPN IPs of nodes running runs of the task family
+    local_peers: tuple[str, ...] = ()  # holder IPs of family runs on this node (hairpin senders)
+    destinations: tuple[tuple[str, int], ...] = ()  # (VPN IP, port) of the family's runs
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,14 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
     d = desired
     _check(d.vpn_ip, d.iso_if, d.iso_subnet, d.tun_if)
     nat: list[str] = [f":{PRE} - [0:0]", f":{POST} - [0:0]"]
-    flt: list[str] = [":FORWARD DROP [0:0]", f":{FWD} - [0:0]"]
+    flt: list[str] = [":FORWARD DROP [0:0]", f":{FWD} - [0:0]", f":{IN} - [0:0]"]
     nat_body: list[str] = []
     flt_body: list[str] = [f"-A {FWD} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+    # Nothing may open a connection to the VPN client itself, neither from the VPN nor from
+    # the algorithms (its own OpenVPN traffic runs on the other interface).
+    for iface in (d.tun_if, d.iso_if):
+        flt_body += [f"-A {IN} -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                     f"-A {IN} -i {iface} -j DROP"]
     nat_body.append(f"-A {POST} -o {d.tun_if} -j MASQUERADE")
     # Hairpin: a run reaching its own node's VPN IP is DNATed back onto the isolated
     # network; masquerade so the reply returns through us and gets un-NATed.
@@ -120,7 +131,8 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
     flt += [f":{c} - [0:0]" for c in stale_flt]
     jumps_nat = [(t, r) for t, r in (("PREROUTING", PRE), ("POSTROUTING", POST))
                  if not current.has_rule("nat", f"-A {t} -j {r}")]
-    jumps_flt = [] if current.has_rule("filter", f"-A FORWARD -j {FWD}") else [("FORWARD", FWD)]
+    jumps_flt = [(t, r) for t, r in (("FORWARD", FWD), ("INPUT", IN))
+                 if not current.has_rule("filter", f"-A {t} -j {r}")]
     out = ["*nat", *nat, *nat_body]
     out += [f"-A {t} -j {r}" for t, r in jumps_nat]
     out += [f"-X {c}" for c in stale_nat]
@@ -132,18 +144,42 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
 
 
 def _run_lines(d: VpnClientRules, run: RunRules) -> tuple[list[str], list[str]]:
-    """One run's chains (declaration first), their rules and the jumps into them."""
-    _check(run.holder_ip)
+    """One run's chains (declaration first), the jumps into them and their rules."""
     n, f = nat_chain(run.run_id), filter_chain(run.run_id)
-    nat = [f":{n} - [0:0]", f"-A {PRE} -d {d.vpn_ip}/32 -j {n}"]
-    flt = [f":{f} - [0:0]", f"-A {FWD} -j {f}"]
-    for fw in run.forwards:
-        nat.append(f"-A {n} -d {d.vpn_ip}/32 -p tcp -m tcp --dport {fw.vpn_port} "
-                   f"-j DNAT --to-destination {run.holder_ip}:{fw.target_port}")
-        for in_if in (d.tun_if, d.iso_if):
-            flt.append(f"-A {f} -i {in_if} -d {run.holder_ip}/32 -p tcp -m tcp --dport {fw.target_port} -j ACCEPT")
-    flt.append(f"-A {f} -i {d.iso_if} -o {d.tun_if} -s {run.holder_ip}/32 -j ACCEPT")
+    nat = [f":{n} - [0:0]", f"-A {PRE} -d {d.vpn_ip}/32 -j {n}"] + _nat_rules(d, run)
+    flt = [f":{f} - [0:0]", f"-A {FWD} -j {f}"] + _filter_rules(d, run)
     return nat, flt
+
+
+def _nat_rules(d: VpnClientRules, run: RunRules) -> list[str]:
+    _check(run.holder_ip)
+    n = nat_chain(run.run_id)
+    return [f"-A {n} -d {d.vpn_ip}/32 -p tcp -m tcp --dport {fw.vpn_port} "
+            f"-j DNAT --to-destination {run.holder_ip}:{fw.target_port}" for fw in run.forwards]
+
+
+def _filter_rules(d: VpnClientRules, run: RunRules) -> list[str]:
+    _check(run.holder_ip, *run.peer_ips, *run.local_peers, *(ip for ip, _ in run.destinations))
+    f, h = filter_chain(run.run_id), run.holder_ip
+    rules = []
+    for fw in run.forwards:
+        # from other nodes: masqueraded, so the source is the sending node's VPN IP
+        rules += [f"-A {f} -s {ip}/32 -d {h}/32 -i {d.tun_if} -p tcp -m tcp --dport {fw.target_port} -j ACCEPT"
+                  for ip in sorted(set(run.peer_ips))]
+        # from this node (hairpin through our VPN IP): the source is the sending holder
+        rules += [f"-A {f} -s {ip}/32 -d {h}/32 -i {d.iso_if} -p tcp -m tcp --dport {fw.target_port} -j ACCEPT"
+                  for ip in sorted(set(run.local_peers))]
+    for ip, port in sorted(set(run.destinations)):
+        if ip != d.vpn_ip:  # own node: DNATed back onto the isolated network, checked above
+            rules.append(f"-A {f} -s {h}/32 -d {ip}/32 -i {d.iso_if} -o {d.tun_if} -p tcp -m tcp --dport {int(port)} -j ACCEPT")
+    return rules
+
+
+def render_run_refreshed(d: VpnClientRules, run: RunRules) -> str:
+    """Fast path: the run's task family changed; rewrite its filter chain (declaring it
+    empties it; the jump into it stays)."""
+    _check(d.vpn_ip, d.iso_if, d.tun_if)
+    return "\n".join(["*filter", f":{filter_chain(run.run_id)} - [0:0]", *_filter_rules(d, run), "COMMIT"]) + "\n"
 
 
 def render_run_added(d: VpnClientRules, run: RunRules) -> str:
@@ -179,27 +215,37 @@ def drift(desired: VpnClientRules, current: TableState) -> list[str]:
     return found
 
 
-def render_host(chain: str, bridge: str, vpn_subnet: str, current: TableState, present: bool = True) -> str:
-    """The host's DOCKER-USER exception for one node's isolated bridge (or its removal).
-    Docker drops forwarded packets leaving an --internal network's subnet; VPN traffic must
-    pass between the algorithm containers and the VPN client on that bridge."""
+def render_host(chain: str, bridge: str, vpn_subnet: str, current: TableState, present: bool = True,
+                gateway: str | None = None, proxy_port: int | None = None) -> str:
+    """The host's rules for one node's isolated bridge (or their removal):
+    - DOCKER-USER → `chain`: Docker drops forwarded packets leaving an --internal network's
+      subnet; VPN traffic between the algorithms and the VPN client on that bridge must
+      pass. Only bridged traffic (in and out of the same bridge): nothing is routed off it.
+    - INPUT → `chain`-IN: from the bridge, the host accepts only the node proxy; every other
+      service of the host (and other nodes' proxies) is out of the algorithms' reach."""
     _check(chain, bridge, vpn_subnet)
-    jump = f"-A DOCKER-USER -j {chain}"
-    has_chain = chain in current.chains.get("filter", set())
-    has_jump = current.has_rule("filter", jump)
+    in_chain = f"{chain}-IN"
+    jumps = [("DOCKER-USER", chain, "-I DOCKER-USER 1"), ("INPUT", in_chain, "-I INPUT 1")]
     lines = ["*filter"]
     if present:
         lines += [
             f":{chain} - [0:0]",
-            f"-A {chain} -i {bridge} -d {vpn_subnet} -j ACCEPT",
-            f"-A {chain} -o {bridge} -s {vpn_subnet} -j ACCEPT",
+            f"-A {chain} -i {bridge} -o {bridge} -d {vpn_subnet} -j ACCEPT",
+            f"-A {chain} -i {bridge} -o {bridge} -s {vpn_subnet} -j ACCEPT",
+            f":{in_chain} - [0:0]",
+            f"-A {in_chain} -i {bridge} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         ]
-        if not has_jump:
-            lines.append(f"-I DOCKER-USER 1 -j {chain}")
+        if gateway and proxy_port:
+            _check(gateway)
+            lines.append(f"-A {in_chain} -i {bridge} -d {gateway}/32 -p tcp -m tcp --dport {int(proxy_port)} -j ACCEPT")
+        lines.append(f"-A {in_chain} -i {bridge} -j DROP")
+        lines += [f"{insert} -j {target}" for hook, target, insert in jumps
+                  if not current.has_rule("filter", f"-A {hook} -j {target}")]
     else:
-        if has_jump:
-            lines.append(f"-D DOCKER-USER -j {chain}")
-        if has_chain:
-            lines += [f":{chain} - [0:0]", f"-X {chain}"]
+        lines += [f"-D {hook} -j {target}" for hook, target, _ in jumps
+                  if current.has_rule("filter", f"-A {hook} -j {target}")]
+        for c in (chain, in_chain):
+            if c in current.chains.get("filter", set()):
+                lines += [f":{c} - [0:0]", f"-X {c}"]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"

@@ -66,6 +66,10 @@ class ServerAPI:
     def renew_vpn_config(self, current: str) -> str:
         return self._send("POST", "/vpn/update", json={"vpn_config": current})["ovpn_config"]
 
+    def node_peers(self, run_id: int | None = None) -> list[dict]:
+        params = {"run_id": run_id} if run_id is not None else None
+        return self._send("GET", "/node/peers", params=params)["runs"]
+
     # --- runs
     def pending_runs(self) -> list[dict]:
         return self._send("GET", "/run", params={"state": "pending"})["runs"]

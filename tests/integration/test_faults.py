@@ -37,8 +37,10 @@ def test_crashing_algorithm_leaves_nothing(cluster, docker_client):
 def reachable_run(cluster, docker_client, prober, target):
     """A live run on `target`, reachable from `prober`'s VPN client; ended afterwards."""
     http = user_session(cluster)
-    task = long_peer(cluster, http, target)
-    run_id = task["runs"][0]["id"]
+    # one task with a run on both nodes: the prober's node is in the target run's family
+    task = create_task(cluster, http, [prober.organization_id, target.organization_id],
+                       {"method": "peer", "kwargs": {"timeout": 90, "n_peers": 50}})
+    run_id = next(r["id"] for r in task["runs"] if r["organization_id"] == target.organization_id)
     live = wait_live(target, run_id)
     ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
     try:
@@ -46,7 +48,8 @@ def reachable_run(cluster, docker_client, prober, target):
         assert ok, last
         yield ip, port
     finally:
-        _kill_run(docker_client, run_id)
+        for r in task["runs"]:
+            _kill_run(docker_client, r["id"])
         wait_task_done(cluster, http, task["id"])
     assert wait_zero(cluster, docker_client) == ZERO
 

@@ -99,8 +99,37 @@ def test_host_exception_added_once_and_removed_exactly(netns_pid):
         ns.iptables_restore(fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.parse_save(ns.iptables_save())))
     state = fw.parse_save(ns.iptables_save())
     assert state.rules["filter"].count("-A DOCKER-USER -j VA-HOST-t") == 1
-    assert "-A VA-HOST-t -d 10.76.0.0/16 -i va-t -j ACCEPT" in state.rules["filter"]
+    assert state.rules["filter"].count("-A INPUT -j VA-HOST-t-IN") == 1
+    # bridged traffic only: nothing from the isolated bridge is routed elsewhere
+    assert "-A VA-HOST-t -d 10.76.0.0/16 -i va-t -o va-t -j ACCEPT" in state.rules["filter"]
+    assert state.rules["filter"][-1] == "-A VA-HOST-t-IN -i va-t -j DROP"
     ns.iptables_restore(fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", state, present=False))
     state = fw.parse_save(ns.iptables_save())
-    assert "VA-HOST-t" not in state.chains["filter"]
+    assert not {"VA-HOST-t", "VA-HOST-t-IN"} & state.chains["filter"]
     assert not any("VA-HOST-t" in r for r in state.rules["filter"])
+
+
+def test_host_input_admits_only_the_node_proxy():
+    batch = fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.TableState(), gateway="172.20.0.1", proxy_port=8765)
+    lines = batch.splitlines()
+    allow = "-A VA-HOST-t-IN -i va-t -d 172.20.0.1/32 -p tcp -m tcp --dport 8765 -j ACCEPT"
+    assert allow in lines and lines.index(allow) < lines.index("-A VA-HOST-t-IN -i va-t -j DROP")
+
+
+def test_run_rules_allow_only_the_task_family():
+    d = fw.VpnClientRules(vpn_ip="10.76.0.5", iso_if="eth1", iso_subnet="172.29.1.0/24", runs=(
+        fw.RunRules(7, "172.29.1.3", (fw.Forward(6000, 8888),), peer_ips=("10.76.0.9",),
+                    local_peers=("172.29.1.3", "172.29.1.4"),
+                    destinations=(("10.76.0.9", 6100), ("10.76.0.5", 6001))),))
+    f = fw.render_run_refreshed(d, d.runs[0]).splitlines()
+    assert f[:2] == ["*filter", ":VA-7-F - [0:0]"]
+    assert "-A VA-7-F -s 10.76.0.9/32 -d 172.29.1.3/32 -i tun0 -p tcp -m tcp --dport 8888 -j ACCEPT" in f
+    assert "-A VA-7-F -s 172.29.1.4/32 -d 172.29.1.3/32 -i eth1 -p tcp -m tcp --dport 8888 -j ACCEPT" in f
+    assert "-A VA-7-F -s 172.29.1.3/32 -d 10.76.0.9/32 -i eth1 -o tun0 -p tcp -m tcp --dport 6100 -j ACCEPT" in f
+    # own node's ports are reached by hairpin (checked on the receiving run), not via tun0
+    assert not any("-d 10.76.0.5/32" in line for line in f)
+    # nothing else: no rule without a source or a destination
+    assert all(" -s " in line for line in f if line.startswith("-A"))
+    full = fw.render_vpn_client(d, fw.TableState())
+    assert "-A VPNAGENT-IN -i tun0 -j DROP" in full and "-A VPNAGENT-IN -i eth1 -j DROP" in full
+    assert "-A INPUT -j VPNAGENT-IN" in full

@@ -1,0 +1,99 @@
+"""Per-task isolation on the real network: a run may connect only to the ports of its own
+task family, and only nodes of that family may connect to it. A probing algorithm in task U
+tries every port of task T and every address it must not reach; every attempt must fail,
+while every pair inside T succeeds. Positive controls show the probe itself works."""
+import socket
+import threading
+
+import pytest
+
+from .util import create_task, user_session, wait_live, wait_task_done
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def host_listener():
+    """A TCP service on the host (all addresses), as a node host's own services would be."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 0))
+    srv.listen(64)
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def _gateway(docker_client, network: str) -> str:
+    return docker_client.networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
+
+
+def test_only_the_task_family_is_reachable(cluster, docker_client, host_listener):
+    http = user_session(cluster)
+    nodes = cluster.nodes
+    prober = nodes[1]
+    ips = {n.name: n.status()["vpn"]["vpn_ip"] for n in nodes}
+    task_t = create_task(cluster, http, [n.organization_id for n in nodes],
+                         {"method": "peer", "kwargs": {"timeout": 25, "n_peers": 3}})
+    runs_t = {r["organization_id"]: r["id"] for r in task_t["runs"]}
+    live_t = {n.name: wait_live(n, runs_t[n.organization_id]) for n in nodes}
+
+    openvpn = docker_client.containers.get(cluster.openvpn_container)
+    wan_ip = openvpn.attrs["NetworkSettings"]["Networks"][cluster.wan_network]["IPAddress"]
+    vpn_server_ip = str(next(__import__("ipaddress").IPv4Network(cluster.vpn_subnet).hosts()))
+    prober_cfg_gw = _gateway(docker_client, f"vpnagent-{prober.name}-net")
+    vpn_client = docker_client.containers.get(f"vpnagent-{prober.name}-vpn")
+    vpn_client_iso = vpn_client.attrs["NetworkSettings"]["Networks"][f"vpnagent-{prober.name}-net"]["IPAddress"]
+    must_fail = []
+    for n in nodes:
+        port = live_t[n.name]["ports"][0]["vpn_port"]
+        must_fail.append({"what": f"task T's port on {n.name}", "ip": ips[n.name], "port": port})
+        for other in (22, 8765, port + 50):  # +50: a port of the range that no run holds
+            must_fail.append({"what": f"{n.name}'s VPN IP, port {other}", "ip": ips[n.name], "port": other})
+    must_fail += [
+        {"what": "OpenVPN server, VPN side", "ip": vpn_server_ip, "port": 1194},
+        {"what": "OpenVPN server, VPN side, host service port", "ip": vpn_server_ip, "port": host_listener},
+        {"what": "OpenVPN server container on the wan network", "ip": wan_ip, "port": 1194},
+        {"what": "host service through the wan network", "ip": _gateway(docker_client, cluster.wan_network),
+         "port": host_listener},
+        {"what": "host service on the node's own bridge", "ip": prober_cfg_gw, "port": host_listener},
+        {"what": "VPN client container itself", "ip": vpn_client_iso, "port": 22},
+    ]
+    for n in nodes:
+        if n is not prober:
+            must_fail.append({"what": f"node proxy of {n.name}", "ip": _gateway(docker_client, f"vpnagent-{n.name}-net"),
+                              "port": 8765})
+    controls = [{"what": "own node proxy (control)", "ip": prober_cfg_gw, "port": 8765}]
+
+    task_u = create_task(cluster, http, [prober.organization_id],
+                         {"method": "reach", "kwargs": {"targets": must_fail + controls, "delay": 1.0}})
+    done_u = wait_task_done(cluster, http, task_u["id"], timeout=90)
+    probes = done_u["runs"][0]["result"]["probes"]
+    print(f"\ntask U on {prober.name} (prober) -> target                         reached?")
+    for p in probes:
+        print(f"  {p['what']:<48} {p['ip']}:{p['port']:<6} {'REACHED' if p['ok'] else 'blocked'}")
+    by_what = {p["what"]: p for p in probes}
+    leaks = [p for p in probes if p["ok"] and "control" not in p["what"]]
+    assert not leaks, leaks
+    assert by_what["own address (control)"]["ok"], by_what["own address (control)"]
+    assert by_what["own node proxy (control)"]["ok"], by_what["own node proxy (control)"]
+    assert len(probes) == len(must_fail) + 2
+
+    done_t = wait_task_done(cluster, http, task_t["id"], timeout=90)
+    pairs = [p for r in done_t["runs"] for p in (r["result"] or {}).get("pairs", [])]
+    print(f"task T, inside the family: {sum(p['ok'] for p in pairs)} of {len(pairs)} pairs ok")
+    assert len(pairs) == 9 and all(p["ok"] for p in pairs), pairs
