@@ -21,7 +21,7 @@ ip, port = sys.argv[1], int(sys.argv[2])
 try:
     with socket.create_connection((ip, port), timeout=3) as s:
         s.settimeout(3)
-        line = json.dumps({"from": "probe", "nonce": "x"}).encode() + b"\n"
+        line = json.dumps({"nonce": "x"}).encode() + b"\n"  # no "from": not counted as a peer
         s.sendall(line)
         got = s.makefile("rb").readline()
     print("ok" if got == line else "bad echo")
