@@ -91,8 +91,10 @@ def requires(*kinds: str) -> Callable:
                     run = s.get(Run, ident.claims.get("run_id"))
                     if run is None or run.status not in ACTIVE_STATES or run.task_id != ident.claims.get("task_id"):
                         raise ApiError(401, "container token no longer valid: its run has ended")
-                elif ident.kind == "node" and s.get(Node, ident.claims.get("node_id")) is None:
-                    raise ApiError(401, "node no longer exists")
+                elif ident.kind == "node":
+                    node = s.get(Node, ident.claims.get("node_id"))
+                    if node is None or node.removed_at is not None:
+                        raise ApiError(401, "this node was removed from the server")
                 return fn(s, ident, *args, **kwargs)
         return wrapper
     return deco
@@ -175,8 +177,7 @@ def _issue_config(s: Session, node: Node) -> str:
 
 def _rewrite_crl(s: Session) -> None:
     revoked = s.execute(select(Certificate.serial, Certificate.revoked_at).where(Certificate.revoked_at.is_not(None)))
-    ext().pki.write_crl([(int(serial), when) for serial, when in revoked])
-    ext().files.write_crl()
+    ext().files.write_crl([(int(serial), when) for serial, when in revoked])
 
 
 @bp.get("/vpn")

@@ -115,6 +115,30 @@ def cmd_add_user(args) -> int:
     return 0
 
 
+def _admin_state(args):
+    from . import create_app
+
+    return create_app(flask_config(load_server_config(args.config))).extensions["vpnagent"]
+
+
+def cmd_remove_node(args) -> int:
+    from .admin import remove_node
+
+    r = remove_node(_admin_state(args), args.node_id)
+    print(f"node {r.node_id} ({r.common_name}) removed: API key disabled, certificates revoked; {r.note}")
+    return 0
+
+
+def cmd_remove_org(args) -> int:
+    from .admin import remove_organization
+
+    removed = remove_organization(_admin_state(args), args.organization_id)
+    for r in removed:
+        print(f"node {r.node_id} ({r.common_name}) removed; {r.note}")
+    print(f"organization {args.organization_id}: {len(removed)} node(s) removed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vpnagent-server", description="vpnagent server: API, PKI and OpenVPN server")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     s = add("add-user", cmd_add_user, "create a researcher; prints the API key once")
     s.add_argument("name")
     s.add_argument("--org", type=int, required=True)
+    s = add("remove-node", cmd_remove_node, "take a node out: revoke its certificates, disconnect it")
+    s.add_argument("node_id", type=int)
+    s = add("remove-organization", cmd_remove_org, "remove every node of an organisation")
+    s.add_argument("organization_id", type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .store import StoreError

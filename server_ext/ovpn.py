@@ -55,6 +55,7 @@ def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: 
         "persist-key",
         "persist-tun",
         "status /tmp/openvpn-status.log 5",
+        "management /run/vpnagent/management.sock unix",
         "verb 3",
     ]
     if s.proto == "tcp":

@@ -60,6 +60,7 @@ class Node(Base):
     collaboration_id: Mapped[int] = mapped_column(ForeignKey("collaboration.id"))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     vpn_ip: Mapped[str | None] = mapped_column(String(45), unique=True)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     @property
     def common_name(self) -> str:
@@ -205,6 +206,33 @@ class Store:
             s.add(user)
             s.flush()
             return user, key
+
+    def remove_node(self, node_id: int) -> Node:
+        """Take a node out: its API key stops working, every certificate it holds is
+        revoked and its unfinished runs fail. The row stays (runs refer to it)."""
+        now = _now()
+        with self.session() as s:
+            node = self._get(s, Node, node_id)
+            if node.removed_at is None:
+                node.removed_at = now
+                node.api_key_hash = f"removed-{node.id}-{secrets.token_hex(8)}"
+            for cert in s.scalars(select(Certificate).where(Certificate.node_id == node.id,
+                                                            Certificate.revoked_at.is_(None))):
+                cert.revoked_at = now
+            for run in s.scalars(select(Run).where(Run.node_id == node.id, Run.status.in_(ACTIVE_STATES))):
+                run.status, run.finished_at, run.log = "failed", now, "node removed by the server admin"
+                run.ports.clear()
+            return node
+
+    def nodes_of_organization(self, organization_id: int) -> list[int]:
+        with self.session() as s:
+            self._get(s, Organization, organization_id)
+            return list(s.scalars(select(Node.id).where(Node.organization_id == organization_id)))
+
+    def revoked_serials(self) -> list[tuple[int, dt.datetime]]:
+        with self.session() as s:
+            rows = s.execute(select(Certificate.serial, Certificate.revoked_at).where(Certificate.revoked_at.is_not(None)))
+            return [(int(serial), when) for serial, when in rows]
 
     def get_node(self, node_id: int) -> Node:
         with self.session() as s:

@@ -202,3 +202,18 @@ def test_status_command_shows_vpn_and_live_runs(cluster, docker_client):
             if c.labels.get("vpnagent.role") == "algorithm":
                 c.kill()
         wait_task_done(cluster, http, task["id"])
+
+
+def test_no_secret_reaches_a_log(cluster):
+    """After everything above (echo task, runs, renewals), no private key, API key or token
+    appears in the logs of the server or of any agent."""
+    secrets = [n.api_key for n in cluster.nodes + cluster.extra_nodes] + [cluster.user_api_key]
+    logs = sorted((cluster.workdir / "logs").glob("*.log"))
+    assert len(logs) >= 4
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert "PRIVATE KEY" not in text, path
+        assert "OpenVPN Static key" not in text, path
+        assert "eyJ" not in text, f"a JWT in {path}"  # every JWT starts with base64 of '{"'
+        for secret in secrets:
+            assert secret not in text, f"an API key in {path}"

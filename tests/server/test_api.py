@@ -174,3 +174,29 @@ def test_unknown_endpoints_and_methods_answer_json(world):
     assert r.status_code == 404 and r.json["msg"]
     r = world.client.put("/api/vpn")
     assert r.status_code == 405 and r.json["msg"]
+
+
+def test_removed_node_loses_key_token_certificates_and_runs(world, task):
+    from cryptography import x509
+
+    from server_ext.admin import remove_node
+    from server_ext.pki import cert_from_ovpn
+
+    state = world.app.extensions["vpnagent"]
+    n1 = world.node_headers(0)
+    cfg = world.client.get("/api/vpn", headers=n1).json["ovpn_config"]
+    run1 = task["runs"][0]["id"]
+    world.client.post("/api/port", headers=n1, json={"run_id": run1, "port": 6000})
+    node_id = world.client.get("/api/node/self", headers=n1).json["id"]
+
+    removal = remove_node(state, node_id)
+    assert not removal.disconnected and "unreachable" in removal.note  # no OpenVPN server in this test
+    assert world.client.get("/api/node/self", headers=n1).status_code == 401  # its token dies at once
+    assert world.client.post("/api/token/node", json={"api_key": world.node_keys[0]}).status_code == 401
+    serial = x509.load_pem_x509_certificate(cert_from_ovpn(cfg).encode()).serial_number
+    crl = x509.load_pem_x509_crl((state.files.dir / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert not (state.files.dir / "ccd" / f"node-{node_id}").exists()
+    t = world.client.get(f"/api/task/{task['id']}", headers=world.user_headers()).json
+    assert t["runs"][0]["status"] == "failed" and world.store.count_ports() == 0
+    assert t["runs"][1]["status"] == "pending"  # the other node's run is untouched

@@ -1,0 +1,38 @@
+"""Admin operations that touch more than the store: taking a node (or a whole
+organisation) out revokes its certificates, republishes the CRL, removes its static IP
+entry and disconnects its live VPN session through OpenVPN's management interface."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import ExtensionState
+from .vpnserver import Management
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Removal:
+    node_id: int
+    common_name: str
+    disconnected: bool
+    note: str
+
+
+def remove_node(state: ExtensionState, node_id: int) -> Removal:
+    node = state.store.remove_node(node_id)
+    state.files.write_crl(state.store.revoked_serials())
+    state.files.remove_ccd(node.common_name)  # with ccd-exclusive: no entry, no connection
+    sock = state.files.runtime_dir / "management.sock"
+    try:
+        killed = Management(sock).kill(node.common_name)
+        note = "live VPN session disconnected" if killed else "no live VPN session"
+    except OSError as exc:  # the OpenVPN server is not running here: the CRL still holds
+        killed, note = False, f"OpenVPN management unreachable ({exc.strerror or exc}); the CRL stops its next handshake"
+    log.info("node %s (%s) removed: certificates revoked; %s", node.id, node.common_name, note)
+    return Removal(node.id, node.common_name, killed, note)
+
+
+def remove_organization(state: ExtensionState, organization_id: int) -> list[Removal]:
+    return [remove_node(state, node_id) for node_id in state.store.nodes_of_organization(organization_id)]
