@@ -156,6 +156,13 @@ def health():
     return jsonify(status="ok")
 
 
+@bp.get("/openapi.json")
+def openapi():
+    from .openapi import spec
+
+    return jsonify(spec(current_app.config.get("VPNAGENT_URL_PREFIX", "/api")))
+
+
 # ---------------------------------------------------------------- node
 @bp.get("/node/self")
 @requires("node")

@@ -58,6 +58,10 @@ class World:
 
 @pytest.fixture
 def world(tmp_path) -> World:
+    return build_world(tmp_path)
+
+
+def build_world(tmp_path) -> World:
     app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True,
                       "VPNAGENT_VPN_SUBNET": "10.76.0.0/16"})
     store = app.extensions["vpnagent"].store
