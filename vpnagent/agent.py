@@ -213,8 +213,12 @@ class Agent:
             desired = self.desired_rules()
             if desired is not None and self._synced_pid == self.vpn.state.pid:
                 run = next(r for r in desired.runs if r.run_id == live.run_id)
+                # local family runs wired earlier must now admit this run's holder (hairpin)
+                others = [r for r in desired.runs if live.run_id in self.runs[r.run_id].peer_run_ids]
+                batch = firewall.render_run_added(desired, run)
+                batch += "".join(firewall.render_run_refreshed(desired, r) for r in others)
                 try:
-                    Netns(self._synced_pid).iptables_restore(firewall.render_run_added(desired, run))
+                    Netns(self._synced_pid).iptables_restore(batch)
                     Netns(live.holder_pid).set_default_route(self.vpn.state.iso_ip)
                     return
                 except NetnsError as exc:
