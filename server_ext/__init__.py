@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .ovpn import VPNSettings
+from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
 from .pki import PKI, write_private
 from .store import Store
 from .tokens import TokenService
@@ -56,6 +56,7 @@ class VPNExtension:
             remote_host=cfg.get("VPNAGENT_OPENVPN_REMOTE_HOST", "127.0.0.1"),
             remote_port=int(cfg.get("VPNAGENT_OPENVPN_REMOTE_PORT", 1194)),
             proto=cfg.get("VPNAGENT_OPENVPN_PROTO", "udp"),
+            profile=_profile(cfg.get("VPNAGENT_OPENVPN_PROFILE")),
         )
         pki = PKI(data_dir / "pki")
         state = ExtensionState(
@@ -77,6 +78,17 @@ class VPNExtension:
 def _http_error(exc: HTTPException):
     msg = {413: "request body larger than 64 KiB", 404: "no such endpoint", 405: "method not allowed here"}
     return jsonify(msg=msg.get(exc.code, exc.description)), exc.code
+
+
+def _profile(raw: dict | None) -> Profile:
+    """The data-plane profile: the tuned default, with any field overridden by config."""
+    if not raw:
+        return DEFAULT_PROFILE
+    fields = set(Profile.__dataclass_fields__)
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"unknown openvpn_profile key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    return replace(DEFAULT_PROFILE, **raw)
 
 
 def _stored_secret(data_dir: Path) -> str:

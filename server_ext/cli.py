@@ -14,7 +14,7 @@ import yaml
 KEYS = {
     "host": str, "port": int, "data_dir": str, "database_url": str, "secret": str, "vpn_subnet": str,
     "openvpn_remote_host": str, "openvpn_remote_port": int, "openvpn_proto": str, "cert_days": (int, float),
-    "openvpn_container": str, "openvpn_network": str,
+    "openvpn_container": str, "openvpn_network": str, "openvpn_profile": dict,
 }
 
 
@@ -46,7 +46,7 @@ def flask_config(raw: dict[str, Any]) -> dict[str, Any]:
     mapping = {"data_dir": "VPNAGENT_DATA_DIR", "database_url": "VPNAGENT_DATABASE_URL", "secret": "VPNAGENT_SECRET",
                "vpn_subnet": "VPNAGENT_VPN_SUBNET", "openvpn_remote_host": "VPNAGENT_OPENVPN_REMOTE_HOST",
                "openvpn_remote_port": "VPNAGENT_OPENVPN_REMOTE_PORT", "openvpn_proto": "VPNAGENT_OPENVPN_PROTO",
-               "cert_days": "VPNAGENT_CERT_DAYS"}
+               "cert_days": "VPNAGENT_CERT_DAYS", "openvpn_profile": "VPNAGENT_OPENVPN_PROFILE"}
     return {flask_key: raw[key] for key, flask_key in mapping.items() if raw.get(key) is not None}
 
 

@@ -61,6 +61,8 @@ class LocalCluster:
     progress: Progress = print
     api_port: int = 0
     ports_per_node: int = 100
+    server_extra: dict = field(default_factory=dict)  # more server.yaml keys (e.g. openvpn_profile)
+    node_extra: dict = field(default_factory=dict)  # more node.yaml keys (e.g. isolated_mtu)
     server_proc: subprocess.Popen | None = None
     nodes: list[NodeHandle] = field(default_factory=list)
     extra_nodes: list[NodeHandle] = field(default_factory=list)  # add_node(): outside the collaboration
@@ -144,7 +146,7 @@ class LocalCluster:
             "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
             "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
             "port_range": [port_base, port_base + self.ports_per_node - 1], "poll_interval": 0.25,
-            **(overrides or {}),
+            **self.node_extra, **(overrides or {}),
         }
         cfg_path = self.workdir / "nodes" / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
@@ -164,6 +166,7 @@ class LocalCluster:
             "vpn_subnet": self.vpn_subnet,
             "openvpn_remote_host": self.openvpn_container, "openvpn_remote_port": 1194,
             "openvpn_container": self.openvpn_container, "openvpn_network": self.wan_network,
+            **self.server_extra,
         }
         cfg_path = server_dir / "server.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))

@@ -24,3 +24,19 @@ def test_wiring_benchmark_smoke(docker_client, tmp_path):
             assert scenario[variant]["total_ms"]["n"] == 2
             assert scenario[variant]["reach_ms"]["max"] > 0
     assert all(v > 0 for v in report["ratios"].values())
+
+
+@pytest.mark.docker
+def test_dataplane_benchmark_smoke(docker_client, tmp_path):
+    out = tmp_path / "dataplane.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dataplane.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == {"a", "b", "c", "d"}
+    for key, path in report["paths"].items():
+        assert path["tcp_1_mbit"]["median"] > 0 and path["tcp_4_mbit"]["median"] > 0
+        assert path["rr_p99_ms"]["median"] >= path["rr_p50_ms"]["median"] > 0
+        assert (path["ping_ms"] is None) == (key == "c")
+        assert (path["cpu_s_per_gb"] is None) == (key == "a")
+    assert set(report["ratios"]) == {"c/a tcp 1 stream", "c/b tcp 1 stream", "c/d tcp 1 stream"}

@@ -110,7 +110,8 @@ class Agent:
                 ipam = docker.types.IPAMConfig(pool_configs=[pool])
             net = self.docker.networks.create(
                 self.cfg.isolated_network, driver="bridge", internal=True, ipam=ipam,
-                options={"com.docker.network.bridge.name": self.cfg.bridge_name},
+                options={"com.docker.network.bridge.name": self.cfg.bridge_name,
+                         **({"com.docker.network.driver.mtu": str(self.cfg.isolated_mtu)} if self.cfg.isolated_mtu else {})},
                 labels={"vpnagent.node": self.cfg.name},
             )
             net.reload()

@@ -30,6 +30,7 @@ class NodeConfig:
     proxy_port: int = 8765
     poll_interval: float = 0.5
     max_concurrent_runs: int = 8
+    isolated_mtu: int | None = 9000  # MTU of the isolated network: match the server profile's tun-mtu
     vpn_connect_timeout: float = 30.0
     vpn_image: str = "vpnagent/vpn:latest"
     holder_image: str = "vpnagent/algo-base:latest"
@@ -64,6 +65,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "vpn_client_network": str,
     "proxy_port": int,
     "max_concurrent_runs": int,
+    "isolated_mtu": int,
     "poll_interval": (int, float),
     "vpn_connect_timeout": (int, float),
     "vpn_image": str,
@@ -114,6 +116,10 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if not 1 <= raw["proxy_port"] <= 65535:
             raise ConfigError(f"'proxy_port' {raw['proxy_port']} must be within 1-65535")
         kwargs["proxy_port"] = raw["proxy_port"]
+    if raw.get("isolated_mtu") is not None:
+        if not 1280 <= raw["isolated_mtu"] <= 65535:
+            raise ConfigError("'isolated_mtu' must be within 1280-65535")
+        kwargs["isolated_mtu"] = raw["isolated_mtu"]
     if raw.get("max_concurrent_runs") is not None:
         if not 1 <= raw["max_concurrent_runs"] <= 1000:
             raise ConfigError("'max_concurrent_runs' must be within 1-1000")

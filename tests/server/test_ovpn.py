@@ -52,3 +52,26 @@ def test_bad_proto_and_port():
         VPNSettings(proto="sctp")
     with pytest.raises(ValueError, match="1-65535"):
         VPNSettings(remote_port=0)
+
+
+def test_profile_lines_reach_both_ends():
+    from server_ext.ovpn import Profile
+
+    prof = Profile(tun_mtu=9000, mssfix=0, sndbuf=524288, rcvbuf=524288, fast_io=True, cipher="CHACHA20-POLY1305")
+    settings = VPNSettings(profile=prof)
+    for conf in (render_server_conf(settings, **PEMS), render_client(settings, **PEMS)):
+        lines = conf.splitlines()
+        for line in ("tun-mtu 9000", "mssfix 0", "sndbuf 524288", "rcvbuf 524288", "fast-io",
+                     "data-ciphers CHACHA20-POLY1305"):
+            assert line in lines, line
+    tcp = render_server_conf(VPNSettings(proto="tcp", profile=prof), **PEMS).splitlines()
+    assert "fast-io" not in tcp  # UDP only
+
+
+def test_profile_from_server_config(tmp_path):
+    from server_ext import create_app
+
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path), "VPNAGENT_OPENVPN_PROFILE": {"tun_mtu": 9000}})
+    assert app.extensions["vpnagent"].settings.profile.tun_mtu == 9000
+    with pytest.raises(ValueError, match="unknown openvpn_profile key"):
+        create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "b"), "VPNAGENT_OPENVPN_PROFILE": {"mtu": 1}})

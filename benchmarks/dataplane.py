@@ -1,0 +1,365 @@
+"""Data-plane benchmark: what algorithm-to-algorithm traffic costs on each path, in one run
+on the same machine and images.
+
+Paths (each endpoint is a real network namespace; the measuring tools run inside it with
+`nsenter`, so every path is measured with the same binaries):
+  a  direct      two containers on one bridge (the physical limit)
+  b  raw         two OpenVPN clients, client-to-client through the server, no agent wiring
+  c  vpnagent    two runs of one task on two nodes: holder → VPN client → OpenVPN server →
+                 VPN client → DNAT → holder, with the agent's rules (isolation included)
+  d  vantage6    two OpenVPN clients with vantage6 4.x's client flags (--connect-retry-max 1,
+                 --ping-exit 30, no IPv6) against the same server settings (UDP,
+                 AES-256-GCM, client-to-client, default buffers and MTU)
+
+Figures, each min/median/max over the runs: TCP throughput with iperf3 (1 and 4 streams),
+ping RTT (not for c: runs are reachable on their TCP ports only), TCP request/response
+latency p50/p99 for 1 KiB messages, and CPU seconds of all OpenVPN processes per GB moved.
+
+    .venv/bin/python benchmarks/dataplane.py            # 3 runs of 5 s each
+    .venv/bin/python benchmarks/dataplane.py --quick    # smoke run (seconds), used by the tests
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+import requests  # noqa: E402
+
+from test_algorithms.cluster import LocalCluster  # noqa: E402
+from vpnagent.netns import Netns  # noqa: E402
+from vpnagent.serverapi import ServerAPI  # noqa: E402
+
+BENCH_IMAGE = "vpnagent/bench-peer:latest"
+IPERF_PORT, ECHO_PORT = 5201, 8888
+ECHO = r"""
+import socket, threading, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen(16)
+def serve(c):
+    with c:
+        f = c.makefile("rb")
+        for line in f:
+            c.sendall(line)
+while True:
+    c, _ = srv.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+REQREP = r"""
+import json, socket, sys, time
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+msg = b"x" * 1023 + b"\n"
+t_end = time.monotonic() + 20
+while True:
+    try:
+        s = socket.create_connection((ip, port), timeout=3); break
+    except OSError:
+        if time.monotonic() > t_end: raise
+        time.sleep(0.05)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+f = s.makefile("rb"); rtts = []
+for _ in range(n):
+    t = time.perf_counter(); s.sendall(msg)
+    if f.readline() != msg: raise SystemExit("bad echo")
+    rtts.append((time.perf_counter() - t) * 1e3)
+rtts.sort()
+print(json.dumps({"p50": rtts[len(rtts) // 2], "p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]}))
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def openvpn_cpu_seconds() -> float:
+    """utime+stime of every openvpn process on the machine (server and clients)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name == "openvpn":
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+@dataclass
+class Path_:
+    key: str
+    label: str
+    src_pid: int
+    dst_pid: int
+    dst_ip: str
+    iperf_port: int
+    echo_port: int
+    pingable: bool = True
+
+
+def ns_run(pid: int, argv: list[str], timeout: float) -> str:
+    proc = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise BenchError(f"{argv[0]} failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
+    return proc.stdout
+
+
+def start_servers(pid: int, procs: list) -> None:
+    """iperf3 and the echo server inside the destination namespace (host binaries)."""
+    procs.append(subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", "iperf3", "-s", "-p", str(IPERF_PORT)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", ECHO,
+                                   str(ECHO_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def measure(p: Path_, runs: int, seconds: int, messages: int) -> dict:
+    out: dict[str, list[float]] = {"tcp_1_mbit": [], "tcp_4_mbit": [], "ping_ms": [], "rr_p50_ms": [],
+                                   "rr_p99_ms": [], "cpu_s_per_gb": []}
+    for _ in range(runs):
+        for streams in (1, 4):
+            cpu0 = openvpn_cpu_seconds()
+            raw = ns_run(p.src_pid, ["iperf3", "-c", p.dst_ip, "-p", str(p.iperf_port), "-t", str(seconds),
+                                     "-P", str(streams), "-J", "--connect-timeout", "5000"], timeout=seconds + 60)
+            cpu = openvpn_cpu_seconds() - cpu0
+            end = json.loads(raw)["end"]["sum_received"]
+            out[f"tcp_{streams}_mbit"].append(end["bits_per_second"] / 1e6)
+            if streams == 1 and p.key != "a":
+                out["cpu_s_per_gb"].append(cpu / (end["bytes"] / 1e9))
+        if p.pingable:
+            text = ns_run(p.src_pid, ["ping", "-q", "-c", "20", "-i", "0.02", "-W", "2", p.dst_ip], timeout=30)
+            out["ping_ms"].append(float(text.rsplit("=", 1)[1].split("/")[1]))
+        rr = json.loads(ns_run(p.src_pid, [sys.executable, "-c", REQREP, p.dst_ip, str(p.echo_port), str(messages)],
+                               timeout=120))
+        out["rr_p50_ms"].append(rr["p50"])
+        out["rr_p99_ms"].append(rr["p99"])
+    return {k: ({"min": min(v), "median": statistics.median(v), "max": max(v), "n": len(v)} if v else None)
+            for k, v in out.items()}
+
+
+def build_bench_image(client: docker.DockerClient) -> None:
+    """The echo image plus an exposed iperf3 port, so a run forwards both (metadata only)."""
+    dockerfile = (b"FROM vpnagent/echo:latest\nEXPOSE 5201 8888\nLABEL p5201=iperf p8888=echo\n"
+                  b"CMD [\"sleep\", \"3600\"]\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=BENCH_IMAGE, rm=True, pull=False)
+
+
+def raw_client(client, cluster, name: str, ovpn: str, workdir: Path, extra: list[str]):
+    d = workdir / name
+    d.mkdir()
+    (d / "client.ovpn").write_text(ovpn)
+    os.chmod(d / "client.ovpn", 0o600)
+    c = client.containers.run("vpnagent/vpn:latest", ["openvpn", "--config", "/vpn/client.ovpn", *extra], detach=True,
+                              name=f"{cluster.prefix}-{name}", cap_add=["NET_ADMIN"],
+                              devices=["/dev/net/tun:/dev/net/tun"], volumes={str(d): {"bind": "/vpn", "mode": "ro"}},
+                              network=cluster.wan_network, labels={"vpnagent.node": f"{cluster.prefix}-bench"})
+    c.reload()
+    pid = int(c.attrs["State"]["Pid"])
+    for _ in range(1500):
+        addrs = Netns(pid).ipv4_addresses("tun0").get("tun0")
+        if addrs:
+            return c, pid, str(addrs[0].ip)
+        time.sleep(0.02)
+    raise BenchError(f"raw client {name} got no tun0: {c.logs(tail=10).decode(errors='replace')}")
+
+
+def vantage6_server(client, cluster, workdir: Path):
+    from server_ext.ovpn import VANTAGE6_PROFILE, VPNSettings
+    from server_ext.pki import PKI
+    from server_ext.vpnserver import OpenVPNFiles, OpenVPNServer
+
+    import ipaddress
+
+    name = f"{cluster.prefix}-v6ovpn"
+    settings = VPNSettings(subnet=ipaddress.IPv4Network(cluster.vpn_subnet), remote_host=name,
+                           profile=VANTAGE6_PROFILE)
+    files = OpenVPNFiles(workdir / "v6" / "openvpn", PKI(cluster.workdir / "server" / "pki"), settings)
+    server = OpenVPNServer(files, name=name, network=cluster.wan_network, client=client)
+    server.ensure_running()
+    return server
+
+
+def rerender_for(server, ovpn: str, node: dict) -> str:
+    """The node's certificate and key in a client config for `server` (its remote and
+    profile); the server gets the node's static IP entry."""
+    import re
+
+    from server_ext.ovpn import render_client
+
+    block = {tag: re.search(rf"<{tag}>\n(.*?)\n</{tag}>", ovpn, re.S).group(1) for tag in ("ca", "cert", "key", "tls-crypt")}
+    server.files.write_ccd(f"node-{node['id']}", node["vpn_ip"])
+    return render_client(server.files.settings, block["ca"], block["cert"], block["key"], block["tls-crypt"])
+
+
+V6_FLAGS = ["--connect-retry-max", "1", "--ping-exit", "30", "--pull-filter", "ignore", "ifconfig-ipv6",
+            "--pull-filter", "ignore", "route-ipv6"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of 1 s, 200 messages")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--seconds", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "dataplane.json")
+    ap.add_argument("--isolated-mtu", type=int, default=None, help="MTU of the nodes' isolated networks")
+    ap.add_argument("--profile", type=json.loads, default=None,
+                    help='override vpnagent\'s profile for (b) and (c), e.g. \'{"tun_mtu": 9000}\'')
+    args = ap.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 3)
+    seconds = args.seconds or (1 if args.quick else 5)
+    messages = 200 if args.quick else 2000
+
+    def progress(msg: str) -> None:
+        print(f"[dataplane {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    if shutil.which("iperf3") is None:
+        raise SystemExit("iperf3 is not installed: apt-get install iperf3 (scripts/setup.sh does)")
+    from vpnagent.images import build_images
+
+    client = docker.from_env(timeout=300)
+    build_images(client, progress=progress)
+    build_bench_image(client)
+    workdir = Path(tempfile.mkdtemp(prefix="vpnagent-dataplane-"))
+    cluster = LocalCluster(workdir=workdir, prefix=f"vdp{int(time.time()) % 10000}", n_nodes=2,
+                           vpn_subnet="10.79.0.0/16", progress=progress,
+                           server_extra={"openvpn_profile": args.profile} if args.profile else {},
+                           node_extra={"isolated_mtu": args.isolated_mtu} if args.isolated_mtu else {})
+    procs: list[subprocess.Popen] = []
+    extra_containers = []
+    direct_net = None
+    try:
+        cluster.up()
+        paths: list[Path_] = []
+
+        # a: direct, two containers on one (internal) bridge
+        direct_net = client.networks.create(f"{cluster.prefix}-direct", driver="bridge", internal=True)
+        pair = []
+        for i in range(2):
+            c = client.containers.run("vpnagent/algo-base:latest", ["sleep", "infinity"], detach=True,
+                                      name=f"{cluster.prefix}-direct{i}", network=direct_net.name)
+            c.reload()
+            extra_containers.append(c)
+            pair.append(c)
+        dst_ip = pair[1].attrs["NetworkSettings"]["Networks"][direct_net.name]["IPAddress"]
+        paths.append(Path_("a", "direct bridge", int(pair[0].attrs["State"]["Pid"]), int(pair[1].attrs["State"]["Pid"]),
+                           dst_ip, IPERF_PORT, ECHO_PORT))
+
+        # d runs against a second OpenVPN server with vantage6's settings, so that it stays
+        # the baseline whatever vpnagent's default profile becomes
+        v6 = vantage6_server(client, cluster, workdir)
+        extra_containers.append(client.containers.get(v6.name))
+
+        # b and d: raw OpenVPN clients with certificates issued by server_ext
+        for key, label, flags in (("b", "raw OpenVPN client-to-client", []),
+                                  ("d", "vantage6 4.x defaults", V6_FLAGS)):
+            ends = []
+            for i in range(2):
+                node = cluster.add_node(f"{cluster.prefix}{key}{i}")
+                api = ServerAPI(cluster.server_url, node.api_key)
+                ovpn = api.get_vpn_config()
+                if key == "d":
+                    ovpn = rerender_for(v6, ovpn, api.node_self())
+                c, pid, ip = raw_client(client, cluster, f"{key}{i}", ovpn, workdir, flags)
+                extra_containers.append(c)
+                ends.append((pid, ip))
+            paths.append(Path_(key, label, ends[0][0], ends[1][0], ends[1][1], IPERF_PORT, ECHO_PORT))
+
+        # c: two runs of one task through the agents
+        tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10)
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+        task = http.post(f"{cluster.server_url}/task", timeout=10, json={
+            "collaboration_id": cluster.collaboration_id, "image": BENCH_IMAGE,
+            "organizations": [n.organization_id for n in cluster.nodes], "input": None}).json()
+        live = {}
+        deadline = time.monotonic() + 60
+        while len(live) < 2 and time.monotonic() < deadline:
+            for n in cluster.nodes:
+                for r in (n.status() or {}).get("runs", []):
+                    if r["task_id"] == task["id"] and len(r["ports"]) == 2:
+                        live[n.name] = r
+            time.sleep(0.1)
+        if len(live) < 2:
+            raise BenchError("the two benchmark runs did not become live")
+        src, dst = (live[n.name] for n in cluster.nodes)
+        hpid = {n.name: int(client.containers.get(live[n.name]["holder_id"]).attrs["State"]["Pid"]) for n in cluster.nodes}
+        vport = {p["container_port"]: p["vpn_port"] for p in dst["ports"]}
+        paths.append(Path_("c", "vpnagent (default profile)", hpid[cluster.nodes[0].name], hpid[cluster.nodes[1].name],
+                           cluster.nodes[1].status()["vpn"]["vpn_ip"], vport[IPERF_PORT], vport[ECHO_PORT],
+                           pingable=False))
+        paths.sort(key=lambda p: p.key)
+        time.sleep(1.0)  # let the agents follow the task family (peer rules)
+
+        results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                               "docker": client.version().get("Version")}, "profile_override": args.profile,
+                   "isolated_mtu": args.isolated_mtu,
+                   "runs": runs, "seconds": seconds, "messages": messages, "paths": {}}
+        for p in paths:
+            start_servers(p.dst_pid, procs)
+        time.sleep(0.5)
+        for p in paths:
+            progress(f"measuring ({p.key}) {p.label}")
+            results["paths"][p.key] = {"label": p.label, **measure(p, runs, seconds, messages)}
+        med = {k: v["tcp_1_mbit"]["median"] for k, v in results["paths"].items()}
+        results["ratios"] = {"c/a tcp 1 stream": med["c"] / med["a"], "c/b tcp 1 stream": med["c"] / med["b"],
+                             "c/d tcp 1 stream": med["c"] / med["d"]}
+        print()
+        print(table(results))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        progress(f"JSON written to {args.json}")
+        return 0
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+        for c in extra_containers:
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        cluster.down()
+        if direct_net is not None:
+            direct_net.remove()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def table(results: dict) -> str:
+    cols = ["tcp_1_mbit", "tcp_4_mbit", "ping_ms", "rr_p50_ms", "rr_p99_ms", "cpu_s_per_gb"]
+    lines = [f"{'path':<34}" + "".join(f"{c:>26}" for c in cols), f"{'':<34}" + "".join(f"{'min/median/max':>26}" for _ in cols)]
+    for key, v in results["paths"].items():
+        cells = []
+        for c in cols:
+            s = v[c]
+            cells.append(f"{'n/a':>26}" if s is None else f" {s['min']:.1f}/{s['median']:.1f}/{s['max']:.1f}".rjust(26))
+        lines.append(f"({key}) {v['label']:<30}" + "".join(cells))
+    lines.append("")
+    lines += [f"{k:<24} {v:6.3f}" for k, v in results["ratios"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
