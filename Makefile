@@ -19,3 +19,8 @@ test: setup
 
 test-unit:
 	.venv/bin/pytest -q -m "not docker"
+
+bench: setup
+	.venv/bin/python benchmarks/wiring.py
+	.venv/bin/python benchmarks/dataplane.py
+	.venv/bin/python benchmarks/controlplane.py

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (1 if args.quick else 3)
     seconds = args.seconds or (1 if args.quick else 5)
     messages = 200 if args.quick else 2000
+
+    # SIGTERM (a timeout, a CI cancel) must still run the clean-up below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def progress(msg: str) -> None:
         print(f"[dataplane {time.strftime('%H:%M:%S')}] {msg}", flush=True)

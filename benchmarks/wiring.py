@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -238,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     samples = args.samples or (3 if args.quick else 30)
     n_live = args.live if args.live is not None else (10 if args.quick else 200)
+
+    # SIGTERM (a timeout, a CI cancel) must still run the clean-up below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def progress(msg: str) -> None:
         print(f"[wiring {time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -124,6 +124,9 @@ def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str) 
         "persist-tun",
         "verb 3",
         *s.profile.lines(s.proto),
+        # a stopping node tells the server at once, instead of holding its session until
+        # the keepalive times out (UDP only: TCP sees the connection close)
+        *(["explicit-exit-notify 1"] if s.proto == "udp" else []),
     ]
     lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key), _inline("tls-crypt", tls_crypt)]
     return "\n".join(lines) + "\n"

@@ -40,3 +40,15 @@ def test_dataplane_benchmark_smoke(docker_client, tmp_path):
         assert (path["ping_ms"] is None) == (key == "c")
         assert (path["cpu_s_per_gb"] is None) == (key == "a")
     assert set(report["ratios"]) == {"c/a tcp 1 stream", "c/b tcp 1 stream", "c/d tcp 1 stream"}
+
+
+@pytest.mark.docker
+def test_controlplane_benchmark_smoke(docker_client, tmp_path):
+    out = tmp_path / "controlplane.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "controlplane.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["connect_s"]["n"] == 1 and report["echo_task_s"]["median"] > 0
+    assert report["addresses_ms"]["runs_in_store"] >= 500 and report["addresses_ms"]["p99"] >= report["addresses_ms"]["p50"]
+    assert report["many_nodes"]["nodes"] == 3 and report["many_nodes"]["client_rss_mb"] > 0

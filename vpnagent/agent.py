@@ -486,6 +486,8 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
     the host exception, the isolated network and the port records on disk."""
     removed = []
     for c in client.containers.list(all=True, filters={"label": f"vpnagent.node={cfg.name}"}):
+        if c.labels.get("vpnagent.role") == "vpn-client" and c.status == "running":
+            c.stop(timeout=3)  # openvpn tells the server it is leaving
         c.remove(force=True)
         removed.append(f"container {c.name}")
     host = Netns(None)

@@ -150,8 +150,12 @@ class VPNClient:
         raise VPNError(f"tun0 did not come up within {self.cfg.vpn_connect_timeout:.0f} s; openvpn says: {tail[-600:]}")
 
     def stop(self) -> None:
+        """SIGTERM first, so openvpn says goodbye to the server (explicit-exit-notify)."""
         try:
-            self.docker.containers.get(self.cfg.vpn_container).remove(force=True)
+            c = self.docker.containers.get(self.cfg.vpn_container)
+            if c.status == "running":
+                c.stop(timeout=3)
+            c.remove(force=True)
         except docker.errors.NotFound:
             pass
         self.state = None
