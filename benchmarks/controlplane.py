@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import requests  # noqa: E402
 
 from server_ext.store import Port, Run, Store, Task  # noqa: E402
 from server_ext.vpnserver import Management  # noqa: E402
+from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from test_algorithms.send_echo import send_echo  # noqa: E402
 from vpnagent.serverapi import ServerAPI  # noqa: E402
@@ -75,16 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     n_runs = args.runs or (500 if args.quick else 10000)
     n_nodes = args.nodes or (3 if args.quick else 50)
 
-    # SIGTERM (a timeout, a CI cancel) must still run the clean-up below
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    def progress(msg: str) -> None:
-        print(f"[controlplane {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-    from vpnagent.images import build_images
-
-    client = docker.from_env(timeout=300)
-    build_images(client, progress=progress)
+    progress, client = start("controlplane")
     workdir = Path(tempfile.mkdtemp(prefix="vpnagent-cp-"))
     cluster = LocalCluster(workdir=workdir, prefix=f"vcp{int(time.time()) % 10000}", n_nodes=3,
                            vpn_subnet="10.80.0.0/16", progress=progress)
@@ -163,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         handles = [cluster.add_node(f"{cluster.prefix}m{i}") for i in range(n_nodes)]
         configs = [ServerAPI(cluster.server_url, h.api_key).get_vpn_config() for h in handles]
 
-        def start(i: int):
+        def launch(i: int):
             d = workdir / f"raw{i}"
             d.mkdir()
             (d / "client.ovpn").write_text(configs[i])
@@ -175,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
-            raw = list(pool.map(start, range(n_nodes)))
+            raw = list(pool.map(launch, range(n_nodes)))
         started = time.monotonic() - t0
         names = {f"node-{h.node_id}" for h in handles}
         all_in = wait_connected(mgmt, names, 300) + started
@@ -185,11 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "client_rss_mb": client_rss}
         progress(f"{n_nodes} nodes connected {all_in:.1f} s after the first docker run")
 
-        print()
-        print(json.dumps(results, indent=2))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        progress(f"JSON written to {args.json}")
+        report(args.json, results, json.dumps(results, indent=2), progress)
         return 0
     finally:
         for c in raw:

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import requests  # noqa: E402
 
+from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from vpnagent.netns import Netns  # noqa: E402
 from vpnagent.serverapi import ServerAPI  # noqa: E402
@@ -233,18 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1 if args.quick else 5)
     messages = 200 if args.quick else 2000
 
-    # SIGTERM (a timeout, a CI cancel) must still run the clean-up below
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    def progress(msg: str) -> None:
-        print(f"[dataplane {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     if shutil.which("iperf3") is None:
         raise SystemExit("iperf3 is not installed: apt-get install iperf3 (scripts/setup.sh does)")
-    from vpnagent.images import build_images
-
-    client = docker.from_env(timeout=300)
-    build_images(client, progress=progress)
+    progress, client = start("dataplane")
     build_bench_image(client)
     workdir = Path(tempfile.mkdtemp(prefix="vpnagent-dataplane-"))
     cluster = LocalCluster(workdir=workdir, prefix=f"vdp{int(time.time()) % 10000}", n_nodes=2,
@@ -330,11 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: v["tcp_1_mbit"]["median"] for k, v in results["paths"].items()}
         results["ratios"] = {"c/a tcp 1 stream": med["c"] / med["a"], "c/b tcp 1 stream": med["c"] / med["b"],
                              "c/d tcp 1 stream": med["c"] / med["d"]}
-        print()
-        print(table(results))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        progress(f"JSON written to {args.json}")
+        report(args.json, results, table(results), progress)
         return 0
     finally:
         for proc in procs:

@@ -16,15 +16,12 @@ Prints a table and writes JSON (default benchmarks/results/wiring.json).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import requests  # noqa: E402
 
+from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from vpnagent.agent import Agent  # noqa: E402
 from vpnagent.config import load_config  # noqa: E402
@@ -240,16 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.samples or (3 if args.quick else 30)
     n_live = args.live if args.live is not None else (10 if args.quick else 200)
 
-    # SIGTERM (a timeout, a CI cancel) must still run the clean-up below
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    def progress(msg: str) -> None:
-        print(f"[wiring {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-    from vpnagent.images import build_images
-
-    client = docker.from_env(timeout=300)
-    build_images(client, progress=progress)
+    progress, client = start("wiring")
     workdir = Path(tempfile.mkdtemp(prefix="vpnagent-bench-"))
     cluster = LocalCluster(workdir=workdir, prefix=f"vab{int(time.time()) % 10000}", n_nodes=2,
                            vpn_subnet="10.78.0.0/16", progress=progress, ports_per_node=max(100, 2 * n_live + 100))
@@ -283,11 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             f"agent local, {n_live} live / first (target <= 1.5)": loaded["agent"]["local_ms"]["median"] / first["agent"]["local_ms"]["median"],
             f"agent total, {n_live} live / first": loaded["agent"]["total_ms"]["median"] / first["agent"]["total_ms"]["median"],
         }
-        print()
-        print(table(results))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        progress(f"JSON written to {args.json}")
+        report(args.json, results, table(results), progress)
         return 0
     finally:
         if prober:

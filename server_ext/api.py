@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from .addresses import FLAGS, AddressQuery, AddressQueryError, TaskFamily, parse_flag, selected_task_ids
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
-from .store import (ACTIVE_STATES, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node, Organization, Port,
+from .store import (ACTIVE_STATES, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node, Port,
                     Run, Task, User, hash_key)
 from .tokens import Identity, TokenError
 

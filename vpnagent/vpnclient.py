@@ -8,7 +8,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 import docker.errors

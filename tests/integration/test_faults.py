@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .util import (ZERO, create_task, leftovers, long_peer, port_rows, probe, probe_until_ok, user_session,
+from .util import (ZERO, create_task, leftovers, long_peer, port_rows, probe_until_ok, user_session,
                    vpn_container, wait_live, wait_task_done, wait_zero)
 
 pytestmark = pytest.mark.docker

@@ -1,0 +1,37 @@
+"""What every benchmark does the same way: clean-up on SIGTERM, progress lines, the
+images, and the report (a printed table plus JSON)."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import docker
+
+Progress = Callable[[str], None]
+
+
+def start(name: str) -> tuple[Progress, docker.DockerClient]:
+    """Progress printer and a Docker client with the images built (or found cached)."""
+    # SIGTERM (a timeout, a CI cancel) must still run the caller's clean-up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def progress(msg: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    from vpnagent.images import build_images
+
+    client = docker.from_env(timeout=300)
+    build_images(client, progress=progress)
+    return progress, client
+
+
+def report(path: Path, results: dict, text: str, progress: Progress) -> None:
+    print()
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    progress(f"JSON written to {path}")
