@@ -226,9 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=None)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "dataplane.json")
     ap.add_argument("--isolated-mtu", type=int, default=None, help="MTU of the nodes' isolated networks")
+    ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "dataplane.png",
+                    help="PNG of throughput and latency by path")
+    ap.add_argument("--plot-only", type=Path, metavar="JSON", help="only draw the plot of an earlier report")
     ap.add_argument("--profile", type=json.loads, default=None,
                     help='override vpnagent\'s profile for (b) and (c), e.g. \'{"tun_mtu": 9000}\'')
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.plot_only.read_text()), args.plot)
+        print(f"plot written to {args.plot}")
+        return 0
     runs = args.runs or (1 if args.quick else 3)
     seconds = args.seconds or (1 if args.quick else 5)
     messages = 200 if args.quick else 2000
@@ -323,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         results["ratios"] = {"c/a tcp 1 stream": med["c"] / med["a"], "c/b tcp 1 stream": med["c"] / med["b"],
                              "c/d tcp 1 stream": med["c"] / med["d"]}
         report(args.json, results, table(results), progress)
+        plot(results, args.plot)
+        progress(f"plot written to {args.plot}")
         return 0
     finally:
         for proc in procs:
@@ -337,6 +346,47 @@ def main(argv: list[str] | None = None) -> int:
         if direct_net is not None:
             direct_net.remove()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Throughput (log scale: the direct path is ~10x the rest) and request/response latency
+    by path, medians with min-max whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(results["paths"])
+    labels = [f"({k}) {results['paths'][k]['label']}" for k in keys]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    def bars(ax, fields, names, offset_step):
+        width = 0.8 / len(fields)
+        for j, (field, name) in enumerate(zip(fields, names)):
+            med, lo, hi = [], [], []
+            for k in keys:
+                s = results["paths"][k][field]
+                med.append(s["median"] if s else 0)
+                lo.append(s["median"] - s["min"] if s else 0)
+                hi.append(s["max"] - s["median"] if s else 0)
+            xs = [i + (j - (len(fields) - 1) / 2) * width for i in range(len(keys))]
+            ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, label=name)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([f"({k})" for k in keys])
+        ax.legend()
+
+    bars(ax1, ["tcp_1_mbit", "tcp_4_mbit"], ["1 stream", "4 streams"], 0)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("TCP throughput, Mbit/s (log)")
+    ax1.set_title("Throughput by path")
+    bars(ax2, ["rr_p50_ms", "rr_p99_ms"], ["p50", "p99"], 0)
+    ax2.set_ylabel("1 KiB request/response, ms")
+    ax2.set_title("Latency by path")
+    fig.text(0.01, 0.01, "   ".join(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def table(results: dict) -> str:

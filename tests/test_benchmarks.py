@@ -29,8 +29,9 @@ def test_wiring_benchmark_smoke(docker_client, tmp_path):
 @pytest.mark.docker
 def test_dataplane_benchmark_smoke(docker_client, tmp_path):
     out = tmp_path / "dataplane.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dataplane.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    png = tmp_path / "dataplane.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dataplane.py"), "--quick", "--json", str(out),
+                           "--plot", str(png)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report["paths"]) == {"a", "b", "c", "d"}
@@ -40,6 +41,7 @@ def test_dataplane_benchmark_smoke(docker_client, tmp_path):
         assert (path["ping_ms"] is None) == (key == "c")
         assert (path["cpu_s_per_gb"] is None) == (key == "a")
     assert set(report["ratios"]) == {"c/a tcp 1 stream", "c/b tcp 1 stream", "c/d tcp 1 stream"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.docker
