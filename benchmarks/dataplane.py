@@ -155,6 +155,26 @@ def measure(p: Path_, runs: int, seconds: int, messages: int) -> dict:
             for k, v in out.items()}
 
 
+def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
+    """Aggregate single-stream throughput of two node pairs sending at the same time,
+    against one pair alone, through the same OpenVPN server process."""
+    def iperf(p: Path_) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", f"--net=/proc/{p.src_pid}/ns/net", "--", "iperf3", "-c", p.dst_ip, "-p",
+                                 str(p.iperf_port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE, text=True)
+
+    def mbit(proc: subprocess.Popen) -> float:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+
+    alone, together = [], []
+    for _ in range(runs):
+        alone.append(mbit(iperf(first)))
+        a, b = iperf(first), iperf(second)
+        together.append(mbit(a) + mbit(b))
+    one, both = statistics.median(alone), statistics.median(together)
+    return {"one_pair_mbit": one, "two_pairs_mbit": both, "ratio": both / one}
+
+
 def build_bench_image(client: docker.DockerClient) -> None:
     """The echo image plus an exposed iperf3 port, so a run forwards both (metadata only)."""
     dockerfile = (b"FROM vpnagent/echo:latest\nEXPOSE 5201 8888\nLABEL p5201=iperf p8888=echo\n"
@@ -279,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, label, flags in (("b", "raw OpenVPN client-to-client", []),
                                   ("d", "vantage6 4.x defaults", V6_FLAGS)):
             ends = []
-            for i in range(2):
+            for i in range(4 if key == "b" else 2):  # b: a second pair for the aggregate figure
                 node = cluster.add_node(f"{cluster.prefix}{key}{i}")
                 api = ServerAPI(cluster.server_url, node.api_key)
                 ovpn = api.get_vpn_config()
@@ -289,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra_containers.append(c)
                 ends.append((pid, ip))
             paths.append(Path_(key, label, ends[0][0], ends[1][0], ends[1][1], IPERF_PORT, ECHO_PORT))
+            if key == "b":
+                second_pair = Path_("b2", "raw, second pair", ends[2][0], ends[3][0], ends[3][1], IPERF_PORT, ECHO_PORT)
 
         # c: two runs of one task through the agents
         tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10)
@@ -326,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in paths:
             progress(f"measuring ({p.key}) {p.label}")
             results["paths"][p.key] = {"label": p.label, **measure(p, runs, seconds, messages)}
+        start_servers(second_pair.dst_pid, procs)
+        time.sleep(0.3)
+        progress("measuring two raw pairs at once (one OpenVPN server process)")
+        results["two_pairs"] = two_pairs([p for p in paths if p.key == "b"][0], second_pair, runs, seconds)
         med = {k: v["tcp_1_mbit"]["median"] for k, v in results["paths"].items()}
         results["ratios"] = {"c/a tcp 1 stream": med["c"] / med["a"], "c/b tcp 1 stream": med["c"] / med["b"],
                              "c/d tcp 1 stream": med["c"] / med["d"]}
@@ -400,6 +426,10 @@ def table(results: dict) -> str:
         lines.append(f"({key}) {v['label']:<30}" + "".join(cells))
     lines.append("")
     lines += [f"{k:<24} {v:6.3f}" for k, v in results["ratios"].items()]
+    tp = results.get("two_pairs")
+    if tp:
+        lines.append(f"two raw pairs at once: {tp['two_pairs_mbit']:.0f} Mbit/s vs one pair {tp['one_pair_mbit']:.0f} "
+                     f"(x{tp['ratio']:.2f}; one OpenVPN server process)")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ def test_dataplane_benchmark_smoke(docker_client, tmp_path):
         assert (path["cpu_s_per_gb"] is None) == (key == "a")
     assert set(report["ratios"]) == {"c/a tcp 1 stream", "c/b tcp 1 stream", "c/d tcp 1 stream"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["two_pairs"]["two_pairs_mbit"] > 0 and report["two_pairs"]["one_pair_mbit"] > 0
 
 
 @pytest.mark.docker
