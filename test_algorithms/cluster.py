@@ -146,6 +146,7 @@ class LocalCluster:
             "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
             "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
             "port_range": [port_base, port_base + self.ports_per_node - 1], "poll_interval": 0.25,
+            "allow_insecure_http": True,  # until the cluster serves HTTPS
             **self.node_extra, **(overrides or {}),
         }
         cfg_path = self.workdir / "nodes" / f"{name}.yaml"

@@ -1,5 +1,8 @@
 """The node's YAML configuration, validated up front so a typo fails at start with the
-key and the fix in the message instead of half-way through wiring a run."""
+key and the fix in the message instead of half-way through wiring a run.
+
+SCHEMA is the one description of every key: parse_config checks against it and
+`vpnagent config-reference` renders the reference in docs/operator-guide.md from it."""
 from __future__ import annotations
 
 import ipaddress
@@ -11,6 +14,7 @@ from typing import Any
 import yaml
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ConfigError(ValueError):
@@ -23,6 +27,9 @@ class NodeConfig:
     server_url: str
     api_key: str
     data_dir: Path
+    server_ca_file: Path | None = None
+    server_fingerprint: str | None = None
+    allow_insecure_http: bool = False
     vpn_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.76.0.0/16")
     port_range: tuple[int, int] = (6000, 6999)
     isolated_subnet: ipaddress.IPv4Network | None = None
@@ -32,6 +39,8 @@ class NodeConfig:
     max_concurrent_runs: int = 8
     isolated_mtu: int | None = 9000  # MTU of the isolated network: match the server profile's tun-mtu
     vpn_connect_timeout: float = 30.0
+    cert_renew_days: float = 7.0
+    metrics_listen: tuple[str, int] | None = None
     vpn_image: str = "vpnagent/vpn:latest"
     holder_image: str = "vpnagent/algo-base:latest"
     labels: dict[str, str] = field(default_factory=dict)
@@ -53,43 +62,75 @@ class NodeConfig:
     def host_chain(self) -> str:
         return f"VA-HOST-{self.name}"
 
+    @property
+    def tls_verify(self) -> str | bool:
+        """What `requests` checks the server's certificate against: the configured CA
+        file, else the system's CAs. A pinned fingerprint is checked on top (serverapi)."""
+        return str(self.server_ca_file) if self.server_ca_file else True
 
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "name": str,
-    "server_url": str,
-    "api_key": str,
-    "data_dir": str,
-    "vpn_subnet": str,
-    "port_range": (list, str),
-    "isolated_subnet": str,
-    "vpn_client_network": str,
-    "proxy_port": int,
-    "max_concurrent_runs": int,
-    "isolated_mtu": int,
-    "poll_interval": (int, float),
-    "vpn_connect_timeout": (int, float),
-    "vpn_image": str,
-    "holder_image": str,
-    "labels": dict,
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its YAML type(s), whether it is required, its default as the
+    reference shows it, and what it does."""
+    types: type | tuple[type, ...]
+    help: str
+    default: str = ""
+    required: bool = False
+
+
+SCHEMA: dict[str, Key] = {
+    "name": Key(str, "This node's name: 1-16 of a-z, 0-9 and '-'. It names the node's containers, "
+                     "network and firewall chains.", required=True),
+    "server_url": Key(str, "Base URL of the server API, e.g. https://vpn.example.org/api. https:// is required "
+                           "unless allow_insecure_http is true.", required=True),
+    "api_key": Key(str, "The node's API key, printed once by `vpnagent-server add-node`.", required=True),
+    "data_dir": Key(str, "Directory for the VPN config, port records and status.json (relative paths are "
+                         "relative to the config file).", required=True),
+    "server_ca_file": Key(str, "PEM file of the CA that signed the server's HTTPS certificate (the server's "
+                               "data_dir/pki/ca.crt by default). Without it the system CAs are used."),
+    "server_fingerprint": Key(str, "SHA-256 fingerprint of the server's HTTPS certificate (hex, colons allowed), "
+                                   "printed by `vpnagent-server serve`. When set, only that certificate is accepted."),
+    "allow_insecure_http": Key(bool, "Allow an http:// server_url (local development only; the API key and tokens "
+                                     "then cross the network in clear, and the agent warns at start).", "false"),
+    "vpn_subnet": Key(str, "The VPN subnet the server hands out addresses from; must match the server.",
+                      "10.76.0.0/16"),
+    "port_range": Key((list, str), "Host-unique range the agent allocates VPN ports for algorithm ports from, "
+                                   "as [low, high] or 'low-high'.", "[6000, 6999]"),
+    "isolated_subnet": Key(str, "Subnet of the node's isolated algorithm network (default: chosen by Docker)."),
+    "vpn_client_network": Key(str, "Docker network the VPN client container's outside leg joins.", "bridge"),
+    "proxy_port": Key(int, "Port of the node proxy algorithms reach the server through.", "8765"),
+    "max_concurrent_runs": Key(int, "Runs this node executes at the same time (1-1000).", "8"),
+    "isolated_mtu": Key(int, "MTU of the isolated network; keep it equal to the server profile's tun_mtu.", "9000"),
+    "poll_interval": Key((int, float), "Seconds between polls of the server for new runs.", "0.5"),
+    "vpn_connect_timeout": Key((int, float), "Seconds to wait for the VPN tunnel before going on without VPN.",
+                               "30"),
+    "cert_renew_days": Key((int, float), "Renew the VPN certificate through /vpn/update when it expires within "
+                                         "this many days.", "7"),
+    "metrics_listen": Key(str, "host:port for the Prometheus metrics endpoint (/metrics), e.g. 127.0.0.1:9477; "
+                               "off when absent."),
+    "vpn_image": Key(str, "Image of the VPN client container.", "vpnagent/vpn:latest"),
+    "holder_image": Key(str, "Image of the per-run network holder container.", "vpnagent/algo-base:latest"),
+    "labels": Key(dict, "Extra labels put on every container the agent starts."),
 }
-_REQUIRED = ("name", "server_url", "api_key", "data_dir")
 
 
 def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
     """Validate a mapping (as loaded from YAML) into a NodeConfig."""
     if not isinstance(raw, dict):
         raise ConfigError("node config must be a YAML mapping of key: value")
-    unknown = sorted(set(raw) - set(_FIELDS))
+    unknown = sorted(set(raw) - set(SCHEMA))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
-    for key in _REQUIRED:
-        if raw.get(key) in (None, ""):
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SCHEMA)}")
+    for key, spec in SCHEMA.items():
+        if spec.required and raw.get(key) in (None, ""):
             raise ConfigError(f"missing required key '{key}'")
     for key, value in raw.items():
-        want = _FIELDS[key]
+        want = SCHEMA[key].types
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, want):
+        # YAML's true/false must not pass for a number, nor a number for a flag.
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
             names = want.__name__ if isinstance(want, type) else " or ".join(t.__name__ for t in want)
             raise ConfigError(f"'{key}' must be {names}, got {type(value).__name__} {value!r}")
 
@@ -97,15 +138,32 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
     if not NAME_RE.match(name):
         raise ConfigError(f"'name' {name!r} must be 1-16 of a-z, 0-9 and '-' (it names containers and chains)")
     url = raw["server_url"].rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"'server_url' {url!r} must start with http:// or https://")
+    insecure = bool(raw.get("allow_insecure_http"))
+    if url.startswith("http://"):
+        if not insecure:
+            raise ConfigError(f"'server_url' {url!r} is plain HTTP: use https:// (with server_ca_file or "
+                              "server_fingerprint), or set allow_insecure_http: true for local development")
+    elif not url.startswith("https://"):
+        raise ConfigError(f"'server_url' {url!r} must start with https://")
 
     kwargs: dict[str, Any] = {
         "name": name,
         "server_url": url,
         "api_key": raw["api_key"],
         "data_dir": _path(raw["data_dir"], base_dir),
+        "allow_insecure_http": insecure,
     }
+    if raw.get("server_ca_file"):
+        ca = _path(raw["server_ca_file"], base_dir)
+        if not ca.is_file():
+            raise ConfigError(f"'server_ca_file' {ca} does not exist; copy the server's pki/ca.crt there")
+        kwargs["server_ca_file"] = ca
+    if raw.get("server_fingerprint"):
+        fp = raw["server_fingerprint"].replace(":", "").lower()
+        if not FINGERPRINT_RE.match(fp):
+            raise ConfigError("'server_fingerprint' must be the 64 hex digits of a SHA-256 fingerprint "
+                              "(as `vpnagent-server serve` prints it)")
+        kwargs["server_fingerprint"] = fp
     if raw.get("vpn_subnet"):
         kwargs["vpn_subnet"] = _network("vpn_subnet", raw["vpn_subnet"])
     if raw.get("isolated_subnet"):
@@ -124,11 +182,13 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if not 1 <= raw["max_concurrent_runs"] <= 1000:
             raise ConfigError("'max_concurrent_runs' must be within 1-1000")
         kwargs["max_concurrent_runs"] = raw["max_concurrent_runs"]
-    for key in ("poll_interval", "vpn_connect_timeout"):
+    for key in ("poll_interval", "vpn_connect_timeout", "cert_renew_days"):
         if raw.get(key) is not None:
             if raw[key] <= 0:
-                raise ConfigError(f"'{key}' must be a positive number of seconds")
+                raise ConfigError(f"'{key}' must be a positive number")
             kwargs[key] = float(raw[key])
+    if raw.get("metrics_listen"):
+        kwargs["metrics_listen"] = _host_port("metrics_listen", raw["metrics_listen"])
     for key in ("vpn_client_network", "vpn_image", "holder_image"):
         if raw.get(key):
             kwargs[key] = raw[key]
@@ -150,6 +210,18 @@ def load_config(path: str | Path) -> NodeConfig:
     return parse_config(raw, base_dir=path.parent)
 
 
+def reference_markdown() -> str:
+    """The config reference table, generated from SCHEMA (docs/operator-guide.md embeds it)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, spec in SCHEMA.items():
+        types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
+        kind = " or ".join({"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+                            "list": "list", "dict": "mapping"}[t.__name__] for t in types)
+        default = "**required**" if spec.required else (f"`{spec.default}`" if spec.default else "-")
+        rows.append(f"| `{key}` | {kind} | {default} | {spec.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def _path(value: str, base_dir: Path | None) -> Path:
     p = Path(value).expanduser()
     if not p.is_absolute() and base_dir is not None:
@@ -165,6 +237,13 @@ def _network(key: str, value: str) -> ipaddress.IPv4Network:
     if net.prefixlen > 29:
         raise ConfigError(f"'{key}' {value!r} is too small; use a /29 or larger")
     return net
+
+
+def _host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"'{key}' {value!r} must be host:port, like 127.0.0.1:9477")
+    return host, int(port)
 
 
 def _port_range(value: list | str) -> tuple[int, int]:

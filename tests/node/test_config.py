@@ -4,7 +4,7 @@ import pytest
 
 from vpnagent.config import ConfigError, load_config, parse_config
 
-BASE = {"name": "n1", "server_url": "http://127.0.0.1:5000/api", "api_key": "k", "data_dir": "/tmp/x"}
+BASE = {"name": "n1", "server_url": "https://127.0.0.1:5000/api", "api_key": "k", "data_dir": "/tmp/x"}
 
 
 def test_minimal_config_gets_defaults():
@@ -20,7 +20,13 @@ def test_minimal_config_gets_defaults():
     ({"api_key": None}, "missing required key 'api_key'"),
     ({"name": "Bad_Name"}, "'name'"),
     ({"name": "a" * 17}, "'name'"),
-    ({"server_url": "ftp://x"}, "must start with http"),
+    ({"server_url": "ftp://x"}, "must start with https://"),
+    ({"server_url": "http://127.0.0.1:5000/api"}, "allow_insecure_http: true"),
+    ({"allow_insecure_http": "yes"}, "must be bool"),
+    ({"server_fingerprint": "abc"}, "64 hex digits"),
+    ({"server_ca_file": "/nonexistent/ca.crt"}, "does not exist"),
+    ({"metrics_listen": "9477"}, "host:port"),
+    ({"cert_renew_days": 0}, "positive"),
     ({"vpn_subnet": "10.76.0.1/16"}, "not an IPv4 network"),
     ({"vpn_subnet": "10.76.0.0/30"}, "too small"),
     ({"port_range": [7000, 6000]}, "low <= high"),
@@ -38,7 +44,7 @@ def test_bad_values_are_named_with_the_fix(change, words):
 
 def test_load_config_resolves_relative_data_dir(tmp_path):
     path = tmp_path / "node.yaml"
-    path.write_text("name: n2\nserver_url: http://127.0.0.1:1/api\napi_key: k\ndata_dir: state\nport_range: 7000-7010\n")
+    path.write_text("name: n2\nserver_url: https://127.0.0.1:1/api\napi_key: k\ndata_dir: state\nport_range: 7000-7010\n")
     cfg = load_config(path)
     assert cfg.data_dir == (tmp_path / "state").resolve()
     assert cfg.port_range == (7000, 7010)
@@ -55,3 +61,18 @@ def test_load_config_reports_bad_yaml_and_missing_file(tmp_path):
     notmap.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(notmap)
+
+
+def test_insecure_http_needs_the_explicit_flag():
+    cfg = parse_config({**BASE, "server_url": "http://127.0.0.1:5000/api", "allow_insecure_http": True})
+    assert cfg.allow_insecure_http and cfg.server_url.startswith("http://")
+
+
+def test_fingerprint_is_normalised_and_ca_file_used_for_verify(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem")
+    fp = ":".join(["AB"] * 32)
+    cfg = parse_config({**BASE, "server_fingerprint": fp, "server_ca_file": str(ca)})
+    assert cfg.server_fingerprint == "ab" * 32
+    assert cfg.tls_verify == str(ca)
+    assert parse_config(dict(BASE)).tls_verify is True
