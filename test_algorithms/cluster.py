@@ -81,6 +81,11 @@ class LocalCluster:
     def server_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}/api"
 
+    @property
+    def tls_verify(self) -> str | bool:
+        """What a client of this cluster passes to requests as verify= (the CA file under HTTPS)."""
+        return True
+
     # ------------------------------------------------------------------ up
     def up(self, start: list[int] | None = None) -> "LocalCluster":
         """Bring everything up; `start` picks which nodes' agents run (default: all)."""
