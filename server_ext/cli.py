@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-KEYS = {
-    "host": str, "port": int, "data_dir": str, "database_url": str, "secret": str, "vpn_subnet": str,
-    "openvpn_remote_host": str, "openvpn_remote_port": int, "openvpn_proto": str, "cert_days": (int, float),
-    "openvpn_container": str, "openvpn_network": str, "openvpn_profile": dict,
-}
+from .config import SCHEMA
+
+# Key -> accepted YAML type(s). Keys, help texts and defaults live in server_ext/config.py
+# (SCHEMA), which also renders the reference in docs/operator-guide.md: add new keys there.
+KEYS = {key: spec.types for key, spec in SCHEMA.items()}
 
 
 class ServerConfigError(ValueError):
@@ -139,6 +139,13 @@ def cmd_remove_org(args) -> int:
     return 0
 
 
+def cmd_config_reference(args) -> int:
+    from .config import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vpnagent-server", description="vpnagent server: API, PKI and OpenVPN server")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("node_id", type=int)
     s = add("remove-organization", cmd_remove_org, "remove every node of an organisation")
     s.add_argument("organization_id", type=int)
+    s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
+    s.set_defaults(fn=cmd_config_reference)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .store import StoreError

@@ -81,6 +81,13 @@ def _cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from .config import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vpnagent", description="vpnagent node agent: wires algorithm "
                                      "containers into the private OpenVPN network of a collaboration.")
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     b = isub.add_parser("build", help="build the images whose recipe changed")
     b.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     b.set_defaults(fn=_cmd_images)
+    p = sub.add_parser("config-reference", help="print the node config reference (Markdown table)")
+    p.set_defaults(fn=_cmd_config_reference)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,67 @@
+"""The server's YAML configuration keys, described once.
+
+SCHEMA is what `vpnagent-server` accepts (load_server_config in cli.py checks key names and
+types against it) and what `vpnagent-server config-reference` renders into
+docs/operator-guide.md, so the documented keys cannot drift from the accepted ones. A new
+key goes here, with its help text and default, and nowhere else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its YAML type(s), what it does, its default as the reference shows
+    it, and whether it is required."""
+    types: type | tuple[type, ...]
+    help: str
+    default: str = ""
+    required: bool = False
+
+
+SCHEMA: dict[str, Key] = {
+    "data_dir": Key(str, "Directory of the server's state: pki/ (CA, server and tls-crypt keys, CRL), store.db "
+                         "(SQLite), secret (token signing key), openvpn/ (server.conf, ccd/). Created 0700; "
+                         "back it up.", required=True),
+    "host": Key(str, "Address the API listens on.", "127.0.0.1"),
+    "port": Key(int, "TCP port the API listens on.", "5000"),
+    "database_url": Key(str, "SQLAlchemy URL of the store, e.g. postgresql+psycopg://user:pw@db/vpnagent "
+                             "(see docs/database.md).", "SQLite `data_dir/store.db`"),
+    "secret": Key(str, "Key that signs the API's JWTs (at least 32 characters). Leave it out to have one "
+                       "generated and kept in data_dir/secret.", "generated"),
+    "vpn_subnet": Key(str, "Subnet node VPN IPs are allocated from; every node config's vpn_subnet must "
+                           "equal it.", "10.76.0.0/16"),
+    "openvpn_remote_host": Key(str, "Host name or address nodes put in `remote` to reach the OpenVPN "
+                                    "server: the public name of this machine.", "127.0.0.1"),
+    "openvpn_remote_port": Key(int, "Port of the OpenVPN server (published on the host unless "
+                                    "openvpn_network is set).", "1194"),
+    "openvpn_proto": Key(str, "`udp` (faster) or `tcp` (for sites that only let TCP out).", "udp"),
+    "cert_days": Key((int, float), "Lifetime in days of the node certificates the CA issues.", "30"),
+    "openvpn_container": Key(str, "Name of the OpenVPN server container `serve --with-openvpn` starts.",
+                             "vpnagent-openvpn"),
+    "openvpn_network": Key(str, "Docker network to attach the OpenVPN server container to instead of "
+                                "publishing its port on the host (tests and the demo use this)."),
+    "openvpn_profile": Key(dict, "Data-plane tuning overrides: cipher, tun_mtu, mssfix, sndbuf, rcvbuf, "
+                                 "txqueuelen, fast_io (see docs/performance.md). Keep the nodes' "
+                                 "isolated_mtu equal to tun_mtu.", "tuned (tun_mtu 9000)"),
+}
+
+_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "list": "list", "dict": "mapping"}
+
+
+def types_of(key: str) -> tuple[type, ...]:
+    spec = SCHEMA[key].types
+    return spec if isinstance(spec, tuple) else (spec,)
+
+
+def reference_markdown() -> str:
+    """The server config reference table (docs/operator-guide.md embeds it)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, spec in SCHEMA.items():
+        kind = " or ".join(_TYPE_NAMES[t.__name__] for t in types_of(key))
+        default = "**required**" if spec.required else (f"`{spec.default}`" if spec.default else "-")
+        if spec.default and " " in spec.default:  # prose defaults are not code
+            default = spec.default
+        rows.append(f"| `{key}` | {kind} | {default} | {spec.help} |")
+    return "\n".join(rows) + "\n"
