@@ -1,6 +1,6 @@
 # The two commands of README.md. Both run scripts/setup.sh first, which installs what is
 # missing and reuses what an earlier run built.
-.PHONY: setup demo demo-keep demo-down test test-unit bench
+.PHONY: setup demo demo-keep demo-down test test-unit bench docs
 
 setup:
 	bash scripts/setup.sh
@@ -24,3 +24,7 @@ bench: setup
 	.venv/bin/python benchmarks/wiring.py
 	.venv/bin/python benchmarks/dataplane.py
 	.venv/bin/python benchmarks/controlplane.py
+
+# Rewrite the generated sections of the docs (config references, example configs) from the code.
+docs:
+	.venv/bin/python scripts/update_docs.py

@@ -17,6 +17,7 @@ import docker
 import docker.errors
 
 from . import firewall
+from . import metrics as m
 from .config import NodeConfig
 from .netns import Netns, NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
@@ -82,10 +83,15 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._last_vpn_attempt = 0.0
         self._synced_pid: int | None = None  # VPN client pid whose namespace matches the desired state
+        self.metrics = m.AgentMetrics(self.metrics_snapshot)
+        self.metrics_server: m.MetricsServer | None = None
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
         self._write_status()  # a status left by an earlier process must not claim a VPN
+        if self.cfg.metrics_listen:  # first: a taken port fails before anything is created
+            self.metrics_server = m.MetricsServer(self.metrics.render, *self.cfg.metrics_listen).start()
+            log.info("metrics at %s", self.metrics_server.url)
         self.node = self.api.node_self()
         log.info("node %s (server id %s, organisation %s)", self.cfg.name, self.node.get("id"),
                  self.node.get("organization_id"))
@@ -125,13 +131,13 @@ class Agent:
         for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"}):
             if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM):
                 c.remove(force=True)
-                self._record_fix(f"removed orphan container {c.name}")
+                self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
                 if c.labels.get("vpnagent.run", "").isdigit():
                     interrupted.add(int(c.labels["vpnagent.run"]))
         for run_id in sorted(self.ports.runs()):
             self.ports.release(run_id)
             self._quiet(self.api.delete_ports, run_id)
-            self._record_fix(f"released the ports of interrupted run {run_id}")
+            self._record_fix(f"released the ports of interrupted run {run_id}", m.FIX_ORPHAN)
             interrupted.add(run_id)
         for run_id in sorted(interrupted):
             self._quiet(self.api.update_run, run_id, "failed", None, "node agent restarted during the run")
@@ -199,7 +205,7 @@ class Agent:
             current = firewall.parse_save(ns.iptables_save())
             if self._synced_pid == pid:
                 for fix in firewall.drift(desired, current):
-                    self._record_fix(fix)
+                    self._record_fix(fix, m.FIX_DRIFT)
             ns.iptables_restore(firewall.render_vpn_client(desired, current))
             for run in self.runs.values():
                 Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
@@ -238,8 +244,9 @@ class Agent:
                     self._synced_pid = None
             self.reconcile()
 
-    def _record_fix(self, fix: str) -> None:
+    def _record_fix(self, fix: str, kind: str) -> None:
         log.warning("reconcile: %s", fix)
+        self.metrics.count_correction(kind)
         self.fixes.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {fix}")
 
     def check_vpn(self) -> None:
@@ -253,7 +260,9 @@ class Agent:
         why = "VPN client container is gone or lost tun0" if self.vpn.state else "no VPN yet"
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.connect(self.cfg.isolated_network, self.iso_subnet):
-            self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)")
+            self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)",
+                             m.FIX_VPN_CLIENT)
+            self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self.reconcile()
 
     # ------------------------------------------------------------------ runs
@@ -310,6 +319,7 @@ class Agent:
             self.runs[run_id] = live
         self._apply_run_added(live)
         live.wired_ms = (time.perf_counter() - t0) * 1e3
+        self.metrics.observe_wiring(live.wired_ms / 1e3)
         return live
 
     def register_ports(self, live: LiveRun) -> None:
@@ -444,6 +454,8 @@ class Agent:
         self._write_status()
         if self.proxy:
             self.proxy.stop()
+        if self.metrics_server:
+            self.metrics_server.stop()
         log.info("node %s stopped and cleaned up", self.cfg.name)
 
     # ------------------------------------------------------------------ status
@@ -456,6 +468,17 @@ class Agent:
             "runs": [asdict(r) for r in self.runs.values()],
             "fixes": self.fixes[-50:],
         }
+
+    def metrics_snapshot(self) -> m.AgentSnapshot:
+        """The node's state for a scrape: read now, from the kernel and the files on disk."""
+        st = self.vpn.state
+        expiry = None
+        try:
+            expiry = m.cert_not_after(self.vpn.ovpn_path.read_text())
+        except OSError:
+            pass  # no config yet
+        tun = m.read_tun_counters(st.pid) if st else None  # None too when the client's process is gone
+        return m.AgentSnapshot(live_runs=len(self.runs), vpn_up=tun is not None, tun=tun, cert_not_after=expiry)
 
     def _write_status(self) -> None:
         path = self.cfg.data_dir / "status.json"

@@ -1,0 +1,157 @@
+"""The guides say what the code does: the generated sections of docs/operator-guide.md equal
+what the code generates, every config key is documented, every key an example config
+names exists, and the shipped systemd units parse."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server_ext import config as server_config
+from server_ext.cli import KEYS, ServerConfigError, load_server_config
+from vpnagent import config as node_config
+
+REPO = Path(__file__).resolve().parent.parent
+GUIDE = REPO / "docs" / "operator-guide.md"
+
+
+def _update_docs():
+    spec = importlib.util.spec_from_file_location("update_docs", REPO / "scripts" / "update_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_sections_match_the_code():
+    docs = _update_docs()
+    text = GUIDE.read_text()
+    assert set(docs.sections_in(text)) == set(docs.SECTIONS), \
+        f"docs/operator-guide.md must hold the markers of {sorted(docs.SECTIONS)}"
+    stale = docs.stale()
+    assert not stale, (f"{', '.join(stale)} differ from what the code generates (config schema or "
+                       "docs/examples/ changed); fix: run `make docs` and commit the result")
+
+
+@pytest.mark.parametrize("schema,section", [(node_config.SCHEMA, "node-config-reference"),
+                                            (server_config.SCHEMA, "server-config-reference")])
+def test_every_schema_key_is_in_the_guide(schema, section):
+    text = GUIDE.read_text()
+    body = text.split(f"<!-- {section}:start -->")[1].split(f"<!-- {section}:end -->")[0]
+    missing = [key for key in schema if f"| `{key}` |" not in body]
+    assert not missing, f"keys {missing} are not in the {section} section; fix: run `make docs`"
+    assert all(spec.help.strip() for spec in schema.values()), "every key needs a help text"
+
+
+def _yaml_examples() -> list[tuple[str, str]]:
+    """(where, YAML text) of every example config in the docs and the README: the files in
+    docs/examples/, ```yaml blocks and <<'YAML' here-documents."""
+    found = [(str(p.relative_to(REPO)), p.read_text()) for p in sorted((REPO / "docs" / "examples").glob("*.yaml"))]
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = path.read_text()
+        for i, block in enumerate(re.findall(r"```ya?ml\n(.*?)```", text, re.S)):
+            found.append((f"{path.name} yaml block {i + 1}", block))
+        for i, block in enumerate(re.findall(r"<<'?YAML'?\n(.*?)\nYAML\n", text, re.S)):
+            found.append((f"{path.name} here-document {i + 1}", block))
+    return found
+
+
+def _named_keys(text: str) -> set[str]:
+    """Top-level keys, including ones shown commented out (`# key: value`)."""
+    keys = set((yaml.safe_load(text) or {}).keys())
+    keys |= set(re.findall(r"^# ?([a-z_]+): ", text, re.M))
+    return keys
+
+
+def _is_node(keys: set[str]) -> bool:
+    return "server_url" in keys or "api_key" in keys
+
+
+def test_example_configs_name_only_schema_keys():
+    examples = _yaml_examples()
+    kinds = {"node": 0, "server": 0}
+    for where, text in examples:
+        keys = _named_keys(text)
+        if not keys & (set(node_config.SCHEMA) | set(server_config.SCHEMA)):
+            continue  # some other YAML (e.g. a compose snippet)
+        kind, schema = ("node", node_config.SCHEMA) if _is_node(keys) else ("server", server_config.SCHEMA)
+        kinds[kind] += 1
+        unknown = sorted(keys - set(schema))
+        assert not unknown, f"{where}: {kind} config names unknown key(s) {unknown}; allowed: {sorted(schema)}"
+        for key, value in (yaml.safe_load(text) or {}).items():
+            types = schema[key].types
+            types = types if isinstance(types, tuple) else (types,)
+            assert value is None or (isinstance(value, bool) == (bool in types) and isinstance(value, types)), \
+                f"{where}: '{key}' has a {type(value).__name__}, the schema wants {types}"
+    assert kinds["node"] >= 1 and kinds["server"] >= 1, kinds
+
+
+def test_example_server_config_loads(tmp_path):
+    raw = load_server_config(REPO / "docs" / "examples" / "server.yaml")
+    assert raw["data_dir"] and raw["openvpn_remote_host"] == "vpn.example.org"
+
+
+def test_example_node_config_parses(tmp_path):
+    raw = yaml.safe_load((REPO / "docs" / "examples" / "node.yaml").read_text())
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked here\n")
+    cfg = node_config.parse_config({**raw, "server_ca_file": str(ca), "data_dir": str(tmp_path / "d")})
+    assert cfg.server_url.startswith("https://") and cfg.server_ca_file == ca.resolve()
+
+
+def test_server_keys_come_from_the_schema(tmp_path):
+    assert KEYS == {k: v.types for k, v in server_config.SCHEMA.items()}
+    bad = tmp_path / "s.yaml"
+    bad.write_text("data_dir: /x\nportt: 1\n")
+    with pytest.raises(ServerConfigError, match="unknown key.*portt"):
+        load_server_config(bad)
+    bad.write_text("data_dir: /x\nport: '5000'\n")
+    with pytest.raises(ServerConfigError, match="'port'.*wrong type"):
+        load_server_config(bad)
+    bad.write_text("port: 5000\n")
+    with pytest.raises(ServerConfigError, match="data_dir"):
+        load_server_config(bad)
+
+
+def test_config_reference_commands_print_the_tables(capsys):
+    from server_ext.cli import main as server_main
+    from vpnagent.cli import main as node_main
+
+    assert node_main(["config-reference"]) == 0
+    assert capsys.readouterr().out == node_config.reference_markdown()
+    assert server_main(["config-reference"]) == 0
+    assert capsys.readouterr().out == server_config.reference_markdown()
+
+
+def test_make_docs_check_passes():
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "update_docs.py"), "--check"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+UNITS = sorted((REPO / "deploy" / "systemd").glob("*.service"))
+
+
+def test_systemd_units_are_shipped_and_verify(tmp_path):
+    names = {u.name for u in UNITS}
+    assert {"vpnagent-server.service", "vpnagent@.service"} <= names
+    agent = (REPO / "deploy" / "systemd" / "vpnagent@.service").read_text()
+    for needed in ("CAP_NET_ADMIN", "CAP_SYS_ADMIN", "AF_NETLINK", "docker.service", "ReadWritePaths=/var/lib/vpnagent /run"):
+        assert needed in agent, needed
+    assert "PrivateNetwork" not in agent.split("# Not set on purpose")[0]
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    for unit in UNITS:
+        target = tmp_path / unit.name.replace("@.", "@node-a.")
+        target.write_text(unit.read_text())
+        proc = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True, text=True, timeout=60)
+        # The binaries are not installed at /opt/vpnagent on a build machine; anything else is an error.
+        problems = [line for line in proc.stderr.splitlines()
+                    if line.strip() and "is not executable" not in line]
+        assert not problems, f"{unit.name}: {problems}"
