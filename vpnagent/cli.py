@@ -54,6 +54,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["since"])) if vpn.get("since") else "-"
     print(f"node {status['node']}: VPN {'connected' if vpn['connected'] else 'NOT connected'}"
           f"  ip {vpn.get('vpn_ip') or '-'}  since {since}")
+    if vpn.get("cert_expires"):
+        days = (vpn["cert_expires"] - time.time()) / 86400
+        expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["cert_expires"]))
+        print(f"  certificate expires {expires} ({days:.1f} days; renewed {vpn.get('renewals', 0)} time(s) "
+              "by this agent)")
     if vpn.get("error"):
         print(f"  last VPN error: {vpn['error']}")
     print(f"{len(status['runs'])} live run(s)")
@@ -68,6 +73,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for fix in fixes:
         print(f"  {fix}")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .doctor import diagnose, exit_code, render_json, render_text
+
+    cfg = load_config(args.config)
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # so the self-test's finally removes its container and rules
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        results = diagnose(cfg, config_path=args.config)
+    except KeyboardInterrupt:
+        print("vpnagent doctor: interrupted", file=sys.stderr)
+        return 130
+    print(render_json(cfg.name, results) if args.json else render_text(results), end="")
+    return exit_code(results)
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
@@ -103,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("cleanup", help="remove every container, rule and network this node made")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(fn=_cmd_cleanup)
+    p = sub.add_parser("doctor", help="check Docker, TUN, iptables, server, TLS, token and VPN; self-test "
+                       "(exit 0: all pass, 1: a check failed, 2: bad config)")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=_cmd_doctor)
     p = sub.add_parser("images", help="build the local images (vpn, algorithm base, echo)")
     isub = p.add_subparsers(dest="images_cmd", required=True)
     b = isub.add_parser("build", help="build the images whose recipe changed")
