@@ -309,6 +309,25 @@ def build_images(client: docker.DockerClient | None = None, progress: Progress =
             client.close()
 
 
+def build_algorithm_image(tag: str, files: tuple[str, ...], dockerfile: str,
+                          client: docker.DockerClient | None = None, progress: Progress = print,
+                          force: bool = False) -> str:
+    """An algorithm image built like the echo image: `files` of this repository (under /app)
+    on top of the algorithm base image, skipped while files, Dockerfile and base are
+    unchanged. Returns the image id. The base image must exist (`vpnagent images build`)."""
+    own_client = client is None
+    client = client or docker.from_env(timeout=300)
+    try:
+        _, base_id = _label(client, ALGO_BASE_IMAGE)
+        if base_id is None:
+            raise ImageBuildError(f"{tag}: the base image {ALGO_BASE_IMAGE} is missing; fix: vpnagent images build")
+        return _build_echo(client, EchoRecipe(tag=tag, files=files, dockerfile=dockerfile), base_id, progress,
+                           force)
+    finally:
+        if own_client:
+            client.close()
+
+
 def ensure_images(client: docker.DockerClient | None = None, progress: Progress = print,
                   force: bool = False) -> dict[str, str]:
     """Make sure the images exist and match their recipes (building what changed)."""

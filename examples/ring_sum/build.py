@@ -1,0 +1,31 @@
+"""Build the ring_sum example image with vpnagent's image machinery (no registry):
+`python -m examples.ring_sum.build` after `vpnagent images build`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vpnagent.images import ImageBuildError, build_algorithm_image
+
+TAG = "vpnagent/ring-sum:latest"
+# Copied to /app/<path> in the image; PYTHONPATH=/app.
+FILES: tuple[str, ...] = (
+    "vpnagent/__init__.py",
+    "vpnagent/algorithm_client.py",
+    "examples/__init__.py",
+    "examples/ring_sum/__init__.py",
+    "examples/ring_sum/ring_sum.py",
+)
+DOCKERFILE = Path(__file__).with_name("Dockerfile")
+
+
+def build(client=None, force: bool = False, progress=print) -> str:
+    return build_algorithm_image(TAG, FILES, DOCKERFILE.read_text(), client=client, progress=progress, force=force)
+
+
+if __name__ == "__main__":
+    try:
+        build(force="--force" in sys.argv[1:])
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
