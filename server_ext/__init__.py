@@ -7,7 +7,8 @@
 or standalone: `create_app({...})`. Config keys (all prefixed VPNAGENT_): DATA_DIR,
 SECRET (>= 32 chars; generated and kept in DATA_DIR when absent), DATABASE_URL (default
 SQLite in DATA_DIR), VPN_SUBNET, OPENVPN_REMOTE_HOST, OPENVPN_REMOTE_PORT, OPENVPN_PROTO,
-CERT_DAYS, URL_PREFIX (default /api).
+CERT_DAYS, URL_PREFIX (default /api), METRICS (default True: Prometheus text at /metrics,
+outside the prefix; docs/metrics.md).
 """
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ class VPNExtension:
         if not cfg.get("MAX_CONTENT_LENGTH"):
             cfg["MAX_CONTENT_LENGTH"] = MAX_BODY
         app.register_blueprint(bp, url_prefix=cfg.get("VPNAGENT_URL_PREFIX", "/api"))
+        if cfg.get("VPNAGENT_METRICS", True):
+            from .metrics import init_metrics
+
+            init_metrics(app, state.store, state.files.runtime_dir / "management.sock")
         app.register_error_handler(HTTPException, _http_error)
 
 
