@@ -9,8 +9,11 @@ import secrets
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, String, Table, Text, create_engine, event,
-                        func, select)
+from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
+                        event, func, select, text, update)
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -20,7 +23,14 @@ RUN_STATES = ACTIVE_STATES + FINAL_STATES
 
 
 class Base(DeclarativeBase):
-    pass
+    # Named constraints, so that a later migration can drop or alter one by name on every
+    # backend (PostgreSQL needs the name; SQLite's batch mode finds it by name).
+    metadata = MetaData(naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
 
 
 def _now() -> dt.datetime:
@@ -121,30 +131,42 @@ class Certificate(Base):
 
 
 class StoreError(ValueError):
-    """An admin operation was refused (duplicate name, unknown id, full subnet)."""
+    """An admin operation was refused (duplicate name, unknown id, full subnet), or the
+    database cannot be used; the message says what to fix."""
+
+
+class DatabaseError(StoreError):
+    """The database is unreachable, the URL is wrong, or its schema cannot be brought up
+    to date."""
+
+
+URL_HELP = "sqlite:////absolute/path/store.db or postgresql+psycopg://user:password@host:5432/dbname"
 
 
 class Store:
+    """The store on the database at `url`, migrated to the newest schema on start-up."""
+
     def __init__(self, url: str = "sqlite:///vpnagent.db") -> None:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            if url in ("sqlite://", "sqlite:///:memory:"):
-                kwargs["poolclass"] = StaticPool
-        self.engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(conn, _record):  # WAL: readers do not block the writer (agents poll)
-                cur = conn.cursor()
-                cur.execute("PRAGMA foreign_keys=ON")
-                if url not in ("sqlite://", "sqlite:///:memory:"):
-                    cur.execute("PRAGMA journal_mode=WAL")
-                cur.close()
+        from . import schema
+
+        self.engine = _engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=True)
+        try:
+            schema.upgrade(self.engine)
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise DatabaseError(f"cannot open the database {self.url}: {_reason(exc)}; check database_url "
+                                f"({URL_HELP}) and that the database server runs and accepts this user") from None
+        except DatabaseError:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.create_all()
 
     def create_all(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Kept for callers from before migrations; __init__ has migrated the schema already."""
+        from . import schema
+
+        schema.upgrade(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -260,6 +282,7 @@ class Store:
         .1 is the OpenVPN server's own address."""
         if node.vpn_ip and ipaddress.IPv4Address(node.vpn_ip) in subnet:
             return node.vpn_ip
+        _serialise_allocation(s, node)
         used = set(s.scalars(select(Node.vpn_ip).where(Node.vpn_ip.is_not(None))))
         server_ip = next(subnet.hosts())
         for ip in subnet.hosts():
@@ -268,3 +291,59 @@ class Store:
                 s.flush()
                 return node.vpn_ip
         raise StoreError(f"VPN subnet {subnet} is full; use a larger vpn_subnet")
+
+
+def _serialise_allocation(s: Session, node: Node) -> None:
+    """Hold a lock until this transaction ends, so that two nodes connecting at once cannot
+    both read the same free address (the unique index would then fail one of them)."""
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _VPN_IP_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        # pysqlite begins the transaction at the first write: writing first takes SQLite's
+        # one write lock before the addresses are read (a read first could go stale).
+        conn.execute(update(Node.__table__).where(Node.__table__.c.id == node.id)
+                     .values(vpn_ip=Node.__table__.c.vpn_ip))
+
+
+_VPN_IP_LOCK_KEY = 0x76706E62  # PostgreSQL advisory lock key (any constant unique to us)
+
+
+def _engine(url: str) -> Engine:
+    """An engine for `url`, with the SQLite-only settings applied to SQLite alone."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"database_url {url.split('@')[-1]!r} is not a database URL; use {URL_HELP}") from None
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the one we install is psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if memory:  # one connection, or every session would see its own empty database
+            kwargs["poolclass"] = StaticPool
+    elif backend == "postgresql":
+        kwargs["pool_pre_ping"] = True  # a restarted database server leaves dead pooled connections
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(f"database_url {parsed.render_as_string(hide_password=True)!r} names a database "
+                            f"driver that is not installed ({exc}); use {URL_HELP}") from None
+    if backend == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # WAL: readers do not block the writer (agents poll)
+            cur = conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+    return engine
+
+
+def _reason(exc: DBAPIError) -> str:
+    """The driver's message without SQLAlchemy's SQL echo and help link."""
+    lines = [line.strip() for line in str(exc.orig).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2]) or type(exc.orig).__name__

@@ -1,12 +1,21 @@
-"""A real Flask app with a real SQLite store in tmp_path, and a small world in it:
-collaboration C (orgs 1, 2, 3 with nodes n1..n3), collaboration D (org 4, node n4)."""
+"""A real Flask app with a real store, and a small world in it: collaboration C (orgs 1, 2,
+3 with nodes n1..n3), collaboration D (org 4, node n4).
+
+Every test that uses the store runs twice: on SQLite (a file in tmp_path) and on a real
+PostgreSQL server (a fresh database, dropped afterwards; see tests/server/postgres.py)."""
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 from sqlalchemy import select
 
 from server_ext import create_app
 from server_ext.store import Certificate, Node, Port, Run, Task
+from tests.server.postgres import PostgresDatabases, connect_from_env
+
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @dataclass
@@ -56,14 +65,43 @@ class World:
             )
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    dbs = connect_from_env()
+    yield dbs
+    dbs.close()
+
+
+@contextmanager
+def fresh_database(backend: str, directory: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of an empty database of `backend`, removed afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'store.db'}"
+        return
+    dbs = request.getfixturevalue("postgres")
+    url = dbs.create()
+    try:
+        yield url
+    finally:
+        dbs.drop(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path, request) as url:
+        yield url
+
+
 @pytest.fixture
-def world(tmp_path) -> World:
-    return build_world(tmp_path)
+def world(tmp_path, database_url) -> Iterator[World]:
+    w = build_world(tmp_path, database_url)
+    yield w
+    w.store.close()
 
 
-def build_world(tmp_path) -> World:
+def build_world(tmp_path, database_url: str | None = None) -> World:
     app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True,
-                      "VPNAGENT_VPN_SUBNET": "10.76.0.0/16"})
+                      "VPNAGENT_VPN_SUBNET": "10.76.0.0/16", "VPNAGENT_DATABASE_URL": database_url})
     store = app.extensions["vpnagent"].store
     orgs = [store.create_organization(f"org{i}").id for i in range(1, 5)]
     collab = store.create_collaboration("C", orgs[:3]).id

@@ -60,16 +60,25 @@ def test_fuzz_finds_no_server_error(fuzz_world, target, who, body, query, path_i
 
 import pytest  # noqa: E402
 
+from tests.server.conftest import BACKENDS  # noqa: E402
 
-@pytest.fixture(scope="module")
-def fuzz_world(tmp_path_factory):
-    from tests.server.conftest import build_world
 
-    world = build_world(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def fuzz_world(request, tmp_path_factory):
+    from tests.server.conftest import build_world, fresh_database
+
+    directory = tmp_path_factory.mktemp("fuzz")
+    with fresh_database(request.param, directory, request) as url:
+        world = build_world(directory, url)
+        yield world, _headers_after_setup(world)
+        world.store.close()
+
+
+def _headers_after_setup(world) -> dict:
     for i in range(3):
         world.client.get("/api/vpn", headers=world.node_headers(i))
     task = world.create_task([world.orgs[0], world.orgs[1]])
     headers = {"none": {}, "garbage": {"Authorization": "Bearer not.a.token"},
                "node": world.node_headers(0), "user": world.user_headers(),
                "container": world.container_headers(0, task["runs"][0]["id"])}
-    return world, headers
+    return headers
