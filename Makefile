@@ -14,8 +14,9 @@ demo-keep: setup
 demo-down:
 	.venv/bin/python -m test_algorithms.demo --down
 
+# The server tests also run on a real PostgreSQL: scripts/postgres.sh starts it and prints its URL.
 test: setup
-	.venv/bin/pytest -v -rs
+	url="$$(bash scripts/postgres.sh)" && VPNAGENT_TEST_POSTGRES_URL="$$url" .venv/bin/pytest -v -rs
 
 test-unit:
 	.venv/bin/pytest -q -m "not docker"
