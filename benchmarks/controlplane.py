@@ -28,14 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-import requests  # noqa: E402
 
 from server_ext.store import Port, Run, Store, Task  # noqa: E402
 from server_ext.vpnserver import Management  # noqa: E402
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from test_algorithms.send_echo import send_echo  # noqa: E402
-from vpnagent.serverapi import ServerAPI  # noqa: E402
+from vpnagent.tls import make_session  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -106,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(max(1, samples - 2)):
             t0 = time.monotonic()
             result = send_echo(cluster.server_url, cluster.user_api_key, cluster.collaboration_id, timeout=180,
+                               verify=cluster.tls_verify,
                                progress=lambda m: None)
             if not result.get("ok"):
                 raise RuntimeError(f"echo failed: {result}")
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         total_runs = store.count(Run)
         store.close()
         progress(f"{total_runs} runs in the store")
-        ctoken = ServerAPI(cluster.server_url, node.api_key).container_token(run_id)
-        http = requests.Session()
+        ctoken = cluster.node_api(node).container_token(run_id)
+        http = make_session(cluster.tls_verify)
         http.headers["Authorization"] = f"Bearer {ctoken}"
         lat = []
         for i in range(200 if args.quick else 2000):
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         openvpn = client.containers.get(cluster.openvpn_container)
         server_rss0 = openvpn_rss_mb(openvpn)
         handles = [cluster.add_node(f"{cluster.prefix}m{i}") for i in range(n_nodes)]
-        configs = [ServerAPI(cluster.server_url, h.api_key).get_vpn_config() for h in handles]
+        configs = [cluster.node_api(h).get_vpn_config() for h in handles]
 
         def launch(i: int):
             d = workdir / f"raw{i}"

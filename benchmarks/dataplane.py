@@ -38,12 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-import requests  # noqa: E402
 
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from vpnagent.netns import Netns  # noqa: E402
-from vpnagent.serverapi import ServerAPI  # noqa: E402
 
 BENCH_IMAGE = "vpnagent/bench-peer:latest"
 IPERF_PORT, ECHO_PORT = 5201, 8888
@@ -301,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             ends = []
             for i in range(4 if key == "b" else 2):  # b: a second pair for the aggregate figure
                 node = cluster.add_node(f"{cluster.prefix}{key}{i}")
-                api = ServerAPI(cluster.server_url, node.api_key)
+                api = cluster.node_api(node)
                 ovpn = api.get_vpn_config()
                 if key == "d":
                     ovpn = rerender_for(v6, ovpn, api.node_self())
@@ -313,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 second_pair = Path_("b2", "raw, second pair", ends[2][0], ends[3][0], ends[3][1], IPERF_PORT, ECHO_PORT)
 
         # c: two runs of one task through the agents
-        tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10)
-        http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+        http = cluster.user_session()
         task = http.post(f"{cluster.server_url}/task", timeout=10, json={
             "collaboration_id": cluster.collaboration_id, "image": BENCH_IMAGE,
             "organizations": [n.organization_id for n in cluster.nodes], "input": None}).json()

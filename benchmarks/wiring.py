@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-import requests  # noqa: E402
 
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
@@ -95,9 +94,7 @@ class Bench:
     def __init__(self, cluster: LocalCluster, agent: Agent, prober: Prober, client: docker.DockerClient) -> None:
         self.cluster, self.agent, self.prober, self.docker = cluster, agent, prober, client
         self.node = cluster.nodes[1]
-        tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10)
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+        self.http = cluster.user_session()
         self.vpn_ip = agent.vpn.state.vpn_ip
         # the prober's node takes part in the benchmark runs' task family, so isolation lets
         # its probes in (as for a real peer run on that node)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ def load_server_config(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ServerConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; allowed: {', '.join(KEYS)}")
     for key, value in raw.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, KEYS[key])):
+        # YAML's true/false must not pass for a number, nor a number for a flag.
+        if value is not None and (isinstance(value, bool) != (KEYS[key] is bool) or not isinstance(value, KEYS[key])):
             raise ServerConfigError(f"'{key}' in {path} has the wrong type ({type(value).__name__})")
     if "data_dir" not in raw:
         raise ServerConfigError(f"'data_dir' is required in {path}")
@@ -50,13 +52,16 @@ def flask_config(raw: dict[str, Any]) -> dict[str, Any]:
     return {flask_key: raw[key] for key, flask_key in mapping.items() if raw.get(key) is not None}
 
 
+def _database_url(args) -> str:
+    raw = load_server_config(args.config)
+    Path(raw["data_dir"]).mkdir(parents=True, exist_ok=True)
+    return raw.get("database_url") or f"sqlite:///{Path(raw['data_dir']).resolve() / 'store.db'}"
+
+
 def _store(args):
     from .store import Store
 
-    raw = load_server_config(args.config)
-    url = raw.get("database_url") or f"sqlite:///{Path(raw['data_dir']).resolve() / 'store.db'}"
-    Path(raw["data_dir"]).mkdir(parents=True, exist_ok=True)
-    return Store(url)
+    return Store(_database_url(args))
 
 
 def cmd_serve(args) -> int:
@@ -73,9 +78,15 @@ def cmd_serve(args) -> int:
         vpn = OpenVPNServer(state.files, name=raw.get("openvpn_container", "vpnagent-openvpn"),
                             network=raw.get("openvpn_network"))
         vpn.ensure_running()
-    server = make_server(raw.get("host", "127.0.0.1"), raw.get("port", 5000), app, threaded=True)
+    host = raw.get("host", "127.0.0.1")
+    tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki)
+    server = make_server(host, raw.get("port", 5000), app, threaded=True, ssl_context=tls)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
-    logging.getLogger(__name__).info("serving on http://%s:%s/api", *server.server_address[:2])
+    log = logging.getLogger(__name__)
+    if tls is None:
+        log.warning("serving the API over plain HTTP (insecure_http): API keys and tokens cross the network "
+                    "unencrypted; use this for local development only")
+    log.info("serving on %s://%s:%s/api", "https" if tls else "http", *server.server_address[:2])
     import threading
 
     t = threading.Thread(target=server.serve_forever, daemon=True)
@@ -89,6 +100,32 @@ def cmd_serve(args) -> int:
         if vpn is not None:
             vpn.stop()
     return 0
+
+
+def tls_context(raw: dict[str, Any], pki) -> ssl.SSLContext:
+    """The API's TLS context: the configured certificate, or one our CA issues for
+    tls_hostnames. Prints what a node needs to trust it."""
+    if bool(raw.get("tls_cert")) != bool(raw.get("tls_key")):
+        raise ServerConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
+    if raw.get("tls_cert"):
+        cert, key = Path(raw["tls_cert"]), Path(raw["tls_key"])
+        trust = "the CA that issued tls_cert"
+    else:
+        host = raw.get("host", "127.0.0.1")
+        names = raw.get("tls_hostnames") or [n for n in (host, "localhost", "127.0.0.1") if n != "0.0.0.0"]
+        cert, key = pki.api_pair(list(dict.fromkeys(str(n) for n in names)))
+        trust = f"server_ca_file: {pki.dir / 'ca.crt'}"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServerConfigError(f"cannot load the API certificate {cert} / key {key}: {exc}") from exc
+    from .pki import fingerprint
+
+    print(f"API certificate {cert}\n  SHA-256 fingerprint (node config server_fingerprint): "
+          f"{fingerprint(cert.read_bytes())}\n  nodes trust it with {trust}", flush=True)
+    return ctx
 
 
 def cmd_add_org(args) -> int:
@@ -139,6 +176,42 @@ def cmd_remove_org(args) -> int:
     return 0
 
 
+def cmd_db_upgrade(args) -> int:
+    """Migrate explicitly (the server also does it when it starts), saying each step."""
+    from .store import Store
+
+    store = Store(_database_url(args), progress=lambda msg: print(msg, flush=True))
+    store.close()
+    print(f"{store.url}: up to date")
+    return 0
+
+
+def cmd_db_current(args) -> int:
+    """The database's revision; exit status 1 when an upgrade is pending. Changes nothing."""
+    from . import schema
+    from .store import database_errors, make_engine
+
+    engine = make_engine(_database_url(args))
+    shown = engine.url.render_as_string(hide_password=True)
+    head = schema.head_revision()
+    todo = f"newest is {head}: run `vpnagent-server db-upgrade --config {args.config}`"
+    if engine.dialect.name == "sqlite" and engine.url.database and not Path(engine.url.database).exists():
+        print(f"{shown}: no database file yet; {todo}")  # connecting would create it
+        return 1
+    try:
+        with database_errors(shown), engine.connect() as conn:
+            current = schema.current_revision(engine)
+            legacy = current is None and schema.made_before_migrations(conn)
+    finally:
+        engine.dispose()
+    if current == head:
+        print(f"{shown}: revision {current} (newest)")
+        return 0
+    state = f"revision {current}" if current else "tables from before migrations" if legacy else "empty"
+    print(f"{shown}: {state}; {todo}")
+    return 1
+
+
 def cmd_config_reference(args) -> int:
     from .config import reference_markdown
 
@@ -174,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("node_id", type=int)
     s = add("remove-organization", cmd_remove_org, "remove every node of an organisation")
     s.add_argument("organization_id", type=int)
+    add("db-upgrade", cmd_db_upgrade, "migrate the database to the newest schema (serve does it too)")
+    add("db-current", cmd_db_current, "show the database's schema revision; exit 1 if an upgrade is pending")
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
     s.set_defaults(fn=cmd_config_reference)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the store reports migration steps itself
     from .store import StoreError
 
     try:

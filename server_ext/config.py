@@ -25,6 +25,14 @@ SCHEMA: dict[str, Key] = {
                          "back it up.", required=True),
     "host": Key(str, "Address the API listens on.", "127.0.0.1"),
     "port": Key(int, "TCP port the API listens on.", "5000"),
+    "tls_cert": Key(str, "PEM certificate (chain) the API serves over HTTPS. Without it the server issues its own "
+                         "from its CA (data_dir/pki/api.crt) for tls_hostnames; nodes then set server_ca_file "
+                         "to data_dir/pki/ca.crt or pin the fingerprint `serve` prints."),
+    "tls_key": Key(str, "PEM private key of tls_cert."),
+    "tls_hostnames": Key(list, "Names and addresses nodes use to reach the API, put in the self-issued "
+                               "certificate.", "host, localhost, 127.0.0.1"),
+    "insecure_http": Key(bool, "Serve the API over plain HTTP (local development only; the server warns).",
+                         "false"),
     "database_url": Key(str, "SQLAlchemy URL of the store, e.g. postgresql+psycopg://user:pw@db/vpnagent "
                              "(see docs/database.md).", "SQLite `data_dir/store.db`"),
     "secret": Key(str, "Key that signs the API's JWTs (at least 32 characters). Leave it out to have one "

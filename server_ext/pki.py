@@ -4,6 +4,8 @@ easy-rsa. Private keys are written 0600."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -121,13 +123,17 @@ class PKI:
         return (self.dir / "crl.pem").read_text()
 
     # --- issuing and revoking
-    def _issue(self, cn: str, days: float, usage) -> IssuedCert:
+    def _issue(self, cn: str, days: float, usage, sans: list[str] | None = None) -> IssuedCert:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         serial = x509.random_serial_number()
         not_after = now + dt.timedelta(days=days)
+        builder = x509.CertificateBuilder()
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(n) for n in sans]),
+                                            critical=False)
         cert = (
-            x509.CertificateBuilder()
+            builder
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .issuer_name(self.ca_cert.subject).public_key(key.public_key()).serial_number(serial)
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after)
@@ -141,6 +147,25 @@ class PKI:
             .sign(self.ca_key, hashes.SHA256())
         )
         return IssuedCert(_cert_pem(cert), _key_pem(key), serial, not_after)
+
+    def api_pair(self, hostnames: list[str]) -> tuple[Path, Path]:
+        """The API's HTTPS certificate and key files for `hostnames` (DNS names or IPs),
+        signed by our CA; re-issued when the names change or it expires within 30 days."""
+        crt, key = self.dir / "api.crt", self.dir / "api.key"
+        if crt.exists() and key.exists():
+            cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            try:
+                have = sorted(str(n.value) for n in cert.extensions.get_extension_for_class(
+                    x509.SubjectAlternativeName).value)
+            except x509.ExtensionNotFound:
+                have = []
+            fresh = cert.not_valid_after_utc - _now() > dt.timedelta(days=30)
+            if fresh and have == sorted(str(_general_name(n).value) for n in hostnames):
+                return crt, key
+        issued = self._issue("vpnagent-api", 825, ExtendedKeyUsageOID.SERVER_AUTH, sans=hostnames)
+        write_private(key, issued.key_pem)
+        write_public(crt, issued.cert_pem)
+        return crt, key
 
     def issue_node_cert(self, cn: str, days: float = 30) -> IssuedCert:
         return self._issue(cn, days, ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -181,3 +206,18 @@ def cert_from_ovpn(text: str) -> str:
 def common_name(cert: x509.Certificate) -> str:
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def fingerprint(cert_pem: str | bytes) -> str:
+    """SHA-256 of the certificate's DER, as hex pairs with colons (what a node pins)."""
+    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    der = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))

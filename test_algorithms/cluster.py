@@ -21,6 +21,9 @@ import docker.errors
 import requests
 import yaml
 
+from vpnagent.serverapi import ServerAPI
+from vpnagent.tls import make_session
+
 Progress = Callable[[str], None]
 
 
@@ -44,6 +47,11 @@ class NodeHandle:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen | None = None
+    metrics_port: int | None = None  # the agent's metrics_listen port on loopback
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def status(self) -> dict | None:
         try:
@@ -70,6 +78,11 @@ class LocalCluster:
     user_api_key: str = ""
 
     @property
+    def metrics_url(self) -> str:
+        """The server's Prometheus endpoint: /metrics at the root, beside the API prefix."""
+        return self.server_url.rsplit("/api", 1)[0] + "/metrics"
+
+    @property
     def wan_network(self) -> str:
         return f"{self.prefix}-wan"
 
@@ -79,12 +92,29 @@ class LocalCluster:
 
     @property
     def server_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}/api"
+        return f"https://127.0.0.1:{self.api_port}/api"
 
     @property
-    def tls_verify(self) -> str | bool:
-        """What a client of this cluster passes to requests as verify= (the CA file under HTTPS)."""
-        return True
+    def ca_file(self) -> Path:
+        """The server's CA (made when the server first starts); it signs the API's certificate."""
+        return self.workdir / "server" / "pki" / "ca.crt"
+
+    @property
+    def tls_verify(self) -> str:
+        """What a client of this cluster passes to requests as verify=."""
+        return str(self.ca_file)
+
+    def user_session(self) -> requests.Session:
+        """An HTTPS session logged in as the cluster's researcher."""
+        s = make_session(self.tls_verify)
+        tok = s.post(f"{self.server_url}/token/user", json={"api_key": self.user_api_key}, timeout=10)
+        tok.raise_for_status()
+        s.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+        return s
+
+    def node_api(self, node: "NodeHandle") -> ServerAPI:
+        """The server API as `node` sees it (its key, the cluster's CA)."""
+        return ServerAPI(self.server_url, node.api_key, session=make_session(self.tls_verify))
 
     # ------------------------------------------------------------------ up
     def up(self, start: list[int] | None = None) -> "LocalCluster":
@@ -114,7 +144,6 @@ class LocalCluster:
         server_dir = self.workdir / "server"
         server_dir.mkdir(exist_ok=True)
         store = Store(f"sqlite:///{server_dir / 'store.db'}")
-        store.create_all()
         orgs = [store.create_organization(f"org-{i + 1}") for i in range(self.n_nodes)]
         collab = store.create_collaboration(f"{self.prefix}-collab", [o.id for o in orgs])
         self.collaboration_id = collab.id
@@ -147,17 +176,20 @@ class LocalCluster:
                            overrides: dict | None = None) -> NodeHandle:
         data_dir = self.workdir / "nodes" / name
         data_dir.mkdir(parents=True, exist_ok=True)
+        metrics_port = free_port()
         cfg = {
             "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
             "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
             "port_range": [port_base, port_base + self.ports_per_node - 1], "poll_interval": 0.25,
-            "allow_insecure_http": True,  # until the cluster serves HTTPS
+            "metrics_listen": f"127.0.0.1:{metrics_port}",
+            "server_ca_file": str(self.ca_file),
             **self.node_extra, **(overrides or {}),
         }
         cfg_path = self.workdir / "nodes" / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         os.chmod(cfg_path, 0o600)
-        return NodeHandle(name, org_id, node_id, key, cfg_path, data_dir, self.workdir / "logs" / f"{name}.log")
+        return NodeHandle(name, org_id, node_id, key, cfg_path, data_dir, self.workdir / "logs" / f"{name}.log",
+                          metrics_port=metrics_port)
 
     def stop_node(self, node: NodeHandle) -> None:
         _stop(node.proc, 20)
@@ -186,10 +218,10 @@ class LocalCluster:
             if self.server_proc.poll() is not None:
                 raise ClusterError(f"server exited with {self.server_proc.returncode}; see {log_path}:\n{_tail(log_path)}")
             try:
-                requests.get(f"{self.server_url}/health", timeout=1)
+                requests.get(f"{self.server_url}/health", timeout=1, verify=self.tls_verify)
                 self.progress(f"server answers at {self.server_url}")
                 return
-            except requests.RequestException:
+            except (requests.RequestException, OSError):  # OSError: its CA file is not written yet
                 time.sleep(0.1)
         raise ClusterError(f"server did not answer within 60 s; see {log_path}:\n{_tail(log_path)}")
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.up()
         cluster.save_state()
         _say("sending the echo task")
-        result = send_echo(cluster.server_url, cluster.user_api_key, cluster.collaboration_id,
+        result = send_echo(cluster.server_url, cluster.user_api_key, cluster.collaboration_id, verify=cluster.tls_verify,
                            timeout=240, progress=_say)
         print()
         print(format_matrix(result))

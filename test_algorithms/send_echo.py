@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import requests
 
+from vpnagent.tls import make_session
+
 ECHO_IMAGE = "vpnagent/echo:latest"
 HTTP_TIMEOUT_S = 10
 
@@ -38,11 +40,11 @@ def _call(session: requests.Session, method: str, url: str, **kw: Any) -> Any:
 
 def send_echo(server_url: str, api_key: str, collaboration_id: int, organization_ids: list[int] | None = None,
               timeout: float = 180, progress: Callable[[str], None] = print, image: str = ECHO_IMAGE,
-              payload_size: int = 1024) -> dict:
+              payload_size: int = 1024, verify: str | bool = True) -> dict:
     """Create the echo central task at one organisation (the first), wait for it, return its
     result ({"organizations", "pairs", "ok", ...}). Raises SendEchoError when it failed."""
     base = server_url.rstrip("/")
-    s = requests.Session()
+    s = make_session(verify)  # the server's CA file, or True for the system CAs
     token = _call(s, "POST", f"{base}/token/user", json={"api_key": api_key})["access_token"]
     s.headers["Authorization"] = f"Bearer {token}"
     explicit = bool(organization_ids)
@@ -132,7 +134,9 @@ def format_matrix(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m test_algorithms.send_echo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", required=True, help="server API URL, e.g. http://127.0.0.1:5000/api")
+    parser.add_argument("--server", required=True, help="server API URL, e.g. https://127.0.0.1:5000/api")
+    parser.add_argument("--ca-file", help="CA that signed the server's certificate (the server's pki/ca.crt); "
+                                          "default: the system CAs")
     parser.add_argument("--api-key", required=True, help="a researcher's (user) API key")
     parser.add_argument("--collaboration", type=int, required=True, help="collaboration id")
     parser.add_argument("--organization", type=int, action="append", dest="organizations",
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = send_echo(args.server, args.api_key, args.collaboration, args.organizations,
-                           timeout=args.timeout, progress=lambda m: print(m, flush=True))
+                           timeout=args.timeout, progress=lambda m: print(m, flush=True),
+                           verify=args.ca_file or True)
     except SendEchoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

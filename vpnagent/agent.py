@@ -23,13 +23,15 @@ from .netns import Netns, NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy
 from .serverapi import ServerAPI, ServerError
-from .vpnclient import VPNClient
+from .tls import make_session
+from .vpnclient import VPNClient, VPNError
 
 log = logging.getLogger(__name__)
 
 ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
 VPN_RETRY_S = 30.0
 VERIFY_S = 10.0
+RENEW_RETRY_S = 3600.0  # a failed or pointless renewal is tried again an hour later, not every check
 # Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
 FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
@@ -68,7 +70,8 @@ class Agent:
                  api: ServerAPI | None = None) -> None:
         self.cfg = cfg
         self.docker = docker_client or docker.from_env(timeout=120)
-        self.api = api or ServerAPI(cfg.server_url, cfg.api_key)
+        self.api = api or ServerAPI(cfg.server_url, cfg.api_key, session=make_session(cfg.tls_verify,
+                                                                                    cfg.server_fingerprint))
         self.vpn = VPNClient(cfg, self.docker, self.api)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ports = PortAllocator(*cfg.port_range, cfg.data_dir / "ports.json")
@@ -82,6 +85,7 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_vpn_attempt = 0.0
+        self._last_renewal = -RENEW_RETRY_S
         self._synced_pid: int | None = None  # VPN client pid whose namespace matches the desired state
         self.metrics = m.AgentMetrics(self.metrics_snapshot)
         self.metrics_server: m.MetricsServer | None = None
@@ -92,12 +96,16 @@ class Agent:
         if self.cfg.metrics_listen:  # first: a taken port fails before anything is created
             self.metrics_server = m.MetricsServer(self.metrics.render, *self.cfg.metrics_listen).start()
             log.info("metrics at %s", self.metrics_server.url)
+        if self.cfg.server_url.startswith("http://"):
+            log.warning("server_url %s is plain HTTP (allow_insecure_http): the API key and tokens cross "
+                        "the network unencrypted; use https:// outside local development", self.cfg.server_url)
         self.node = self.api.node_self()
         log.info("node %s (server id %s, organisation %s)", self.cfg.name, self.node.get("id"),
                  self.node.get("organization_id"))
         self._ensure_network()
         self._remove_orphans()
-        self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url).start()
+        self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url,
+                               session=make_session(self.cfg.tls_verify, self.cfg.server_fingerprint)).start()
         log.info("node proxy listening on %s", self.proxy.url)
         self._last_vpn_attempt = time.monotonic()
         self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
@@ -248,6 +256,31 @@ class Agent:
         log.warning("reconcile: %s", fix)
         self.metrics.count_correction(kind)
         self.fixes.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {fix}")
+
+    def check_cert(self) -> None:
+        """Renew the VPN certificate when it expires within cert_renew_days."""
+        expires = self.vpn.cert_expires
+        if self.vpn.state is None or expires is None:
+            return
+        if expires - time.time() > self.cfg.cert_renew_days * 86400:
+            return
+        if time.monotonic() - self._last_renewal < RENEW_RETRY_S:
+            return
+        self._last_renewal = time.monotonic()
+        log.info("vpn: certificate expires %s, within cert_renew_days (%g); renewing",
+                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires)), self.cfg.cert_renew_days)
+        try:
+            with self._lock:
+                gap = self.vpn.renew_in_place()
+        except (VPNError, ServerError, OSError, docker.errors.APIError) as exc:
+            log.error("vpn: certificate renewal failed (%s); trying again in %.0f min", exc, RENEW_RETRY_S / 60)
+            return
+        log.info("vpn: renewed; new certificate valid until %s; reconnected in %.2f s",
+                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.vpn.cert_expires or 0)), gap)
+        if (self.vpn.cert_expires or 0) - time.time() <= self.cfg.cert_renew_days * 86400:
+            log.warning("vpn: the server issues certificates shorter than cert_renew_days (%g days); lower it",
+                        self.cfg.cert_renew_days)
+        self._write_status()
 
     def check_vpn(self) -> None:
         """A VPN client that died or was replaced is brought back, then everything is
@@ -431,6 +464,7 @@ class Agent:
                 if time.monotonic() - last_check > 2.0:
                     last_check = time.monotonic()
                     self.check_vpn()
+                    self.check_cert()
                 if time.monotonic() - last_verify > VERIFY_S:
                     last_verify = time.monotonic()
                     self.reconcile()  # level-triggered: repair whatever drifted meanwhile
@@ -464,7 +498,8 @@ class Agent:
         return {
             "node": self.cfg.name,
             "vpn": {"connected": st is not None, "vpn_ip": st.vpn_ip if st else None,
-                    "since": st.since if st else None, "error": self.vpn.last_error},
+                    "since": st.since if st else None, "error": self.vpn.last_error,
+                    "cert_expires": self.vpn.cert_expires, "renewals": self.vpn.renewals},
             "runs": [asdict(r) for r in self.runs.values()],
             "fixes": self.fixes[-50:],
         }

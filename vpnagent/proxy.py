@@ -16,9 +16,10 @@ _PASS_HEADERS = ("Authorization", "Content-Type", "Accept")
 
 
 class NodeProxy:
-    def __init__(self, listen_host: str, listen_port: int, server_url: str) -> None:
+    def __init__(self, listen_host: str, listen_port: int, server_url: str,
+                 session: requests.Session | None = None) -> None:
         self.server_url = server_url.rstrip("/")
-        session = requests.Session()
+        session = session or requests.Session()  # carries the node's TLS checks
         upstream = self.server_url
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,11 +45,14 @@ class NodeProxy:
                 self._reply(resp.status_code, resp.content, resp.headers.get("Content-Type"))
 
             def _reply(self, status: int, body: bytes, ctype: str | None = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype or "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype or "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    log.debug("proxy: the algorithm hung up before the reply")  # e.g. it was stopped
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
 

@@ -18,11 +18,14 @@ class ServerError(RuntimeError):
 
 
 class ServerAPI:
-    def __init__(self, base_url: str, api_key: str, timeout: float = 15.0) -> None:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 15.0,
+                 session: requests.Session | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
-        self._session = requests.Session()
+        # The session carries the TLS checks (vpnagent.tls.make_session); a bare one
+        # verifies against the system CAs.
+        self._session = session or requests.Session()
         self._token: str | None = None
         self._lock = threading.Lock()
 
@@ -41,6 +44,9 @@ class ServerAPI:
                     headers["Authorization"] = f"Bearer {self._token}"
             try:
                 resp = self._session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            except requests.exceptions.SSLError as exc:
+                raise ServerError(None, f"the server at {self.base_url} failed the TLS check ({_short(exc)}); "
+                                        "check server_ca_file / server_fingerprint in the node config") from exc
             except requests.RequestException as exc:
                 raise ServerError(None, f"cannot reach the server at {self.base_url}: {exc}") from exc
             if resp.status_code == 401 and auth and attempt == 0:
@@ -91,3 +97,13 @@ class ServerAPI:
 
     def delete_ports(self, run_id: int) -> int:
         return self._send("DELETE", "/port", params={"run_id": run_id})["deleted"]
+
+
+def _short(exc: Exception) -> str:
+    """The innermost reason of a requests/urllib3 error chain (the useful part)."""
+    text = str(exc)
+    for marker in ("Fingerprints did not match", "certificate verify failed", "hostname mismatch"):
+        if marker in text:
+            start = text.find(marker)
+            return text[start:start + 160].split("')")[0].split('")')[0]
+    return text[:200]

@@ -36,6 +36,19 @@ class VPNState:
     since: float
 
 
+def cert_not_after(ovpn_text: str) -> float | None:
+    """Expiry (Unix time) of the client certificate inline in an .ovpn; None if absent."""
+    from cryptography import x509
+
+    match = re.search(r"<cert>\s*(-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----)\s*</cert>", ovpn_text, re.S)
+    if not match:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(match.group(1).encode()).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None
+
+
 def check_ovpn(text: str) -> None:
     """A config we will hand to openvpn: ours in shape, no directives that run programs."""
     if len(text.encode()) > OVPN_MAX_BYTES:
@@ -60,6 +73,8 @@ class VPNClient:
         self.ovpn_path = self.dir / "client.ovpn"
         self.state: VPNState | None = None
         self.last_error: str | None = None
+        self.cert_expires: float | None = None  # of the config on disk (Unix time)
+        self.renewals = 0
 
     # --- start-up state machine
     def connect(self, iso_network: str, iso_subnet: ipaddress.IPv4Network) -> VPNState | None:
@@ -98,6 +113,29 @@ class VPNClient:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, self.ovpn_path)
+        self.cert_expires = cert_not_after(text)
+
+    def renew_in_place(self, timeout: float = 30.0) -> float:
+        """A new certificate through POST /vpn/update, then SIGHUP: openvpn re-reads its
+        config and reconnects with it. persist-tun keeps tun0, its address and the
+        namespace with every rule in it, so live runs only miss the reconnect (returned,
+        in seconds). The old certificate is revoked by the server once the new one exists."""
+        if self.state is None:
+            raise VPNError("no running VPN client to renew")
+        text = self._renewed()
+        check_ovpn(text)
+        container = self.docker.containers.get(self.state.container_id)
+        since = int(time.time())
+        done_before = _count_inits(container, since)
+        self._write(text)
+        t0 = time.monotonic()
+        container.kill(signal="SIGHUP")
+        while time.monotonic() - t0 < timeout:
+            if _count_inits(container, since) > done_before:
+                self.renewals += 1
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise VPNError(f"openvpn did not reconnect within {timeout:.0f} s after the certificate renewal")
 
     # --- the container
     def _start(self, iso_network: str, iso_subnet: ipaddress.IPv4Network) -> VPNState:
@@ -171,3 +209,8 @@ class VPNClient:
             return False
         addrs = Netns(self.state.pid).ipv4_addresses("tun0").get("tun0") or []
         return any(str(a.ip) == self.state.vpn_ip for a in addrs)
+
+
+def _count_inits(container, since: int) -> int:
+    """How often openvpn finished connecting since `since` (Unix seconds), from its log."""
+    return container.logs(since=since).count(b"Initialization Sequence Completed")

@@ -6,7 +6,6 @@ import docker
 import pytest
 
 from server_ext.store import Certificate, Store
-from vpnagent.serverapi import ServerAPI
 
 pytestmark = pytest.mark.docker
 
@@ -62,7 +61,7 @@ def test_startup_path_garbage_then_reuse_then_revoked(cluster, extra_node):
     # 3. the certificate on disk was revoked meanwhile: it cannot connect, renewing it is
     #    refused, and the node fetches a fresh one and keeps its IP
     cluster.stop_node(node)
-    ServerAPI(cluster.server_url, node.api_key).renew_vpn_config((vpn_dir / "client.ovpn").read_text())
+    cluster.node_api(node).renew_vpn_config((vpn_dir / "client.ovpn").read_text())
     before = len(_log(node))
     cluster.start_node(node)
     cluster.wait_connected(90, nodes=[node])

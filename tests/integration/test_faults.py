@@ -1,23 +1,16 @@
 """Faults the node agent must survive, each on the real network: a crashing algorithm, a
 killed VPN client, a restarted OpenVPN server, an agent SIGKILLed in the middle of wiring,
 and a soak of 300 runs. After each, the test counts what was left behind."""
-import contextlib
 import os
 import signal
 import time
 
 import pytest
 
-from .util import (ZERO, create_task, leftovers, long_peer, port_rows, probe_until_ok, user_session,
-                   vpn_container, wait_live, wait_task_done, wait_zero)
+from .util import (ZERO, create_task, kill_run, leftovers, long_peer, port_rows, probe_until_ok, reachable_run,
+                   user_session, vpn_container, wait_live, wait_task_done, wait_zero)
 
 pytestmark = pytest.mark.docker
-
-
-def _kill_run(docker_client, run_id: int) -> None:
-    for c in docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"}):
-        if c.labels.get("vpnagent.role") == "algorithm":
-            c.kill()
 
 
 def test_crashing_algorithm_leaves_nothing(cluster, docker_client):
@@ -27,30 +20,9 @@ def test_crashing_algorithm_leaves_nothing(cluster, docker_client):
     run_id = task["runs"][0]["id"]
     wait_live(node, run_id)
     assert leftovers(cluster, docker_client)["holders"] == 1
-    _kill_run(docker_client, run_id)  # SIGKILL: exit code 137
+    kill_run(docker_client, run_id)  # SIGKILL: exit code 137
     t = wait_task_done(cluster, http, task["id"])
     assert t["runs"][0]["status"] == "failed"
-    assert wait_zero(cluster, docker_client) == ZERO
-
-
-@contextlib.contextmanager
-def reachable_run(cluster, docker_client, prober, target):
-    """A live run on `target`, reachable from `prober`'s VPN client; ended afterwards."""
-    http = user_session(cluster)
-    # one task with a run on both nodes: the prober's node is in the target run's family
-    task = create_task(cluster, http, [prober.organization_id, target.organization_id],
-                       {"method": "peer", "kwargs": {"timeout": 90, "n_peers": 50}})
-    run_id = next(r["id"] for r in task["runs"] if r["organization_id"] == target.organization_id)
-    live = wait_live(target, run_id)
-    ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
-    try:
-        ok, _, last = probe_until_ok(docker_client, prober.name, ip, port, 20)
-        assert ok, last
-        yield ip, port
-    finally:
-        for r in task["runs"]:
-            _kill_run(docker_client, r["id"])
-        wait_task_done(cluster, http, task["id"])
     assert wait_zero(cluster, docker_client) == ZERO
 
 

@@ -12,6 +12,7 @@ from test_algorithms.send_echo import format_matrix, send_echo
 from vpnagent import firewall
 from vpnagent.netns import Netns
 from vpnagent.serverapi import ServerAPI
+from vpnagent.tls import make_session
 
 pytestmark = pytest.mark.docker
 
@@ -35,7 +36,7 @@ def test_nodes_get_distinct_server_allocated_vpn_ips(cluster):
 
 
 def test_echo_task_all_pairs_ok_and_nothing_left_after(cluster, docker_client):
-    result = send_echo(cluster.server_url, cluster.user_api_key, cluster.collaboration_id,
+    result = send_echo(cluster.server_url, cluster.user_api_key, cluster.collaboration_id, verify=cluster.tls_verify,
                        timeout=180, progress=print)
     print(format_matrix(result))
     n = len(cluster.nodes)
@@ -98,7 +99,7 @@ def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path
         node, key = store.create_node(org.id, collab.id, f"{cluster.prefix}x")
     finally:
         store.close()
-    api = ServerAPI(cluster.server_url, key)
+    api = ServerAPI(cluster.server_url, key, session=make_session(cluster.tls_verify))
     old = api.get_vpn_config()
     containers = []
     try:
@@ -125,12 +126,7 @@ def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path
 
 
 def _user_session(cluster):
-    import requests
-
-    tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10).json()
-    s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {tok['access_token']}"
-    return s
+    return cluster.user_session()
 
 
 def test_live_run_has_dnat_and_ports_which_go_when_it_ends(cluster, docker_client):

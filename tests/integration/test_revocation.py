@@ -7,7 +7,7 @@ import time
 import pytest
 
 from server_ext.vpnserver import Management
-from vpnagent.serverapi import ServerAPI, ServerError
+from vpnagent.serverapi import ServerError
 
 pytestmark = pytest.mark.docker
 
@@ -42,7 +42,7 @@ def test_removed_node_is_disconnected_and_cannot_reconnect(cluster):
             assert cn not in mgmt.connected(), "a removed node reconnected"
             time.sleep(0.5)
         with pytest.raises(ServerError) as err:
-            ServerAPI(cluster.server_url, node.api_key).node_self()
+            cluster.node_api(node).node_self()
         assert err.value.status == 401
     finally:
         cluster.stop_node(node)

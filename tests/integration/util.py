@@ -3,6 +3,7 @@ node, and TCP probes sent from inside a VPN client's namespace (so the probe rea
 crosses the OpenVPN network)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -40,10 +41,7 @@ def vpn_client_state(client: docker.DockerClient, node_name: str) -> firewall.Ta
 
 
 def user_session(cluster) -> requests.Session:
-    tok = requests.post(f"{cluster.server_url}/token/user", json={"api_key": cluster.user_api_key}, timeout=10).json()
-    s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {tok['access_token']}"
-    return s
+    return cluster.user_session()
 
 
 def create_task(cluster, http: requests.Session, org_ids: list[int], input_: dict) -> dict:
@@ -150,3 +148,30 @@ def wait_zero(cluster, client, timeout: float = 30) -> dict:
         if found == ZERO or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def kill_run(docker_client, run_id: int) -> None:
+    for c in docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"}):
+        if c.labels.get("vpnagent.role") == "algorithm":
+            c.kill()
+
+
+@contextlib.contextmanager
+def reachable_run(cluster, docker_client, prober, target):
+    """A live run on `target`, reachable from `prober`'s VPN client; ended afterwards."""
+    http = user_session(cluster)
+    # one task with a run on both nodes: the prober's node is in the target run's family
+    task = create_task(cluster, http, [prober.organization_id, target.organization_id],
+                       {"method": "peer", "kwargs": {"timeout": 90, "n_peers": 50}})
+    run_id = next(r["id"] for r in task["runs"] if r["organization_id"] == target.organization_id)
+    live = wait_live(target, run_id)
+    ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
+    try:
+        ok, _, last = probe_until_ok(docker_client, prober.name, ip, port, 20)
+        assert ok, last
+        yield ip, port
+    finally:
+        for r in task["runs"]:
+            kill_run(docker_client, r["id"])
+        wait_task_done(cluster, http, task["id"])
+    assert wait_zero(cluster, docker_client) == ZERO
