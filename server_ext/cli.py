@@ -200,7 +200,7 @@ def cmd_db_current(args) -> int:
         return 1
     try:
         with database_errors(shown), engine.connect() as conn:
-            current = schema.current_revision(engine)
+            current = schema.current_revision(conn)
             legacy = current is None and schema.made_before_migrations(conn)
     finally:
         engine.dispose()

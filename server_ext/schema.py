@@ -59,10 +59,9 @@ class Step:
     doc: str
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(conn: Connection) -> str | None:
     """The revision the database is at; None for an empty (or pre-migration) database."""
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def _pending(current: str | None) -> list[Step]:
@@ -81,20 +80,26 @@ def upgrade(engine: Engine, progress: Callable[[str], None] = lambda _msg: None)
             # Two servers starting on an empty database would both create the tables; this
             # lock (released at commit) makes the second wait and then find nothing to do.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        current = MigrationContext.configure(conn).get_current_revision()
-        if current is None and _made_before_migrations(conn):
+        current = current_revision(conn)
+        if current == head_revision():
+            return []
+        if current is not None and current not in {s.revision for s in _scripts().walk_revisions()}:
+            raise DatabaseError(f"the database is at revision {current}, which this vpnagent does not know: a newer "
+                                "vpnagent migrated it; run that version (or newer) against this database")
+        progress(f"database at revision {current or '(empty)'}, newest is {head_revision()}")
+        if current is None and made_before_migrations(conn):
             progress(f"tables from before migrations found: stamping them as revision {BASELINE}")
             command.stamp(alembic_config(conn), BASELINE)
             current = BASELINE
         steps = _pending(current)
         for step in steps:
             progress(f"applying {step.down_revision or '(empty)'} -> {step.revision}: {step.doc}")
-        if steps:
-            command.upgrade(alembic_config(conn), "head")
+        command.upgrade(alembic_config(conn), "head")
+    progress(f"database at revision {head_revision()}")
     return steps
 
 
-def _made_before_migrations(conn: Connection) -> bool:
+def made_before_migrations(conn: Connection) -> bool:
     """True for a database that an earlier vpnagent filled with create_all. Refuses one
     that has only some of those tables: stamping it would hide what is missing."""
     present = BASELINE_TABLES & set(inspect(conn).get_table_names())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import logging
 import secrets
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
                         event, func, select, text, update)
@@ -140,23 +141,22 @@ class DatabaseError(StoreError):
     to date."""
 
 
+_log = logging.getLogger(__name__)
 URL_HELP = "sqlite:////absolute/path/store.db or postgresql+psycopg://user:password@host:5432/dbname"
 
 
 class Store:
     """The store on the database at `url`, migrated to the newest schema on start-up."""
 
-    def __init__(self, url: str = "sqlite:///vpnagent.db") -> None:
+    def __init__(self, url: str = "sqlite:///vpnagent.db", progress: Callable[[str], None] | None = None) -> None:
+        """`progress` hears what the migration does (default: the log)."""
         from . import schema
 
-        self.engine = _engine(url)
+        self.engine = make_engine(url)
         self.url = self.engine.url.render_as_string(hide_password=True)
         try:
-            schema.upgrade(self.engine)
-        except DBAPIError as exc:
-            self.engine.dispose()
-            raise DatabaseError(f"cannot open the database {self.url}: {_reason(exc)}; check database_url "
-                                f"({URL_HELP}) and that the database server runs and accepts this user") from None
+            with database_errors(self.url):
+                schema.upgrade(self.engine, progress or _log.info)
         except DatabaseError:
             self.engine.dispose()
             raise
@@ -309,7 +309,18 @@ def _serialise_allocation(s: Session, node: Node) -> None:
 _VPN_IP_LOCK_KEY = 0x76706E62  # PostgreSQL advisory lock key (any constant unique to us)
 
 
-def _engine(url: str) -> Engine:
+@contextmanager
+def database_errors(shown_url: str) -> Iterator[None]:
+    """Turn the driver's errors (refused connection, bad password, missing file, no
+    permission) into a DatabaseError that names the database and the fix."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise DatabaseError(f"cannot use the database {shown_url}: {_reason(exc)}; check database_url "
+                            f"({URL_HELP}) and that the database server runs and accepts this user") from None
+
+
+def make_engine(url: str) -> Engine:
     """An engine for `url`, with the SQLite-only settings applied to SQLite alone."""
     try:
         parsed = make_url(url)
@@ -346,4 +357,4 @@ def _engine(url: str) -> Engine:
 def _reason(exc: DBAPIError) -> str:
     """The driver's message without SQLAlchemy's SQL echo and help link."""
     lines = [line.strip() for line in str(exc.orig).strip().splitlines() if line.strip()]
-    return " ".join(lines[:2]) or type(exc.orig).__name__
+    return lines[0] if lines else type(exc.orig).__name__
