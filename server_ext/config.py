@@ -20,7 +20,7 @@ class Key:
 
 
 SCHEMA: dict[str, Key] = {
-    "data_dir": Key(str, "Directory of the server's state: pki/ (CA, server and tls-crypt keys, CRL), store.db "
+    "data_dir": Key(str, "Directory of the server's state: pki/ (CA, OpenVPN server and tls-crypt keys, CRL, API certificate), store.db "
                          "(SQLite), secret (token signing key), openvpn/ (server.conf, ccd/). Created 0700; "
                          "back it up.", required=True),
     "host": Key(str, "Address the API listens on.", "127.0.0.1"),

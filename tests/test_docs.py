@@ -67,8 +67,15 @@ def _named_keys(text: str) -> set[str]:
     return keys
 
 
-def _is_node(keys: set[str]) -> bool:
-    return "server_url" in keys or "api_key" in keys
+def _kind(keys: set[str]) -> str:
+    """Which config a snippet is: the schema that holds all its keys (a fragment such as
+    `metrics_listen: ...` alone counts), else the one it overlaps most, to report the rest."""
+    node, server = set(node_config.SCHEMA), set(server_config.SCHEMA)
+    if "server_url" in keys or "api_key" in keys or (keys <= node and not keys <= server):
+        return "node"
+    if keys <= server:
+        return "server"
+    return "node" if len(keys & node) > len(keys & server) else "server"
 
 
 def test_example_configs_name_only_schema_keys():
@@ -78,7 +85,8 @@ def test_example_configs_name_only_schema_keys():
         keys = _named_keys(text)
         if not keys & (set(node_config.SCHEMA) | set(server_config.SCHEMA)):
             continue  # some other YAML (e.g. a compose snippet)
-        kind, schema = ("node", node_config.SCHEMA) if _is_node(keys) else ("server", server_config.SCHEMA)
+        kind = _kind(keys)
+        schema = node_config.SCHEMA if kind == "node" else server_config.SCHEMA
         kinds[kind] += 1
         unknown = sorted(keys - set(schema))
         assert not unknown, f"{where}: {kind} config names unknown key(s) {unknown}; allowed: {sorted(schema)}"
