@@ -89,6 +89,7 @@ class Agent:
         self._synced_pid: int | None = None  # VPN client pid whose namespace matches the desired state
         self.metrics = m.AgentMetrics(self.metrics_snapshot)
         self.metrics_server: m.MetricsServer | None = None
+        self._session_mark: tuple[str, float, int] | None = None  # (client container, log read up to, renewals)
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -286,6 +287,7 @@ class Agent:
         """A VPN client that died or was replaced is brought back, then everything is
         re-applied through reconcile (its namespace, and so its rules, are new)."""
         if self.vpn.state is not None and self.vpn.is_healthy():
+            self._count_openvpn_sessions()
             return
         if self.vpn.state is None and time.monotonic() - self._last_vpn_attempt < VPN_RETRY_S:
             return  # without a VPN, retry now and then rather than on every check
@@ -297,6 +299,27 @@ class Agent:
                              m.FIX_VPN_CLIENT)
             self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self.reconcile()
+
+    def _count_openvpn_sessions(self) -> None:
+        """OpenVPN re-establishing its session inside a running client (the server restarted,
+        the link dropped) keeps tun0 and its address (persist-tun), so the health check does
+        not see it; the client's log does, one "Initialization Sequence Completed" each."""
+        st = self.vpn.state
+        now = time.time()
+        mark = self._session_mark
+        self._session_mark = (st.container_id, now, self.vpn.renewals)
+        if mark is None or mark[0] != st.container_id:
+            return  # a new client: its first session is the connect itself, not a reconnect
+        try:
+            logs = self.docker.containers.get(st.container_id).logs(since=mark[1], until=now)
+        except docker.errors.APIError as exc:
+            log.debug("vpn: could not read the client's log: %s", exc)
+            return
+        # a certificate renewal's SIGHUP reconnect was planned, not a loss of the VPN
+        sessions = logs.count(b"Initialization Sequence Completed") - (self.vpn.renewals - mark[2])
+        if sessions > 0:
+            log.info("vpn: OpenVPN re-established its session %d time(s)", sessions)
+            self.metrics.count_reconnect(m.RECONNECT_OPENVPN_SESSION, sessions)
 
     # ------------------------------------------------------------------ runs
     def start_run(self, run: dict) -> LiveRun:
@@ -507,13 +530,9 @@ class Agent:
     def metrics_snapshot(self) -> m.AgentSnapshot:
         """The node's state for a scrape: read now, from the kernel and the files on disk."""
         st = self.vpn.state
-        expiry = None
-        try:
-            expiry = m.cert_not_after(self.vpn.ovpn_path.read_text())
-        except OSError:
-            pass  # no config yet
         tun = m.read_tun_counters(st.pid) if st else None  # None too when the client's process is gone
-        return m.AgentSnapshot(live_runs=len(self.runs), vpn_up=tun is not None, tun=tun, cert_not_after=expiry)
+        return m.AgentSnapshot(live_runs=len(self.runs), vpn_up=tun is not None, tun=tun,
+                               cert_not_after=self.vpn.cert_expires)
 
     def _write_status(self) -> None:
         path = self.cfg.data_dir / "status.json"

@@ -91,20 +91,6 @@ def read_tun_counters(pid: int, ifname: str = "tun0") -> TunCounters | None:
     return parse_net_dev(text, ifname)
 
 
-def cert_not_after(ovpn_text: str) -> float | None:
-    """Expiry (Unix time) of the client certificate inline in an .ovpn, None if absent."""
-    from cryptography import x509
-
-    start, end = ovpn_text.find("<cert>"), ovpn_text.find("</cert>")
-    if start < 0 or end < start:
-        return None
-    try:
-        cert = x509.load_pem_x509_certificate(ovpn_text[start + len("<cert>"):end].strip().encode())
-    except ValueError:
-        return None
-    return cert.not_valid_after_utc.timestamp()
-
-
 class _StateCollector(Collector):
     """Node state read at scrape time; a failing snapshot must not fail the whole scrape."""
 

@@ -78,13 +78,6 @@ def _ovpn_with_cert(not_after: dt.datetime) -> str:
     return f"client\ndev tun\n<ca>\n{pem}</ca>\n<cert>\n{pem}</cert>\n"
 
 
-def test_cert_not_after_reads_the_inline_client_certificate():
-    when = dt.datetime(2031, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
-    assert m.cert_not_after(_ovpn_with_cert(when)) == when.timestamp()
-    assert m.cert_not_after("client\n") is None
-    assert m.cert_not_after("<cert>\nnot a pem\n</cert>") is None
-
-
 def test_endpoint_serves_counters_histogram_and_scrape_time_state():
     state = {"snap": m.AgentSnapshot(live_runs=2, vpn_up=True, tun=m.TunCounters(10, 20, 1, 2), cert_not_after=1.9e9)}
     metrics = m.AgentMetrics(lambda: state["snap"])
@@ -177,7 +170,7 @@ def test_agent_counts_corrections_by_kind_and_reads_its_certificate(tmp_path):
     assert snap == m.AgentSnapshot(live_runs=0, vpn_up=False, tun=None, cert_not_after=None)
     when = dt.datetime(2030, 1, 2, tzinfo=dt.timezone.utc)
     agent.vpn.dir.mkdir(parents=True)
-    agent.vpn.ovpn_path.write_text(_ovpn_with_cert(when))
+    agent.vpn._write(_ovpn_with_cert(when))  # how a fetched or renewed config lands on disk
     got = samples(agent.metrics.render().decode())
     assert got[("vpnagent_agent_reconcile_corrections_total", (("kind", "drift"),))] == 1
     assert got[("vpnagent_agent_reconcile_corrections_total", (("kind", "orphan"),))] == 2
