@@ -397,11 +397,24 @@ def check_self_test(ctx: Context) -> str:
     echo = None
     wired = False
     try:
-        echo = ctx.docker.containers.run(
-            cfg.holder_image, ["python3", "-c", ECHO_SERVER], detach=True,
-            name=f"vpnagent-{cfg.name}-doctor-{token}", network=cfg.isolated_network, cap_drop=["NET_RAW"],
-            labels={"vpnagent.node": cfg.name, "vpnagent.role": SELFTEST_ROLE})
+        name = f"vpnagent-{cfg.name}-doctor-{token}"
+        try:
+            echo = ctx.docker.containers.run(
+                cfg.holder_image, ["python3", "-c", ECHO_SERVER], detach=True, name=name,
+                network=cfg.isolated_network, cap_drop=["NET_RAW"],
+                labels={"vpnagent.node": cfg.name, "vpnagent.role": SELFTEST_ROLE})
+        except docker.errors.APIError as exc:
+            try:  # created but not started (e.g. no python3 in the image): remove it
+                ctx.docker.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            raise CheckFailed(f"the echo container did not start from {cfg.holder_image}: "
+                              f"{str(exc.explanation or exc)[:200]}",
+                              "holder_image needs python3: `vpnagent images build` (or fix holder_image)") from None
         echo.reload()
+        if echo.status != "running":
+            raise CheckFailed(f"the echo container exited at once: {_log_tail(echo)}",
+                              "holder_image needs python3: `vpnagent images build` (or fix holder_image)")
         echo_ip = echo.attrs["NetworkSettings"]["Networks"][cfg.isolated_network]["IPAddress"]
         echo_ns = Netns(int(echo.attrs["State"]["Pid"]))
         echo_ns.set_default_route(iso_ip)  # as for a run's holder: replies go back via the VPN client
@@ -450,9 +463,12 @@ def _wait_listening(ns: Netns, container: Any, timeout: float = 15.0) -> None:
         out = _probe(ns, "127.0.0.1", ECHO_PORT)
         if out.startswith("ok"):
             return
+        container.reload()
+        if container.status != "running":
+            break
         time.sleep(0.1)
-    raise CheckFailed(f"the echo container did not start serving within {timeout:.0f} s ({out}): "
-                      f"{_log_tail(container)}", "check the holder_image has python3 (`vpnagent images build`)")
+    raise CheckFailed(f"the echo container did not serve port {ECHO_PORT} ({out}): {_log_tail(container)}",
+                      "holder_image needs python3: `vpnagent images build` (or fix holder_image)")
 
 
 def _probe(ns: Netns, ip: str, port: int) -> str:

@@ -200,3 +200,95 @@ def test_selftest_batch_adds_and_removes_exactly_its_own_chain():
                                ":VA-DOCTOR-abc123 - [0:0]", "-X VA-DOCTOR-abc123", "COMMIT"]
     # the agent's reconcile deletes unknown run chains; ours must never look like one
     assert not firewall.RUN_CHAIN_RE.match("VA-DOCTOR-abc123")
+
+
+# ----------------------------------------------------------------- TLS check against a local HTTPS server
+@pytest.fixture
+def https_server(tmp_path):
+    """A loopback HTTPS server with a self-signed certificate for 127.0.0.1 answering /api/health."""
+    import datetime
+    import hashlib
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "doctor-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_pem = tmp_path / "cert.pem"
+    key_pem = tmp_path / "key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_pem, key_pem)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    try:
+        yield {"url": f"https://127.0.0.1:{server.server_address[1]}/api", "ca": cert_pem, "fingerprint": fingerprint}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tls_cfg(tmp_path, server, **extra):
+    return parse_config({"name": "n1", "server_url": server["url"], "api_key": "k",
+                         "data_dir": str(tmp_path / "data"), **extra})
+
+
+def test_tls_check_accepts_the_right_ca_or_pin(tmp_path, https_server):
+    assert doctor.check_tls(Context(_tls_cfg(tmp_path, https_server, server_ca_file=str(https_server["ca"])))) \
+        == "certificate accepted: CA cert.pem"
+    assert doctor.check_tls(Context(_tls_cfg(tmp_path, https_server, server_fingerprint=https_server["fingerprint"]))) \
+        == "certificate accepted: pinned fingerprint"
+
+
+def test_tls_check_refuses_a_wrong_pin_and_shows_what_the_server_presents(tmp_path, https_server):
+    from vpnagent.tls import format_fingerprint
+
+    cfg = _tls_cfg(tmp_path, https_server, server_fingerprint="ab" * 32)
+    results = doctor.run_checks([Check("server TLS valid", doctor.check_tls),
+                                 Check("token valid", doctor.check_token, needs=("server TLS valid",))], Context(cfg))
+    assert [r.status for r in results] == [FAIL, SKIP]
+    assert format_fingerprint(https_server["fingerprint"]) in results[0].detail
+    assert "server_fingerprint" in results[0].fix
+    assert doctor.exit_code(results) == 1
+
+
+def test_tls_check_refuses_an_unknown_ca(tmp_path, https_server):
+    with pytest.raises(CheckFailed) as exc:
+        doctor.check_tls(Context(_tls_cfg(tmp_path, https_server)))  # system CAs do not know it
+    assert "certificate verify failed" in exc.value.detail
+    assert "server_ca_file" in exc.value.fix
+
+
+def test_troubleshooting_guide_has_a_section_per_check():
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
+    headings = {line[4:].strip() for line in guide.splitlines() if line.startswith("### ")}
+    assert [c.name for c in doctor.CHECKS if c.name not in headings] == []
