@@ -153,9 +153,17 @@ def measure(p: Path_, runs: int, seconds: int, messages: int) -> dict:
             for k, v in out.items()}
 
 
+def cpu_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
     """Aggregate single-stream throughput of two node pairs sending at the same time,
-    against one pair alone, through the same OpenVPN server process."""
+    against one pair alone, and how busy the machine's CPUs were meanwhile (1.0 = every
+    core busy: then no server layout can add throughput)."""
     def iperf(p: Path_) -> subprocess.Popen:
         return subprocess.Popen(["nsenter", f"--net=/proc/{p.src_pid}/ns/net", "--", "iperf3", "-c", p.dst_ip, "-p",
                                  str(p.iperf_port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE, text=True)
@@ -164,13 +172,22 @@ def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
         out, _ = proc.communicate(timeout=seconds + 60)
         return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
 
-    alone, together = [], []
+    def busy_since(mark: tuple[int, int]) -> float:
+        now = cpu_busy()
+        return (now[0] - mark[0]) / max(1, now[1] - mark[1])
+
+    alone, together, busy_one, busy_two = [], [], [], []
     for _ in range(runs):
+        mark = cpu_busy()
         alone.append(mbit(iperf(first)))
+        busy_one.append(busy_since(mark))
+        mark = cpu_busy()
         a, b = iperf(first), iperf(second)
         together.append(mbit(a) + mbit(b))
+        busy_two.append(busy_since(mark))
     one, both = statistics.median(alone), statistics.median(together)
-    return {"one_pair_mbit": one, "two_pairs_mbit": both, "ratio": both / one}
+    return {"one_pair_mbit": one, "two_pairs_mbit": both, "ratio": both / one,
+            "cpu_busy_one_pair": statistics.median(busy_one), "cpu_busy_two_pairs": statistics.median(busy_two)}
 
 
 def build_bench_image(client: docker.DockerClient) -> None:
@@ -221,16 +238,35 @@ def vantage6_server(client, cluster, workdir: Path):
     return server
 
 
-def rerender_for(server, ovpn: str, node: dict) -> str:
+def multi_server(client, cluster, workdir: Path, processes: int):
+    """A second OpenVPN server like the cluster's (default profile) but with `processes`
+    processes, for the aggregate figure."""
+    from server_ext.ovpn import VPNSettings
+    from server_ext.pki import PKI
+    from server_ext.vpnserver import OpenVPNFiles, OpenVPNServer
+
+    import ipaddress
+
+    name = f"{cluster.prefix}-mpovpn"
+    settings = VPNSettings(subnet=ipaddress.IPv4Network(cluster.vpn_subnet), remote_host=name, processes=processes)
+    files = OpenVPNFiles(workdir / "mp" / "openvpn", PKI(cluster.workdir / "server" / "pki"), settings)
+    server = OpenVPNServer(files, name=name, network=cluster.wan_network, client=client)
+    server.ensure_running()
+    return server
+
+
+def rerender_for(server, ovpn: str, node: dict, vpn_ip: str | None = None) -> str:
     """The node's certificate and key in a client config for `server` (its remote and
-    profile); the server gets the node's static IP entry."""
+    profile); the server gets the node's static IP entry (`vpn_ip`, default the node's)."""
     import re
 
     from server_ext.ovpn import render_client
 
     block = {tag: re.search(rf"<{tag}>\n(.*?)\n</{tag}>", ovpn, re.S).group(1) for tag in ("ca", "cert", "key", "tls-crypt")}
-    server.files.write_ccd(f"node-{node['id']}", node["vpn_ip"])
-    return render_client(server.files.settings, block["ca"], block["cert"], block["key"], block["tls-crypt"])
+    ip = vpn_ip or node["vpn_ip"]
+    server.files.write_ccd(f"node-{node['id']}", ip)
+    return render_client(server.files.settings, block["ca"], block["cert"], block["key"], block["tls-crypt"],
+                         index=server.files.settings.process_of(ip))
 
 
 V6_FLAGS = ["--connect-retry-max", "1", "--ping-exit", "30", "--pull-filter", "ignore", "ifconfig-ipv6",
@@ -293,19 +329,30 @@ def main(argv: list[str] | None = None) -> int:
         v6 = vantage6_server(client, cluster, workdir)
         extra_containers.append(client.containers.get(v6.name))
 
+        # the same default profile with one OpenVPN process per core, for the aggregate figure
+        mp = multi_server(client, cluster, workdir, max(2, os.cpu_count() or 2))
+        extra_containers.append(client.containers.get(mp.name))
+        mp_ends = []
+
         # b and d: raw OpenVPN clients with certificates issued by server_ext
         for key, label, flags in (("b", "raw OpenVPN client-to-client", []),
-                                  ("d", "vantage6 4.x defaults", V6_FLAGS)):
+                                  ("d", "vantage6 4.x defaults", V6_FLAGS), ("m", "multi-process", [])):
             ends = []
-            for i in range(4 if key == "b" else 2):  # b: a second pair for the aggregate figure
+            for i in range(2 if key == "d" else 4):  # b, m: a second pair for the aggregate figure
                 node = cluster.add_node(f"{cluster.prefix}{key}{i}")
                 api = cluster.node_api(node)
                 ovpn = api.get_vpn_config()
                 if key == "d":
                     ovpn = rerender_for(v6, ovpn, api.node_self())
+                if key == "m":  # spread as the server's allocator does: node i on process i % n
+                    net = mp.files.settings.slices[i % mp.files.settings.processes]
+                    ovpn = rerender_for(mp, ovpn, api.node_self(), str(net.network_address + 2 + i))
                 c, pid, ip = raw_client(client, cluster, f"{key}{i}", ovpn, workdir, flags)
                 extra_containers.append(c)
                 ends.append((pid, ip))
+            if key == "m":
+                mp_ends = ends
+                continue
             paths.append(Path_(key, label, ends[0][0], ends[1][0], ends[1][1], IPERF_PORT, ECHO_PORT))
             if key == "b":
                 second_pair = Path_("b2", "raw, second pair", ends[2][0], ends[3][0], ends[3][1], IPERF_PORT, ECHO_PORT)
@@ -348,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.3)
         progress("measuring two raw pairs at once (one OpenVPN server process)")
         results["two_pairs"] = two_pairs([p for p in paths if p.key == "b"][0], second_pair, runs, seconds)
+        m_pairs = [Path_(f"m{k}", f"multi-process pair {k}", mp_ends[2 * k][0], mp_ends[2 * k + 1][0],
+                         mp_ends[2 * k + 1][1], IPERF_PORT, ECHO_PORT) for k in range(2)]
+        for p in m_pairs:
+            start_servers(p.dst_pid, procs)
+        time.sleep(0.3)
+        progress(f"measuring two raw pairs at once ({mp.files.settings.processes} OpenVPN server processes)")
+        results["two_pairs_multi"] = {"processes": mp.files.settings.processes,
+                                      **two_pairs(m_pairs[0], m_pairs[1], runs, seconds)}
         med = {k: v["tcp_1_mbit"]["median"] for k, v in results["paths"].items()}
         results["ratios"] = {"c/a tcp 1 stream": med["c"] / med["a"], "c/b tcp 1 stream": med["c"] / med["b"],
                              "c/d tcp 1 stream": med["c"] / med["d"]}
@@ -422,10 +477,15 @@ def table(results: dict) -> str:
         lines.append(f"({key}) {v['label']:<30}" + "".join(cells))
     lines.append("")
     lines += [f"{k:<24} {v:6.3f}" for k, v in results["ratios"].items()]
-    tp = results.get("two_pairs")
-    if tp:
-        lines.append(f"two raw pairs at once: {tp['two_pairs_mbit']:.0f} Mbit/s vs one pair {tp['one_pair_mbit']:.0f} "
-                     f"(x{tp['ratio']:.2f}; one OpenVPN server process)")
+    for key, what in (("two_pairs", "1 OpenVPN server process"), ("two_pairs_multi", "processes")):
+        tp = results.get(key)
+        if tp:
+            if key == "two_pairs_multi":
+                what = f"{tp['processes']} OpenVPN server processes"
+            lines.append(f"two raw pairs at once: {tp['two_pairs_mbit']:.0f} Mbit/s vs one pair "
+                         f"{tp['one_pair_mbit']:.0f} (x{tp['ratio']:.2f}; {what}); CPUs busy "
+                         f"{tp.get('cpu_busy_one_pair', 0):.0%} with one pair, {tp.get('cpu_busy_two_pairs', 0):.0%} "
+                         "with two")
     return "\n".join(lines)
 
 

@@ -58,6 +58,8 @@ class VPNExtension:
             remote_port=int(cfg.get("VPNAGENT_OPENVPN_REMOTE_PORT", 1194)),
             proto=cfg.get("VPNAGENT_OPENVPN_PROTO", "udp"),
             profile=_profile(cfg.get("VPNAGENT_OPENVPN_PROFILE")),
+            processes=int(cfg.get("VPNAGENT_OPENVPN_PROCESSES", 1)),
+            port_share=_host_port(cfg.get("VPNAGENT_OPENVPN_PORT_SHARE")),
         )
         pki = PKI(data_dir / "pki")
         state = ExtensionState(
@@ -76,7 +78,7 @@ class VPNExtension:
         if cfg.get("VPNAGENT_METRICS", True):
             from .metrics import init_metrics
 
-            init_metrics(app, state.store, state.files.runtime_dir / "management.sock")
+            init_metrics(app, state.store, state.files.management_sockets)
         app.register_error_handler(HTTPException, _http_error)
 
 
@@ -94,6 +96,13 @@ def _profile(raw: dict | None) -> Profile:
     if unknown:
         raise ValueError(f"unknown openvpn_profile key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
     return replace(DEFAULT_PROFILE, **raw)
+
+
+def _host_port(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, _, port = str(value).rpartition(":")
+    return host, int(port)
 
 
 def _stored_secret(data_dir: Path) -> str:

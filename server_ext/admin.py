@@ -24,9 +24,8 @@ def remove_node(state: ExtensionState, node_id: int) -> Removal:
     node = state.store.remove_node(node_id)
     state.files.write_crl(state.store.revoked_serials())
     state.files.remove_ccd(node.common_name)  # with ccd-exclusive: no entry, no connection
-    sock = state.files.runtime_dir / "management.sock"
     try:
-        killed = Management(sock).kill(node.common_name)
+        killed = Management(state.files.management_sockets).kill(node.common_name)
         note = "live VPN session disconnected" if killed else "no live VPN session"
     except OSError as exc:  # the OpenVPN server is not running here: the CRL still holds
         killed, note = False, f"OpenVPN management unreachable ({exc.strerror or exc}); the CRL stops its next handshake"

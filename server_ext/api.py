@@ -174,12 +174,13 @@ def node_self(s: Session, ident: Identity):
 
 def _issue_config(s: Session, node: Node) -> str:
     e = ext()
-    ip = e.store.allocate_vpn_ip(s, node, e.settings.subnet)
+    ip = e.store.allocate_vpn_ip(s, node, e.settings.subnet, e.settings.slices)
     e.files.write_ccd(node.common_name, ip)
     issued = e.pki.issue_node_cert(node.common_name, e.cert_days)
     s.add(Certificate(node_id=node.id, serial=str(issued.serial), not_after=issued.not_after.replace(tzinfo=None)))
     s.flush()
-    return render_client(e.settings, e.pki.ca_pem, issued.cert_pem, issued.key_pem, e.pki.tls_crypt_key())
+    return render_client(e.settings, e.pki.ca_pem, issued.cert_pem, issued.key_pem, e.pki.tls_crypt_key(),
+                         index=e.settings.process_of(ip))
 
 
 def _rewrite_crl(s: Session) -> None:

@@ -48,7 +48,8 @@ def flask_config(raw: dict[str, Any]) -> dict[str, Any]:
     mapping = {"data_dir": "VPNAGENT_DATA_DIR", "database_url": "VPNAGENT_DATABASE_URL", "secret": "VPNAGENT_SECRET",
                "vpn_subnet": "VPNAGENT_VPN_SUBNET", "openvpn_remote_host": "VPNAGENT_OPENVPN_REMOTE_HOST",
                "openvpn_remote_port": "VPNAGENT_OPENVPN_REMOTE_PORT", "openvpn_proto": "VPNAGENT_OPENVPN_PROTO",
-               "cert_days": "VPNAGENT_CERT_DAYS", "openvpn_profile": "VPNAGENT_OPENVPN_PROFILE"}
+               "cert_days": "VPNAGENT_CERT_DAYS", "openvpn_profile": "VPNAGENT_OPENVPN_PROFILE",
+               "openvpn_processes": "VPNAGENT_OPENVPN_PROCESSES"}
     return {flask_key: raw[key] for key, flask_key in mapping.items() if raw.get(key) is not None}
 
 

@@ -45,6 +45,9 @@ SCHEMA: dict[str, Key] = {
                                     "openvpn_network is set).", "1194"),
     "openvpn_proto": Key(str, "`udp` (faster) or `tcp` (for sites that only let TCP out).", "udp"),
     "cert_days": Key((int, float), "Lifetime in days of the node certificates the CA issues.", "30"),
+    "openvpn_processes": Key(int, "OpenVPN server processes (1-16), each serving a slice of vpn_subnet on its "
+                                  "own port (openvpn_remote_port + i): OpenVPN uses one core per process. "
+                                  "See docs/performance.md for when it pays.", "1"),
     "openvpn_container": Key(str, "Name of the OpenVPN server container `serve --with-openvpn` starts.",
                              "vpnagent-openvpn"),
     "openvpn_network": Key(str, "Docker network to attach the OpenVPN server container to instead of "

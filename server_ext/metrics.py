@@ -40,7 +40,7 @@ class StateCollector(Collector):
     """Gauges read at scrape time. OpenVPN being down is a value (openvpn_up 0), not a
     failed scrape: that is exactly when an operator needs the rest of the numbers."""
 
-    def __init__(self, store: Store, management_socket: Path,
+    def __init__(self, store: Store, management_socket: Path | list[Path],
                  clock: Callable[[], dt.datetime] = _utcnow) -> None:
         self.store = store
         self.management_socket = management_socket
@@ -81,7 +81,7 @@ class StateCollector(Collector):
 class ServerMetrics:
     """The app's registry: the scrape-time collector and the address-request counter."""
 
-    def __init__(self, store: Store, management_socket: Path) -> None:
+    def __init__(self, store: Store, management_socket: Path | list[Path]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.address_requests = Counter(
             "vpnagent_server_address_requests", "GET /vpn/algorithm/addresses requests, by HTTP status code.",
@@ -93,7 +93,7 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
-def init_metrics(app: Flask, store: Store, management_socket: Path) -> ServerMetrics:
+def init_metrics(app: Flask, store: Store, management_socket: Path | list[Path]) -> ServerMetrics:
     """Serve /metrics on `app` and count address requests, whatever their outcome (the
     counter is fed after the response is made, so a 400 or 401 counts too)."""
     metrics = ServerMetrics(store, management_socket)

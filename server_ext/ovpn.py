@@ -42,19 +42,50 @@ DEFAULT_PROFILE = Profile(tun_mtu=9000, mssfix=0, sndbuf=524288, rcvbuf=524288, 
 
 @dataclass(frozen=True)
 class VPNSettings:
+    """What the OpenVPN server looks like from outside and in. With processes > 1 the
+    subnet is cut into that many slices, one OpenVPN process each (its own port,
+    remote_port + i, and tun device), and the kernel in the server container routes between
+    them: OpenVPN is single-threaded, so one process per core lets the data plane use them."""
     subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.76.0.0/16")
     remote_host: str = "127.0.0.1"
     remote_port: int = 1194
     proto: str = "udp"  # or "tcp"
     config_dir_in_container: str = "/etc/openvpn/vpnagent"
     profile: Profile = DEFAULT_PROFILE
+    processes: int = 1
+    port_share: tuple[str, int] | None = None  # one-port mode: non-OpenVPN TCP goes to the API here
 
     def __post_init__(self) -> None:
         if self.proto not in ("udp", "tcp"):
             raise ValueError(f"openvpn proto must be udp or tcp, got {self.proto!r}")
         _one_line(self.remote_host, "remote host")
-        if not 1 <= int(self.remote_port) <= 65535:
+        if not 1 <= self.processes <= 16:
+            raise ValueError("openvpn processes must be within 1-16")
+        if not (1 <= int(self.remote_port) and int(self.remote_port) + self.processes - 1 <= 65535):
             raise ValueError("openvpn port must be within 1-65535")
+        if self.port_share and (self.proto != "tcp" or self.processes != 1):
+            raise ValueError("one-port mode (port-share) needs proto tcp and a single OpenVPN process")
+        if self.processes > 1 and self.subnet.prefixlen + (self.processes - 1).bit_length() > 29:
+            raise ValueError(f"vpn subnet {self.subnet} is too small for {self.processes} OpenVPN processes")
+
+    @property
+    def slices(self) -> list[ipaddress.IPv4Network]:
+        """Each process's share of the subnet (the whole subnet for one process)."""
+        if self.processes == 1:
+            return [self.subnet]
+        return list(self.subnet.subnets(prefixlen_diff=(self.processes - 1).bit_length()))[:self.processes]
+
+    def process_of(self, ip: str) -> int:
+        addr = ipaddress.IPv4Address(ip)
+        for i, net in enumerate(self.slices):
+            if addr in net:
+                return i
+        raise ValueError(f"{ip} is outside the VPN subnet {self.subnet}")
+
+    @property
+    def server_ips(self) -> set[str]:
+        """The servers' own tun addresses (.1 of each slice): never given to a node."""
+        return {str(next(net.hosts())) for net in self.slices}
 
 
 def _one_line(value: str, what: str) -> str:
@@ -67,16 +98,26 @@ def _inline(tag: str, pem: str) -> str:
     return f"<{tag}>\n{pem.strip()}\n</{tag}>"
 
 
-def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str) -> str:
+def ccd_dir(index: int) -> str:
+    return "ccd" if index == 0 else f"ccd-{index}"
+
+
+def management_socket(index: int) -> str:
+    return "management.sock" if index == 0 else f"management-{index}.sock"
+
+
+def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str, index: int = 0) -> str:
     d = s.config_dir_in_container
+    net = s.slices[index]
     lines = [
-        f"port {s.remote_port}",
+        f"port {s.remote_port + index}",
         "proto " + ("tcp-server" if s.proto == "tcp" else "udp"),
-        "dev tun",
+        f"dev tun{index}",
         "topology subnet",
-        f"server {s.subnet.network_address} {s.subnet.netmask}",
-        # Static IPs come from ccd files the server writes; a certificate without one is refused.
-        f"client-config-dir {d}/ccd",
+        f"server {net.network_address} {net.netmask}",
+        # Static IPs come from ccd files the server writes; a certificate without one is refused
+        # (and a node whose IP belongs to another process has no entry here).
+        f"client-config-dir {d}/{ccd_dir(index)}",
         "ccd-exclusive",
         f"crl-verify {d}/crl.pem",
         "client-to-client",
@@ -87,10 +128,15 @@ def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: 
         "verify-client-cert require",
         "persist-key",
         "persist-tun",
-        "status /tmp/openvpn-status.log 5",
-        "management /run/vpnagent/management.sock unix",
+        f"status /tmp/openvpn-status-{index}.log 5",
+        f"management /run/vpnagent/{management_socket(index)} unix",
         "verb 3",
     ]
+    if s.processes > 1:
+        # the other slices are reached through this process and the container's routing
+        lines.append(f'push "route {s.subnet.network_address} {s.subnet.netmask}"')
+    if s.port_share:
+        lines.append(f"port-share {s.port_share[0]} {s.port_share[1]}")
     lines += s.profile.lines(s.proto)
     if s.proto == "tcp":
         lines.append("tcp-nodelay")  # without it small packets wait ~25 ms
@@ -109,12 +155,12 @@ def render_ccd(vpn_ip: str, subnet: ipaddress.IPv4Network) -> str:
     return f"ifconfig-push {ip} {subnet.netmask}\n"
 
 
-def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str) -> str:
+def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str, index: int = 0) -> str:
     lines = [
         "client",
         "dev tun",
         "proto " + ("tcp-client" if s.proto == "tcp" else "udp"),
-        f"remote {s.remote_host} {s.remote_port}",
+        f"remote {s.remote_host} {s.remote_port + index}",
         "nobind",
         "resolv-retry infinite",
         "connect-retry 1 5",

@@ -277,19 +277,26 @@ class Store:
 
     # --- VPN IPs
     @staticmethod
-    def allocate_vpn_ip(s: Session, node: Node, subnet: ipaddress.IPv4Network) -> str:
+    def allocate_vpn_ip(s: Session, node: Node, subnet: ipaddress.IPv4Network,
+                        slices: list[ipaddress.IPv4Network] | None = None) -> str:
         """The node's VPN IP, allocated once by the server and never chosen by the node.
-        .1 is the OpenVPN server's own address."""
-        if node.vpn_ip and ipaddress.IPv4Address(node.vpn_ip) in subnet:
-            return node.vpn_ip
-        _serialise_allocation(s, node)
-        used = set(s.scalars(select(Node.vpn_ip).where(Node.vpn_ip.is_not(None))))
-        server_ip = next(subnet.hosts())
-        for ip in subnet.hosts():
-            if ip != server_ip and str(ip) not in used:
-                node.vpn_ip = str(ip)
-                s.flush()
+        With several OpenVPN processes the subnet is cut into `slices`, one per process:
+        a new node goes to the slice with the fewest nodes, so the load spreads. The first
+        address of each slice is that process's own."""
+        slices = slices or [subnet]
+        servers = {next(net.hosts()) for net in slices}
+        if node.vpn_ip:
+            ip = ipaddress.IPv4Address(node.vpn_ip)
+            if ip not in servers and any(ip in net for net in slices):
                 return node.vpn_ip
+        _serialise_allocation(s, node)
+        used = {ipaddress.IPv4Address(ip) for ip in s.scalars(select(Node.vpn_ip).where(Node.vpn_ip.is_not(None)))}
+        for net in sorted(slices, key=lambda net: sum(ip in net for ip in used)):
+            for ip in net.hosts():
+                if ip not in servers and ip not in used:
+                    node.vpn_ip = str(ip)
+                    s.flush()
+                    return node.vpn_ip
         raise StoreError(f"VPN subnet {subnet} is full; use a larger vpn_subnet")
 
 

@@ -10,28 +10,48 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .ovpn import VPNSettings, render_ccd, render_server_conf
+from .ovpn import VPNSettings, ccd_dir, management_socket, render_ccd, render_server_conf
 from .pki import PKI, write_private, write_public
 
 log = logging.getLogger(__name__)
 VPN_IMAGE = "vpnagent/vpn:latest"
 MGMT_DIR = "/run/vpnagent"  # in the container; the socket is management.sock there
+# Several OpenVPN processes in one container: start one per config given as arguments; when
+# one ends, stop the rest and exit, so Docker's restart policy brings the set back whole.
+# A fixed script: the config paths arrive as its arguments, never pasted into it.
+SUPERVISOR = ("bash", "-c",
+              'trap \'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 0\' TERM INT; '
+              'for conf in "$@"; do openvpn --config "$conf" & done; '
+              'wait -n; kill -TERM $(jobs -p) 2>/dev/null; wait; exit 1', "vpnagent-openvpn")
 
 
 class Management:
-    """OpenVPN's management interface over its unix socket: who is connected, and
-    disconnecting a removed node at once (a CRL alone only stops its next handshake)."""
+    """OpenVPN's management interface over its unix socket(s), one per server process:
+    who is connected, and disconnecting a removed node at once (a CRL alone only stops
+    its next handshake)."""
 
-    def __init__(self, socket_path: Path, timeout: float = 5.0) -> None:
-        self.path = socket_path
+    def __init__(self, socket_path: Path | list[Path], timeout: float = 5.0) -> None:
+        self.paths = socket_path if isinstance(socket_path, list) else [socket_path]
         self.timeout = timeout
 
     def _command(self, command: str, until: tuple[str, ...]) -> str:
+        """The command on every process; their answers joined (any reachable one is enough)."""
+        answers, error = [], None
+        for path in self.paths:
+            try:
+                answers.append(self._command_one(path, command, until))
+            except OSError as exc:
+                error = exc
+        if not answers and error is not None:
+            raise error
+        return "\n".join(answers)
+
+    def _command_one(self, path: Path, command: str, until: tuple[str, ...]) -> str:
         import socket
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
-            sock.connect(str(self.path))
+            sock.connect(str(path))
             reader = sock.makefile("r", encoding="utf-8", errors="replace")
             reader.readline()  # the >INFO banner
             sock.sendall(command.encode() + b"\n")
@@ -56,7 +76,8 @@ class Management:
     def kill(self, common_name: str) -> bool:
         if any(c in common_name for c in " \t\r\n"):
             raise ValueError("a common name has no whitespace")
-        return self._command(f"kill {common_name}", ("SUCCESS", "ERROR")).startswith("SUCCESS")
+        out = self._command(f"kill {common_name}", ("SUCCESS", "ERROR"))
+        return any(line.startswith("SUCCESS") for line in out.splitlines())
 
 
 class VPNServerError(RuntimeError):
@@ -70,13 +91,23 @@ class OpenVPNFiles:
         self.dir = Path(directory)
         self.pki = pki
         self.settings = settings
-        (self.dir / "ccd").mkdir(parents=True, exist_ok=True)
+        for i in range(settings.processes):
+            (self.dir / ccd_dir(i)).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def conf_name(index: int) -> str:
+        return "server.conf" if index == 0 else f"server-{index}.conf"
 
     def write_all(self) -> None:
         cert, key = self.pki.server_pair()
-        conf = render_server_conf(self.settings, self.pki.ca_pem, cert, key, self.pki.tls_crypt_key())
-        write_private(self.dir / "server.conf", conf)
+        for i in range(self.settings.processes):
+            conf = render_server_conf(self.settings, self.pki.ca_pem, cert, key, self.pki.tls_crypt_key(), index=i)
+            write_private(self.dir / self.conf_name(i), conf)
         self.write_crl()
+
+    @property
+    def management_sockets(self) -> list[Path]:
+        return [self.runtime_dir / management_socket(i) for i in range(self.settings.processes)]
 
     def write_crl(self, revoked: list | None = None) -> None:
         """Sign a CRL of `revoked` (serial, when) pairs if given, and publish it to OpenVPN."""
@@ -92,10 +123,14 @@ class OpenVPNFiles:
         return path
 
     def write_ccd(self, common_name: str, vpn_ip: str) -> None:
-        write_public(self.dir / "ccd" / common_name, render_ccd(vpn_ip, self.settings.subnet))
+        """The node's entry, in the ccd directory of the process that serves its IP only."""
+        index = self.settings.process_of(vpn_ip)
+        self.remove_ccd(common_name)
+        write_public(self.dir / ccd_dir(index) / common_name, render_ccd(vpn_ip, self.settings.slices[index]))
 
     def remove_ccd(self, common_name: str) -> None:
-        (self.dir / "ccd" / common_name).unlink(missing_ok=True)
+        for i in range(self.settings.processes):
+            (self.dir / ccd_dir(i) / common_name).unlink(missing_ok=True)
 
 
 class OpenVPNServer:
@@ -118,22 +153,29 @@ class OpenVPNServer:
             c.remove(force=True)
         except docker.errors.NotFound:
             pass
-        mount = self.files.settings.config_dir_in_container
-        proto = "tcp" if self.files.settings.proto == "tcp" else "udp"
+        s = self.files.settings
+        mount = s.config_dir_in_container
+        proto = "tcp" if s.proto == "tcp" else "udp"
+        confs = [f"{mount}/{self.files.conf_name(i)}" for i in range(s.processes)]
+        command = ["openvpn", "--config", confs[0]] if s.processes == 1 else [*SUPERVISOR, *confs]
         c = self.docker.containers.run(
-            self.image, ["openvpn", "--config", f"{mount}/server.conf"], detach=True, name=self.name,
+            self.image, command, detach=True, name=self.name,
             cap_add=["NET_ADMIN"], devices=["/dev/net/tun:/dev/net/tun"],
+            # between the processes' tun devices the container's kernel routes
+            sysctls={"net.ipv4.ip_forward": "1"} if s.processes > 1 else None,
             volumes={str(self.files.dir.resolve()): {"bind": mount, "mode": "ro"},
                      str(self.files.runtime_dir.resolve()): {"bind": MGMT_DIR, "mode": "rw"}},
             network=self.network, restart_policy={"Name": "unless-stopped"},
             labels={"vpnagent.role": "openvpn-server"},
-            ports=None if self.network else {f"{self.files.settings.remote_port}/{proto}": self.files.settings.remote_port},
+            ports=None if self.network else {f"{s.remote_port + i}/{proto}": s.remote_port + i
+                                             for i in range(s.processes)},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             logs = c.logs().decode(errors="replace")
-            if "Initialization Sequence Completed" in logs:
-                log.info("OpenVPN server %s is up", self.name)
+            if logs.count("Initialization Sequence Completed") >= s.processes:
+                log.info("OpenVPN server %s is up (%d process%s)", self.name, s.processes,
+                         "es" if s.processes > 1 else "")
                 return
             c.reload()
             if c.status in ("exited", "dead"):

@@ -200,3 +200,23 @@ def test_removed_node_loses_key_token_certificates_and_runs(world, task):
     t = world.client.get(f"/api/task/{task['id']}", headers=world.user_headers()).json
     assert t["runs"][0]["status"] == "failed" and world.store.count_ports() == 0
     assert t["runs"][1]["status"] == "pending"  # the other node's run is untouched
+
+
+def test_several_openvpn_processes_get_nodes_spread_over_them(tmp_path, database_url):
+    from .conftest import build_world
+
+    w = build_world(tmp_path, database_url, VPNAGENT_OPENVPN_PROCESSES=2)
+    try:
+        files = w.app.extensions["vpnagent"].files
+        configs = [w.client.get("/api/vpn", headers=w.node_headers(i)).json["ovpn_config"] for i in range(4)]
+        ips = [w.client.get("/api/node/self", headers=w.node_headers(i)).json["vpn_ip"] for i in range(4)]
+        assert ips == ["10.76.0.2", "10.76.128.2", "10.76.0.3", "10.76.128.3"]  # alternating halves
+        for i, (ip, conf) in enumerate(zip(ips, configs)):
+            process = 0 if ip.startswith("10.76.0.") else 1
+            assert f"remote 127.0.0.1 {1194 + process}" in conf.splitlines()
+            ccd = files.dir / ("ccd" if process == 0 else "ccd-1") / f"node-{i + 1}"
+            assert ccd.read_text() == f"ifconfig-push {ip} 255.255.128.0\n"
+            assert not (files.dir / ("ccd-1" if process == 0 else "ccd") / f"node-{i + 1}").exists()
+        assert (files.dir / "server.conf").exists() and (files.dir / "server-1.conf").exists()
+    finally:
+        w.store.close()

@@ -12,7 +12,7 @@ PEMS = dict(ca="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----",
 
 def test_server_conf_udp():
     conf = render_server_conf(VPNSettings(subnet=ipaddress.IPv4Network("10.77.0.0/16")), **PEMS).splitlines()
-    for line in ("proto udp", "dev tun", "topology subnet", "server 10.77.0.0 255.255.0.0", "ccd-exclusive",
+    for line in ("proto udp", "dev tun0", "topology subnet", "server 10.77.0.0 255.255.0.0", "ccd-exclusive",
                  "client-to-client", "data-ciphers AES-256-GCM", "crl-verify /etc/openvpn/vpnagent/crl.pem",
                  "client-config-dir /etc/openvpn/vpnagent/ccd", "verify-client-cert require", "dh none"):
         assert line in conf, line
@@ -75,3 +75,30 @@ def test_profile_from_server_config(tmp_path):
     assert app.extensions["vpnagent"].settings.profile.tun_mtu == 9000
     with pytest.raises(ValueError, match="unknown openvpn_profile key"):
         create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "b"), "VPNAGENT_OPENVPN_PROFILE": {"mtu": 1}})
+
+
+def test_several_processes_split_the_subnet_and_route_between_them():
+    s = VPNSettings(subnet=ipaddress.IPv4Network("10.76.0.0/16"), remote_port=1194, processes=3)
+    assert [str(n) for n in s.slices] == ["10.76.0.0/18", "10.76.64.0/18", "10.76.128.0/18"]
+    assert s.server_ips == {"10.76.0.1", "10.76.64.1", "10.76.128.1"}
+    assert s.process_of("10.76.70.2") == 1
+    conf = render_server_conf(s, **PEMS, index=2).splitlines()
+    for line in ("port 1196", "dev tun2", "server 10.76.128.0 255.255.192.0", 'push "route 10.76.0.0 255.255.0.0"',
+                 "client-config-dir /etc/openvpn/vpnagent/ccd-2", "management /run/vpnagent/management-2.sock unix"):
+        assert line in conf, line
+    assert "remote 127.0.0.1 1195" in render_client(s, **PEMS, index=1).splitlines()
+    # one process: no pushed route, the classic names
+    one = render_server_conf(VPNSettings(), **PEMS).splitlines()
+    assert not any(line.startswith("push") for line in one) and "management /run/vpnagent/management.sock unix" in one
+    with pytest.raises(ValueError, match="too small"):
+        VPNSettings(subnet=ipaddress.IPv4Network("10.76.0.0/29"), processes=2)
+    with pytest.raises(ValueError, match="within 1-16"):
+        VPNSettings(processes=0)
+
+
+def test_one_port_mode_shares_the_tcp_port_with_the_api():
+    s = VPNSettings(proto="tcp", remote_port=443, port_share=("172.18.0.1", 5000))
+    conf = render_server_conf(s, **PEMS).splitlines()
+    assert "port-share 172.18.0.1 5000" in conf and "proto tcp-server" in conf and "tcp-nodelay" in conf
+    with pytest.raises(ValueError, match="proto tcp"):
+        VPNSettings(proto="udp", port_share=("172.18.0.1", 5000))
