@@ -419,7 +419,6 @@ def check_self_test(ctx: Context) -> str:
         echo_ns = Netns(int(echo.attrs["State"]["Pid"]))
         echo_ns.set_default_route(iso_ip)  # as for a run's holder: replies go back via the VPN client
         _wait_listening(echo_ns, echo)
-        firewall._check(vpn_ip, echo_ip)
         vpn_ns.iptables_restore(render_selftest(chain, vpn_ip, port, echo_ip, present=True))
         wired = True
         if PAUSE_S:
@@ -446,6 +445,7 @@ def check_self_test(ctx: Context) -> str:
 def render_selftest(chain: str, vpn_ip: str, port: int, echo_ip: str, present: bool) -> str:
     """The self-test's DNAT as one batch (or its removal). In nat OUTPUT: the probe is sent
     by the VPN client's own namespace, whose packets do not pass PREROUTING."""
+    firewall._check(chain, vpn_ip, *([echo_ip] if present else []))  # Docker's values go into a rule
     jump = f"OUTPUT -d {vpn_ip}/32 -p tcp -m tcp --dport {int(port)} -j {chain}"
     if present:
         body = [f":{chain} - [0:0]",
