@@ -1,0 +1,98 @@
+-- The schema vpnagent made with Base.metadata.create_all before migrations (commit 391fa67),
+-- compiled for postgresql: databases of earlier installs look like this.
+CREATE TABLE collaboration (
+	id SERIAL NOT NULL,
+	name VARCHAR(128) NOT NULL,
+	PRIMARY KEY (id),
+	UNIQUE (name)
+);
+
+CREATE TABLE organization (
+	id SERIAL NOT NULL,
+	name VARCHAR(128) NOT NULL,
+	PRIMARY KEY (id),
+	UNIQUE (name)
+);
+
+CREATE TABLE collaboration_member (
+	collaboration_id INTEGER NOT NULL,
+	organization_id INTEGER NOT NULL,
+	PRIMARY KEY (collaboration_id, organization_id),
+	FOREIGN KEY(collaboration_id) REFERENCES collaboration (id),
+	FOREIGN KEY(organization_id) REFERENCES organization (id)
+);
+
+CREATE TABLE node (
+	id SERIAL NOT NULL,
+	name VARCHAR(128) NOT NULL,
+	organization_id INTEGER NOT NULL,
+	collaboration_id INTEGER NOT NULL,
+	api_key_hash VARCHAR(64) NOT NULL,
+	vpn_ip VARCHAR(45),
+	removed_at TIMESTAMP WITHOUT TIME ZONE,
+	PRIMARY KEY (id),
+	UNIQUE (name),
+	FOREIGN KEY(organization_id) REFERENCES organization (id),
+	FOREIGN KEY(collaboration_id) REFERENCES collaboration (id),
+	UNIQUE (api_key_hash),
+	UNIQUE (vpn_ip)
+);
+
+CREATE TABLE task (
+	id SERIAL NOT NULL,
+	name VARCHAR(256) NOT NULL,
+	image VARCHAR(512) NOT NULL,
+	collaboration_id INTEGER NOT NULL,
+	parent_id INTEGER,
+	input JSON,
+	created_at TIMESTAMP WITHOUT TIME ZONE NOT NULL,
+	PRIMARY KEY (id),
+	FOREIGN KEY(collaboration_id) REFERENCES collaboration (id),
+	FOREIGN KEY(parent_id) REFERENCES task (id)
+);
+
+CREATE TABLE "user" (
+	id SERIAL NOT NULL,
+	name VARCHAR(128) NOT NULL,
+	organization_id INTEGER NOT NULL,
+	api_key_hash VARCHAR(64) NOT NULL,
+	PRIMARY KEY (id),
+	FOREIGN KEY(organization_id) REFERENCES organization (id),
+	UNIQUE (api_key_hash)
+);
+
+CREATE TABLE certificate (
+	id SERIAL NOT NULL,
+	node_id INTEGER NOT NULL,
+	serial VARCHAR(64) NOT NULL,
+	not_after TIMESTAMP WITHOUT TIME ZONE NOT NULL,
+	revoked_at TIMESTAMP WITHOUT TIME ZONE,
+	PRIMARY KEY (id),
+	FOREIGN KEY(node_id) REFERENCES node (id),
+	UNIQUE (serial)
+);
+
+CREATE TABLE run (
+	id SERIAL NOT NULL,
+	task_id INTEGER NOT NULL,
+	organization_id INTEGER NOT NULL,
+	node_id INTEGER NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	result JSON,
+	log TEXT,
+	started_at TIMESTAMP WITHOUT TIME ZONE,
+	finished_at TIMESTAMP WITHOUT TIME ZONE,
+	PRIMARY KEY (id),
+	FOREIGN KEY(task_id) REFERENCES task (id),
+	FOREIGN KEY(organization_id) REFERENCES organization (id),
+	FOREIGN KEY(node_id) REFERENCES node (id)
+);
+
+CREATE TABLE port (
+	id SERIAL NOT NULL,
+	run_id INTEGER NOT NULL,
+	port INTEGER NOT NULL,
+	label VARCHAR(64),
+	PRIMARY KEY (id),
+	FOREIGN KEY(run_id) REFERENCES run (id)
+);
