@@ -306,7 +306,7 @@ def family_task_ids(s: Session, task: Task) -> set[int]:
 def node_peers(s: Session, ident: Identity):
     """For each active run of this node, the runs of its task family with their node's VPN
     IP and ports: the node turns this into allow rules (deny by default)."""
-    stmt = select(Run).where(Run.node_id == ident["node_id"], Run.status.in_(ACTIVE_STATES))
+    stmt = select(Run).where(Run.node_id == ident["node_id"], Run.status.in_(ACTIVE_STATES)).order_by(Run.id)
     run_id = int_arg("run_id", required=False)
     if run_id is not None:
         stmt = stmt.where(Run.id == run_id)
