@@ -72,14 +72,23 @@ def cmd_serve(args) -> int:
     from .vpnserver import OpenVPNServer
 
     raw = load_server_config(args.config)
-    app = create_app(flask_config(raw))
+    host = raw.get("host", "127.0.0.1")
+    flask_cfg = flask_config(raw)
+    if raw.get("one_port"):
+        if not args.with_openvpn:
+            raise ServerConfigError("one_port: the API is reached through the OpenVPN server's port, so serve "
+                                    "needs --with-openvpn")
+        host, flask_cfg = one_port_setup(raw, flask_cfg)
+    app = create_app(flask_cfg)
     vpn = None
     if args.with_openvpn:
         state = app.extensions["vpnagent"]
         vpn = OpenVPNServer(state.files, name=raw.get("openvpn_container", "vpnagent-openvpn"),
                             network=raw.get("openvpn_network"))
         vpn.ensure_running()
-    host = raw.get("host", "127.0.0.1")
+        if raw.get("one_port"):
+            # nodes on the OpenVPN container's own network reach the API at its address
+            raw = {**raw, "_extra_hostnames": vpn.addresses()}
     tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki)
     server = make_server(host, raw.get("port", 5000), app, threaded=True, ssl_context=tls)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
@@ -103,6 +112,34 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One-port mode: OpenVPN over TCP owns the public port (openvpn_remote_port, default
+    443) and hands every connection that is not OpenVPN to the API (port-share). The API
+    then listens where the OpenVPN container reaches it: the host's address on the
+    container's Docker network. Returns the API's listen address and the app config."""
+    import docker
+
+    if raw.get("openvpn_proto", "tcp") != "tcp":
+        raise ServerConfigError("one_port needs openvpn_proto: tcp (OpenVPN shares a TCP port with HTTPS)")
+    if raw.get("openvpn_processes", 1) != 1:
+        raise ServerConfigError("one_port serves one OpenVPN process: leave openvpn_processes at 1")
+    network = raw.get("openvpn_network") or "bridge"
+    try:
+        ipam = docker.from_env().networks.get(network).attrs["IPAM"]["Config"]
+        gateway = next(c["Gateway"] for c in ipam if "Gateway" in c and ":" not in c["Gateway"])
+    except (docker.errors.DockerException, StopIteration, KeyError) as exc:
+        raise ServerConfigError(f"one_port: cannot find the host's address on Docker network {network}: {exc}") from exc
+    host = raw.get("host", "127.0.0.1")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        host = gateway  # loopback is out of the container's reach
+    share = gateway if host == "0.0.0.0" else host
+    print(f"one-port mode: OpenVPN (TCP) and the API share port {raw.get('openvpn_remote_port', 443)}; "
+          f"the API listens on {host}:{raw.get('port', 5000)} behind it", flush=True)
+    return host, {**flask_cfg, "VPNAGENT_OPENVPN_PROTO": "tcp",
+                  "VPNAGENT_OPENVPN_REMOTE_PORT": raw.get("openvpn_remote_port", 443),
+                  "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{raw.get('port', 5000)}"}
+
+
 def tls_context(raw: dict[str, Any], pki) -> ssl.SSLContext:
     """The API's TLS context: the configured certificate, or one our CA issues for
     tls_hostnames. Prints what a node needs to trust it."""
@@ -113,7 +150,9 @@ def tls_context(raw: dict[str, Any], pki) -> ssl.SSLContext:
         trust = "the CA that issued tls_cert"
     else:
         host = raw.get("host", "127.0.0.1")
-        names = raw.get("tls_hostnames") or [n for n in (host, "localhost", "127.0.0.1") if n != "0.0.0.0"]
+        names = raw.get("tls_hostnames") or [n for n in (host, "localhost", "127.0.0.1", raw.get("openvpn_remote_host"))
+                                             if n and n != "0.0.0.0"]
+        names = [*names, *raw.get("_extra_hostnames", [])]
         cert, key = pki.api_pair(list(dict.fromkeys(str(n) for n in names)))
         trust = f"server_ca_file: {pki.dir / 'ca.crt'}"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -45,6 +45,10 @@ SCHEMA: dict[str, Key] = {
                                     "openvpn_network is set).", "1194"),
     "openvpn_proto": Key(str, "`udp` (faster) or `tcp` (for sites that only let TCP out).", "udp"),
     "cert_days": Key((int, float), "Lifetime in days of the node certificates the CA issues.", "30"),
+    "one_port": Key(bool, "One-port mode: OpenVPN runs over TCP on openvpn_remote_port (default 443 here) and "
+                          "passes every other connection to the API (OpenVPN port-share), so a node needs only "
+                          "outgoing TCP to that one port. Nodes then use server_url https://<host>:443/api.",
+                    "false"),
     "openvpn_processes": Key(int, "OpenVPN server processes (1-16), each serving a slice of vpn_subnet on its "
                                   "own port (openvpn_remote_port + i): OpenVPN uses one core per process. "
                                   "See docs/performance.md for when it pays.", "1"),

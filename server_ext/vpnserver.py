@@ -184,6 +184,11 @@ class OpenVPNServer:
         tail = "\n".join(c.logs().decode(errors="replace").splitlines()[-15:])
         raise VPNServerError(f"OpenVPN server container {self.name} did not start within {timeout:.0f} s:\n{tail}")
 
+    def addresses(self) -> list[str]:
+        """The container's IPv4 addresses on its Docker networks."""
+        c = self.docker.containers.get(self.name)
+        return [n["IPAddress"] for n in c.attrs["NetworkSettings"]["Networks"].values() if n.get("IPAddress")]
+
     def stop(self) -> None:
         try:
             self.docker.containers.get(self.name).remove(force=True)

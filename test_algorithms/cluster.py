@@ -76,6 +76,8 @@ class LocalCluster:
     extra_nodes: list[NodeHandle] = field(default_factory=list)  # add_node(): outside the collaboration
     collaboration_id: int = 0
     user_api_key: str = ""
+    one_port: bool = False  # API and OpenVPN (TCP) share port 443 of the OpenVPN container
+    _openvpn_ip: str = ""
 
     @property
     def metrics_url(self) -> str:
@@ -92,7 +94,19 @@ class LocalCluster:
 
     @property
     def server_url(self) -> str:
+        if self.one_port:
+            return f"https://{self.openvpn_ip()}:443/api"
         return f"https://127.0.0.1:{self.api_port}/api"
+
+    def openvpn_ip(self) -> str:
+        """The OpenVPN container's address on the wan network ("" before it runs)."""
+        if not self._openvpn_ip:
+            try:
+                c = docker.from_env().containers.get(self.openvpn_container)
+                self._openvpn_ip = c.attrs["NetworkSettings"]["Networks"][self.wan_network]["IPAddress"]
+            except (docker.errors.NotFound, KeyError):
+                return ""
+        return self._openvpn_ip
 
     @property
     def ca_file(self) -> Path:
@@ -131,6 +145,10 @@ class LocalCluster:
         self.progress(f"network {self.wan_network} ready")
         self._seed()
         self._start_server()
+        if self.one_port:  # the nodes' server_url is the OpenVPN container's 443, known only now
+            for node in self.nodes:
+                cfg = yaml.safe_load(node.config_path.read_text())
+                node.config_path.write_text(yaml.safe_dump({**cfg, "server_url": self.server_url}))
         started = [n for i, n in enumerate(self.nodes) if start is None or i in start]
         for node in started:
             self.start_node(node)
@@ -204,6 +222,7 @@ class LocalCluster:
             "vpn_subnet": self.vpn_subnet,
             "openvpn_remote_host": self.openvpn_container, "openvpn_remote_port": 1194,
             "openvpn_container": self.openvpn_container, "openvpn_network": self.wan_network,
+            **({"one_port": True, "openvpn_proto": "tcp", "openvpn_remote_port": 443} if self.one_port else {}),
             **self.server_extra,
         }
         cfg_path = server_dir / "server.yaml"
@@ -236,7 +255,7 @@ class LocalCluster:
 
     def wait_connected(self, timeout: float = 90, nodes: list[NodeHandle] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        pending = {n.name: n for n in (nodes or self.nodes)}
+        pending = {n.name: n for n in (self.nodes if nodes is None else nodes)}
         while pending and time.monotonic() < deadline:
             for name, node in list(pending.items()):
                 if node.proc and node.proc.poll() is not None:
@@ -258,12 +277,14 @@ class LocalCluster:
         for node in every:
             _stop(node.proc, 20)
         from vpnagent.agent import cleanup
-        from vpnagent.config import load_config
+        from vpnagent.config import parse_config
 
         client = docker.from_env()
         for node in every:
             if node.config_path.exists():
-                cleanup(load_config(node.config_path), client)
+                raw = yaml.safe_load(node.config_path.read_text())
+                raw.pop("server_ca_file", None)  # absent when the server never started; cleanup needs no TLS
+                cleanup(parse_config(raw, node.config_path.parent), client)
         _stop(self.server_proc, 20)
         for c in client.containers.list(all=True, filters={"name": self.openvpn_container}):
             if c.name == self.openvpn_container:
