@@ -6,18 +6,8 @@ docs/operator-guide.md, so the documented keys cannot drift from the accepted on
 key goes here, with its help text and default, and nowhere else."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Key:
-    """One config key: its YAML type(s), what it does, its default as the reference shows
-    it, and whether it is required."""
-    types: type | tuple[type, ...]
-    help: str
-    default: str = ""
-    required: bool = False
-
+# The node config's Key and table renderer: one description format for both configs.
+from vpnagent.config import Key, schema_table
 
 SCHEMA: dict[str, Key] = {
     "data_dir": Key(str, "Directory of the server's state: pki/ (CA, OpenVPN server and tls-crypt keys, CRL, API certificate), store.db "
@@ -61,10 +51,6 @@ SCHEMA: dict[str, Key] = {
                                  "isolated_mtu equal to tun_mtu.", "tuned (tun_mtu 9000)"),
 }
 
-_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-               "list": "list", "dict": "mapping"}
-
-
 def types_of(key: str) -> tuple[type, ...]:
     spec = SCHEMA[key].types
     return spec if isinstance(spec, tuple) else (spec,)
@@ -72,11 +58,4 @@ def types_of(key: str) -> tuple[type, ...]:
 
 def reference_markdown() -> str:
     """The server config reference table (docs/operator-guide.md embeds it)."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, spec in SCHEMA.items():
-        kind = " or ".join(_TYPE_NAMES[t.__name__] for t in types_of(key))
-        default = "**required**" if spec.required else (f"`{spec.default}`" if spec.default else "-")
-        if spec.default and " " in spec.default:  # prose defaults are not code
-            default = spec.default
-        rows.append(f"| `{key}` | {kind} | {default} | {spec.help} |")
-    return "\n".join(rows) + "\n"
+    return schema_table(SCHEMA)

@@ -210,16 +210,27 @@ def load_config(path: str | Path) -> NodeConfig:
     return parse_config(raw, base_dir=path.parent)
 
 
-def reference_markdown() -> str:
-    """The config reference table, generated from SCHEMA (docs/operator-guide.md embeds it)."""
+_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "list": "list", "dict": "mapping"}
+
+
+def schema_table(schema: dict[str, Key]) -> str:
+    """A Markdown reference table of a config schema (the node's here, the server's in
+    server_ext.config): key, type, default, meaning."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, spec in SCHEMA.items():
+    for key, spec in schema.items():
         types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
-        kind = " or ".join({"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-                            "list": "list", "dict": "mapping"}[t.__name__] for t in types)
+        kind = " or ".join(_TYPE_NAMES[t.__name__] for t in types)
         default = "**required**" if spec.required else (f"`{spec.default}`" if spec.default else "-")
+        if " " in spec.default and not spec.default.startswith("["):  # prose defaults are not code
+            default = spec.default
         rows.append(f"| `{key}` | {kind} | {default} | {spec.help} |")
     return "\n".join(rows) + "\n"
+
+
+def reference_markdown() -> str:
+    """The node config reference table (docs/operator-guide.md embeds it)."""
+    return schema_table(SCHEMA)
 
 
 def _path(value: str, base_dir: Path | None) -> Path:
