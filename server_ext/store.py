@@ -161,12 +161,6 @@ class Store:
             raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_all(self) -> None:
-        """Kept for callers from before migrations; __init__ has migrated the schema already."""
-        from . import schema
-
-        schema.upgrade(self.engine)
-
     def close(self) -> None:
         self.engine.dispose()
 
