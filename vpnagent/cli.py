@@ -95,10 +95,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
-    from .images import ImageBuildError, build_images
+    from .images import ImageBuildError, build_agent_image, build_images
 
     try:
-        build_images(force=args.force)
+        say = lambda m: print(m, flush=True)  # noqa: E731 - progress lines show up while building
+        build_images(force=args.force, progress=say)
+        if args.agent:
+            build_agent_image(force=args.force, progress=say)
     except ImageBuildError as exc:
         print(f"vpnagent: image build failed: {exc}", file=sys.stderr)
         return 1
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     isub = p.add_subparsers(dest="images_cmd", required=True)
     b = isub.add_parser("build", help="build the images whose recipe changed")
     b.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    b.add_argument("--agent", action="store_true", help="also build the node agent's own image "
+                   "vpnagent/agent:latest (wheels from PyPI, about a minute; for running the agent in a container)")
     b.set_defaults(fn=_cmd_images)
     p = sub.add_parser("config-reference", help="print the node config reference (Markdown table)")
     p.set_defaults(fn=_cmd_config_reference)

@@ -1,11 +1,16 @@
-"""Build the three local images (no registry is reachable): the VPN image, the algorithm base
-image and the echo test algorithm.
+"""Build the local images (no registry is reachable): the VPN image, the algorithm base
+image and the echo test algorithm; on demand also the node agent's own image.
 
 The two base images come from `mmdebstrap --variant=essential` (≈20 s each when built in
 parallel, 73 / 102 MB) imported with the docker SDK; the echo image is a small `docker build`
 on top of the algorithm base. Every image carries a label with a hash of its recipe, so a
 build is skipped while the recipe (and, for the echo image, the copied source files and the
 base image) is unchanged.
+
+The agent image (`build_agent_image`, `vpnagent images build --agent`) is not part of the
+default build, which `make demo` and `make test` run: it needs a wheelhouse from PyPI and
+about a minute. It is an mmdebstrap base plus a `docker build` that installs vpnagent from
+wheels made on the host, so nothing inside the build touches the network.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ RECIPE_LABEL = "vpnagent.recipe"
 VPN_IMAGE = "vpnagent/vpn:latest"
 ALGO_BASE_IMAGE = "vpnagent/algo-base:latest"
 ECHO_IMAGE = "vpnagent/echo:latest"
+AGENT_BASE_IMAGE = "vpnagent/agent-base:latest"
+AGENT_IMAGE = "vpnagent/agent:latest"
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("VPNAGENT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -104,6 +111,11 @@ class DebootstrapRecipe:
 VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "iputils-ping", "procps"))
 # python3, not python3-minimal: the minimal one has no http.server.
 ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping"))
+# What the agent shells out to (iptables-restore, nsenter, ip) plus a venv-capable python3 and
+# the CA bundle for a server whose certificate a public CA signed. Debian 12's iptables is the
+# nf_tables backend, like the host's: the agent's rules must land in the tables the host uses.
+AGENT_BASE_RECIPE = DebootstrapRecipe(AGENT_BASE_IMAGE, ("python3", "python3-venv", "iptables", "iproute2",
+                                                         "util-linux", "ca-certificates"))
 
 
 @dataclass
@@ -149,6 +161,106 @@ class EchoRecipe:
             add("Dockerfile", self.dockerfile.encode())
             for rel, data in sorted(self.contents().items()):
                 add(f"app/{rel}", data)
+        buf.seek(0)
+        return buf
+
+
+# What the vpnagent wheel is built from: these files and every file under these packages.
+AGENT_PROJECT_FILES: tuple[str, ...] = ("setup.cfg", "pyproject.toml", "README.md")
+AGENT_PACKAGE_DIRS: tuple[str, ...] = ("vpnagent", "server_ext", "test_algorithms")
+AGENT_PREFIX = "/opt/vpnagent"
+AGENT_STAGE_LABEL = "vpnagent.stage"  # marks the throw-away wheel stage, removed after the build
+WHEEL_TIMEOUT_S = 600
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _skipped(rel: Path) -> bool:
+    return any(part == "__pycache__" or part.startswith(".") for part in rel.parts) or rel.suffix == ".pyc"
+
+
+@dataclass
+class AgentRecipe:
+    """The node agent: vpnagent installed from a host-built wheelhouse into a venv at
+    /opt/vpnagent, on top of the agent base image."""
+
+    tag: str = AGENT_IMAGE
+    base_tag: str = AGENT_BASE_IMAGE
+    root: Path = REPO_ROOT
+    python: str = sys.executable  # builds the wheelhouse; its X.Y must be the image's python3
+    python_version: str = HOST_PYTHON
+    estimate_s: int = 40
+    _sources: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def sources(self) -> dict[str, bytes]:
+        """Every file the wheel is built from (repo-relative path → content); caches, dot
+        files and bytecode are left out, so they neither rebuild the image nor end up in it."""
+        if not self._sources:
+            found: dict[str, bytes] = {}
+            try:
+                for rel in AGENT_PROJECT_FILES:
+                    found[rel] = (self.root / rel).read_bytes()
+                for top in AGENT_PACKAGE_DIRS:
+                    if not (self.root / top / "__init__.py").is_file():
+                        raise OSError(f"{self.root / top} is not a Python package")
+                    for path in sorted((self.root / top).rglob("*")):
+                        rel = path.relative_to(self.root)
+                        if path.is_file() and not _skipped(rel):
+                            found[rel.as_posix()] = path.read_bytes()
+            except OSError as exc:
+                raise ImageBuildError(f"{self.tag}: cannot read the vpnagent sources ({exc}); build from a "
+                                      "complete vpnagent checkout") from None
+            self._sources = found
+        return self._sources
+
+    def dockerfile(self) -> str:
+        # The wheels were made by the host's python: binary ones (cryptography, PyYAML, ...)
+        # only fit a python3 of the same minor version, so the build checks that first.
+        check = ("import sys; v = '%d.%d' % sys.version_info[:2]; "
+                 f"sys.exit(None if v == {self.python_version!r} else 'the image has python3 ' + v + "
+                 f"', the wheelhouse was built with Python {self.python_version} on the host: build with a "
+                 "Python ' + v + ' interpreter (its venv) instead')")
+        install = (f"python3 -m venv {AGENT_PREFIX} && {AGENT_PREFIX}/bin/pip install --no-index "
+                   "--no-cache-dir --disable-pip-version-check --find-links /wheels vpnagent")
+        # Two stages, so the wheelhouse (≈17 MB) is not a layer of the final image.
+        return (f"FROM {self.base_tag} AS wheels\n"
+                f"LABEL {AGENT_STAGE_LABEL}=agent-wheels\n"
+                "COPY wheels/ /wheels/\n"
+                f"RUN {json.dumps(['python3', '-c', check])}\n"
+                f"RUN {install}\n"
+                f"FROM {self.base_tag}\n"
+                f"COPY --from=wheels {AGENT_PREFIX} {AGENT_PREFIX}\n"
+                f"ENV PATH={AGENT_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
+                "PYTHONUNBUFFERED=1\n"
+                'CMD ["vpnagent", "--help"]\n')
+
+    def recipe_hash(self, base_image_id: str) -> str:
+        h = hashlib.sha256()
+        h.update(b"agent v1\0" + self.dockerfile().encode() + b"\0" + base_image_id.encode())
+        for rel, data in sorted(self.sources().items()):
+            h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        return h.hexdigest()[:16]
+
+    def write_sources(self, target: Path) -> None:
+        """Copy exactly the hashed files to `target`, so the wheel is built from what the hash
+        covers and the build leaves no build/ or *.egg-info in the checkout."""
+        for rel, data in self.sources().items():
+            path = target / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    def context(self, wheel_dir: Path) -> io.BytesIO:
+        """An in-memory tar build context: the Dockerfile and wheels/<every wheel>."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o644
+                info.mtime = int(SOURCE_DATE_EPOCH)
+                tar.addfile(info, io.BytesIO(data))
+            add("Dockerfile", self.dockerfile().encode())
+            for wheel in sorted(wheel_dir.glob("*.whl")):
+                add(f"wheels/{wheel.name}", wheel.read_bytes())
         buf.seek(0)
         return buf
 
@@ -328,6 +440,106 @@ def build_algorithm_image(tag: str, files: tuple[str, ...], dockerfile: str,
             client.close()
 
 
+def _make_wheelhouse(recipe: AgentRecipe, wheel_dir: Path, src_dir: Path, progress: Progress) -> None:
+    """`pip wheel` of the vpnagent sources and all their dependencies (from PyPI) on the host."""
+    recipe.write_sources(src_dir)
+    progress(f"{recipe.tag}: building the wheelhouse with {recipe.python} -m pip wheel (dependencies from PyPI)")
+    t0 = time.monotonic()
+    argv = [recipe.python, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+            "--wheel-dir", str(wheel_dir), str(src_dir)]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=WHEEL_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ImageBuildError(f"{recipe.tag}: pip wheel took longer than {WHEEL_TIMEOUT_S} s; check that PyPI "
+                              "(or your pip index) is reachable") from None
+    except OSError as exc:
+        raise ImageBuildError(f"{recipe.tag}: cannot run {recipe.python} ({exc}); run with the Python of the "
+                              "vpnagent virtualenv") from None
+    wheels = sorted(wheel_dir.glob("*.whl"))
+    if proc.returncode != 0 or not any(w.name.startswith("vpnagent-") for w in wheels):
+        tail = "\n".join(proc.stdout.decode(errors="replace").strip().splitlines()[-15:])
+        raise ImageBuildError(
+            f"{recipe.tag}: pip wheel failed (exit {proc.returncode}); check that PyPI (or the index in your "
+            f"pip config) is reachable and that {recipe.python} has pip. Its last output:\n{tail}")
+    size = sum(w.stat().st_size for w in wheels) / 1e6
+    progress(f"{recipe.tag}: {len(wheels)} wheels, {size:.0f} MB in {time.monotonic() - t0:.1f} s")
+
+
+def _docker_build_streamed(client: docker.DockerClient, tag: str, context: io.BytesIO, key: str,
+                           progress: Progress) -> str:
+    """`docker build` with each Dockerfile step reported as it starts; returns the image id."""
+    log: list[str] = []
+    try:
+        for chunk in client.api.build(fileobj=context, custom_context=True, tag=tag, labels={RECIPE_LABEL: key},
+                                      rm=True, forcerm=True, pull=False, decode=True):
+            text = str(chunk.get("stream") or "").rstrip()
+            if text:
+                log.append(text)
+                if text.startswith("Step "):
+                    progress(f"{tag}: {text[:120]}")
+            if "error" in chunk:
+                tail = "\n".join(log[-20:])[-3000:]
+                raise ImageBuildError(f"{tag}: docker build failed: {str(chunk['error']).strip()}\n{tail}")
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"{tag}: docker build failed: {exc}; is the Docker engine running and is there "
+                              "disk space left?") from None
+    label, image_id = _label(client, tag)
+    if label != key or image_id is None:
+        raise ImageBuildError(f"{tag}: built, but the image does not carry the recipe label {key}")
+    return image_id
+
+
+def _connect(client: docker.DockerClient | None) -> docker.DockerClient:
+    if client is not None:
+        return client
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"Docker engine unreachable ({exc}); start dockerd (and run as root)") from None
+    return client
+
+
+def build_agent_image(client: docker.DockerClient | None = None, progress: Progress = print,
+                      force: bool = False, recipe: AgentRecipe | None = None) -> str:
+    """Build (or find cached) the node agent image `vpnagent/agent:latest`; returns its id.
+
+    Cached while the sources the wheel is made of and the base image are unchanged; the
+    dependencies' versions are whatever PyPI had at the last build (`force` refreshes them)."""
+    recipe = recipe or AgentRecipe()
+    own_client = client is None
+    client = _connect(client)
+    try:
+        replaced: list[str] = []
+        base_id = _build_debootstrap(client, AGENT_BASE_RECIPE, progress, force, replaced)
+        key = recipe.recipe_hash(base_id)
+        cached = _cached(client, recipe.tag, key, force, progress, replaced)
+        if cached:
+            return cached
+        progress(f"{recipe.tag}: building (about {recipe.estimate_s} s)")
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="vpnagent-agent-") as tmp:
+            wheel_dir, src_dir = Path(tmp, "wheels"), Path(tmp, "src")
+            _make_wheelhouse(recipe, wheel_dir, src_dir, progress)
+            try:
+                image_id = _docker_build_streamed(client, recipe.tag, recipe.context(wheel_dir), key, progress)
+            finally:
+                # the wheel stage's images are build leftovers, tagged by nothing
+                for image in client.images.list(all=True, filters={"label": f"{AGENT_STAGE_LABEL}=agent-wheels"}):
+                    if not image.tags:
+                        try:
+                            client.images.remove(image.id, noprune=False)
+                        except docker.errors.DockerException:
+                            pass
+        progress(f"{recipe.tag}: built in {time.monotonic() - t0:.1f} s, {_size_mb(client, recipe.tag)}")
+        _remove_replaced(client, replaced, keep={base_id, image_id})
+        return image_id
+    finally:
+        if own_client:
+            client.close()
+
+
 def ensure_images(client: docker.DockerClient | None = None, progress: Progress = print,
                   force: bool = False) -> dict[str, str]:
     """Make sure the images exist and match their recipes (building what changed)."""
@@ -338,9 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vpnagent.images",
                                      description="Build the local vpnagent images (vpn, algo-base, echo).")
     parser.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    parser.add_argument("--agent", action="store_true",
+                        help=f"also build the node agent's image {AGENT_IMAGE} (wheels from PyPI, about a minute)")
     args = parser.parse_args(argv)
     try:
         build_images(force=args.force, progress=lambda m: print(m, flush=True))
+        if args.agent:
+            build_agent_image(force=args.force, progress=lambda m: print(m, flush=True))
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
