@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -91,6 +92,9 @@ def cmd_serve(args) -> int:
             raw = {**raw, "_extra_hostnames": vpn.addresses()}
     tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki)
     server = make_server(host, raw.get("port", 5000), app, threaded=True, ssl_context=tls)
+    # Accepted sockets inherit it: without it the response's TLS records wait for the
+    # client's delayed ACK (GET /vpn/algorithm/addresses went from ~3 ms to ~17 ms over HTTPS).
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
     log = logging.getLogger(__name__)
     if tls is None:

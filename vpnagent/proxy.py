@@ -4,6 +4,7 @@ address. It passes the container's own Bearer token through and adds no credenti
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -57,6 +58,8 @@ class NodeProxy:
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
 
         self.httpd = ThreadingHTTPServer((listen_host, listen_port), Handler)
+        # inherited by accepted sockets: headers and body go out at once, not after a delayed ACK
+        self.httpd.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="node-proxy", daemon=True)
 
