@@ -106,7 +106,8 @@ class Agent:
         self._ensure_network()
         self._remove_orphans()
         self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url,
-                               session=make_session(self.cfg.tls_verify, self.cfg.server_fingerprint)).start()
+                               session=make_session(self.cfg.tls_verify, self.cfg.server_fingerprint),
+                               on_addresses=self.allow_addresses).start()
         log.info("node proxy listening on %s", self.proxy.url)
         self._last_vpn_attempt = time.monotonic()
         self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
@@ -193,6 +194,15 @@ class Agent:
                     log.warning("peers: fast refresh failed (%s); full reconcile", exc)
                     self._synced_pid = None
             self.reconcile()
+
+    def allow_addresses(self, addresses: list[dict]) -> None:
+        """An algorithm is about to connect to `addresses`: make sure the sending-side rules
+        already allow them (a peer's port registered a moment ago is otherwise only seen at
+        the next sync, and the first SYN is dropped: a 1 s retransmit)."""
+        with self._lock:
+            allowed = {d for live in self.runs.values() for d in live.destinations}
+        if any((a.get("ip"), int(a.get("port", 0))) not in allowed for a in addresses):
+            self.sync_peers()
 
     def reconcile(self) -> None:
         """Make host exception, VPN client rules and run routes match the desired state.

@@ -382,7 +382,7 @@ def check_self_test(ctx: Context) -> str:
     cfg, vpn_ip = ctx.cfg, str(ctx.vpn_ip.ip)
     vpn_c = ctx.docker.containers.get(cfg.vpn_container)
     try:
-        net = ctx.docker.networks.get(cfg.isolated_network)
+        ctx.docker.networks.get(cfg.isolated_network)  # exists?
     except docker.errors.NotFound:
         raise CheckFailed(f"the isolated network {cfg.isolated_network} does not exist",
                           f"start the agent: vpnagent run --config {ctx.config_path}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
@@ -13,12 +14,17 @@ import requests
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+ADDRESSES_PATH = "/api/vpn/algorithm/addresses"
 _PASS_HEADERS = ("Authorization", "Content-Type", "Accept")
 
 
 class NodeProxy:
     def __init__(self, listen_host: str, listen_port: int, server_url: str,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None,
+                 on_addresses: Callable[[list[dict]], None] | None = None) -> None:
+        """`on_addresses` sees every address list an algorithm gets, before the algorithm
+        does: the agent opens its sending-side rules for them first, so the algorithm's
+        first connection is not dropped while the agent's periodic peer sync catches up."""
         self.server_url = server_url.rstrip("/")
         session = session or requests.Session()  # carries the node's TLS checks
         upstream = self.server_url
@@ -43,6 +49,11 @@ class NodeProxy:
                 except requests.RequestException as exc:
                     log.warning("proxy: server unreachable: %s", exc)
                     return self._reply(502, b'{"msg": "node proxy cannot reach the server"}')
+                if on_addresses and resp.ok and self.path.startswith(ADDRESSES_PATH):
+                    try:
+                        on_addresses(resp.json().get("addresses", []))
+                    except Exception:  # noqa: BLE001 - the reply must go out; the periodic sync still runs
+                        log.exception("proxy: address hook failed")
                 self._reply(resp.status_code, resp.content, resp.headers.get("Content-Type"))
 
             def _reply(self, status: int, body: bytes, ctype: str | None = "application/json") -> None:

@@ -23,6 +23,8 @@ def upstream():
             seen.append({"method": self.command, "path": self.path, "auth": self.headers.get("Authorization"),
                          "cookie": self.headers.get("Cookie"), "body": body})
             out = json.dumps({"ok": True, "path": self.path}).encode()
+            if self.path.startswith("/api/vpn/algorithm/addresses"):
+                out = json.dumps({"addresses": [{"ip": "10.76.0.2", "port": 6000, "label": "echo"}]}).encode()
             self.send_response(418 if self.path.startswith("/api/teapot") else 200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
@@ -73,5 +75,33 @@ def test_unreachable_server_is_502(upstream):
     try:
         r = requests.get(f"{p.url}/vpn/algorithm/addresses", timeout=10)
         assert r.status_code == 502 and "cannot reach" in r.json()["msg"]
+    finally:
+        p.stop()
+
+
+def test_address_lists_reach_the_agent_before_the_algorithm(upstream):
+    """The agent opens its sending-side rules for every address an algorithm learns, before
+    the algorithm can connect (else the first SYN is dropped and retried 1 s later)."""
+    events = []
+    p = NodeProxy("127.0.0.1", 0, upstream[0], on_addresses=lambda a: events.append(("hook", a))).start()
+    try:
+        r = requests.get(f"{p.url}/vpn/algorithm/addresses?label=echo", timeout=5)
+        events.append(("reply", r.json()))
+        assert events[0] == ("hook", [{"ip": "10.76.0.2", "port": 6000, "label": "echo"}])
+        assert events[1][0] == "reply"
+        requests.get(f"{p.url}/organization", timeout=5)
+        assert len(events) == 2  # other paths do not call it
+    finally:
+        p.stop()
+
+
+def test_a_failing_address_hook_does_not_cost_the_algorithm_its_answer(upstream):
+    def broken(_addresses):
+        raise RuntimeError("agent busy")
+
+    p = NodeProxy("127.0.0.1", 0, upstream[0], on_addresses=broken).start()
+    try:
+        r = requests.get(f"{p.url}/vpn/algorithm/addresses", timeout=5)
+        assert r.status_code == 200 and r.json()["addresses"][0]["port"] == 6000
     finally:
         p.stop()
