@@ -79,6 +79,21 @@ CMD ["python3", "-m", "test_algorithms.echo"]
 """
 
 
+def tar_context(files: dict[str, bytes]) -> io.BytesIO:
+    """An in-memory Docker build context of `files` (name -> bytes), with fixed times and
+    modes so the same files give the same context."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = int(SOURCE_DATE_EPOCH)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
 class ImageBuildError(RuntimeError):
     """An image could not be built; the message names the image, the cause and the fix."""
 
@@ -150,19 +165,8 @@ class EchoRecipe:
 
     def context(self) -> io.BytesIO:
         """An in-memory tar build context: the Dockerfile and app/<files>."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            def add(name: str, data: bytes) -> None:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = 0o644
-                info.mtime = int(SOURCE_DATE_EPOCH)
-                tar.addfile(info, io.BytesIO(data))
-            add("Dockerfile", self.dockerfile.encode())
-            for rel, data in sorted(self.contents().items()):
-                add(f"app/{rel}", data)
-        buf.seek(0)
-        return buf
+        return tar_context({"Dockerfile": self.dockerfile.encode(),
+                            **{f"app/{rel}": data for rel, data in sorted(self.contents().items())}})
 
 
 # What the vpnagent wheel is built from: these files and every file under these packages.
@@ -250,19 +254,8 @@ class AgentRecipe:
 
     def context(self, wheel_dir: Path) -> io.BytesIO:
         """An in-memory tar build context: the Dockerfile and wheels/<every wheel>."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            def add(name: str, data: bytes) -> None:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = 0o644
-                info.mtime = int(SOURCE_DATE_EPOCH)
-                tar.addfile(info, io.BytesIO(data))
-            add("Dockerfile", self.dockerfile().encode())
-            for wheel in sorted(wheel_dir.glob("*.whl")):
-                add(f"wheels/{wheel.name}", wheel.read_bytes())
-        buf.seek(0)
-        return buf
+        return tar_context({"Dockerfile": self.dockerfile().encode(),
+                            **{f"wheels/{w.name}": w.read_bytes() for w in sorted(wheel_dir.glob("*.whl"))}})
 
 
 def _label(client: docker.DockerClient, tag: str) -> tuple[str | None, str | None]:
