@@ -176,16 +176,20 @@ def _issue_config(s: Session, node: Node) -> str:
     e = ext()
     ip = e.store.allocate_vpn_ip(s, node, e.settings.subnet, e.settings.slices)
     e.files.write_ccd(node.common_name, ip)
+    # One valid certificate per node: whatever it held before is revoked with this issue,
+    # so retries and renewals leave no usable spares behind.
+    older = list(s.scalars(select(Certificate).where(Certificate.node_id == node.id,
+                                                     Certificate.revoked_at.is_(None))))
     issued = e.pki.issue_node_cert(node.common_name, e.cert_days)
     s.add(Certificate(node_id=node.id, serial=str(issued.serial), not_after=issued.not_after.replace(tzinfo=None)))
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    for cert in older:
+        cert.revoked_at = now
     s.flush()
+    if older:
+        e.files.write_crl(e.store.revoked_serials(s))
     return render_client(e.settings, e.pki.ca_pem, issued.cert_pem, issued.key_pem, e.pki.tls_crypt_key(),
                          index=e.settings.process_of(ip))
-
-
-def _rewrite_crl(s: Session) -> None:
-    revoked = s.execute(select(Certificate.serial, Certificate.revoked_at).where(Certificate.revoked_at.is_not(None)))
-    ext().files.write_crl([(int(serial), when) for serial, when in revoked])
 
 
 @bp.get("/vpn")
@@ -210,11 +214,7 @@ def vpn_update(s: Session, ident: Identity):
         raise ApiError(403, "this config belongs to another node; a node can only renew its own")
     if record.revoked_at is not None:
         raise ApiError(403, "this certificate was revoked; fetch a fresh config with GET /vpn")
-    new = _issue_config(s, node)
-    record.revoked_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    s.flush()
-    _rewrite_crl(s)
-    return jsonify(ovpn_config=new)
+    return jsonify(ovpn_config=_issue_config(s, node))  # revokes the presented certificate
 
 
 # ---------------------------------------------------------------- runs and ports

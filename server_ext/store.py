@@ -244,10 +244,16 @@ class Store:
             self._get(s, Organization, organization_id)
             return list(s.scalars(select(Node.id).where(Node.organization_id == organization_id)))
 
-    def revoked_serials(self) -> list[tuple[int, dt.datetime]]:
-        with self.session() as s:
-            rows = s.execute(select(Certificate.serial, Certificate.revoked_at).where(Certificate.revoked_at.is_not(None)))
-            return [(int(serial), when) for serial, when in rows]
+    def revoked_serials(self, s: Session | None = None) -> list[tuple[int, dt.datetime]]:
+        """What the CRL lists: revoked certificates that have not expired yet (an expired one
+        fails the handshake anyway, so the CRL does not grow with every renewal). Pass the
+        session of a change in progress to include it."""
+        if s is None:
+            with self.session() as s:
+                return self.revoked_serials(s)
+        rows = s.execute(select(Certificate.serial, Certificate.revoked_at)
+                         .where(Certificate.revoked_at.is_not(None), Certificate.not_after > _now()))
+        return [(int(serial), when) for serial, when in rows]
 
     def get_node(self, node_id: int) -> Node:
         with self.session() as s:

@@ -220,3 +220,39 @@ def test_several_openvpn_processes_get_nodes_spread_over_them(tmp_path, database
         assert (files.dir / "server.conf").exists() and (files.dir / "server-1.conf").exists()
     finally:
         w.store.close()
+
+
+def test_a_node_holds_one_valid_certificate_and_the_crl_lists_the_rest(world):
+    from cryptography import x509
+    from sqlalchemy import select
+
+    from server_ext.pki import cert_from_ovpn
+    from server_ext.store import Certificate
+
+    def serial(conf: str) -> str:
+        return str(x509.load_pem_x509_certificate(cert_from_ovpn(conf).encode()).serial_number)
+
+    h = world.node_headers(0)
+    first = world.client.get("/api/vpn", headers=h).json["ovpn_config"]
+    second = world.client.get("/api/vpn", headers=h).json["ovpn_config"]  # e.g. a retry without VPN
+    third = world.client.post("/api/vpn/update", headers=h, json={"vpn_config": second}).json["ovpn_config"]
+    with world.store.session() as s:
+        state = {c.serial: c.revoked_at is None for c in s.scalars(select(Certificate).where(Certificate.node_id == 1))}
+    assert state == {serial(first): False, serial(second): False, serial(third): True}
+    crl = x509.load_pem_x509_crl((world.app.extensions["vpnagent"].files.dir / "crl.pem").read_bytes())
+    listed = {str(r.serial_number) for r in crl}
+    assert {serial(first), serial(second)} <= listed and serial(third) not in listed
+    # the spare from the retry cannot be renewed either
+    r = world.client.post("/api/vpn/update", headers=h, json={"vpn_config": first})
+    assert r.status_code == 403 and "revoked" in r.json["msg"]
+
+
+def test_expired_revoked_certificates_leave_the_crl(world):
+    import datetime as dt
+
+    from server_ext.store import Certificate
+
+    with world.store.session() as s:
+        s.add(Certificate(node_id=1, serial="4242", not_after=dt.datetime(2020, 1, 1), revoked_at=dt.datetime(2019, 6, 1)))
+        s.add(Certificate(node_id=1, serial="4343", not_after=dt.datetime(2999, 1, 1), revoked_at=dt.datetime(2019, 6, 1)))
+    assert [serial for serial, _ in world.store.revoked_serials()] == [4343]
