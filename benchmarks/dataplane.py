@@ -243,7 +243,7 @@ def vantage6_server(client, cluster, workdir: Path):
     return server
 
 
-def multi_server(client, cluster, workdir: Path, processes: int):
+def multi_server(client: docker.DockerClient, cluster: LocalCluster, workdir: Path, processes: int):
     """A second OpenVPN server like the cluster's (default profile) but with `processes`
     processes, for the aggregate figure."""
     from server_ext.ovpn import VPNSettings

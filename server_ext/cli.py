@@ -9,11 +9,14 @@ import socket
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .config import SCHEMA
+
+if TYPE_CHECKING:
+    from .pki import PKI
 
 # Key -> accepted YAML type(s). Keys, help texts and defaults live in server_ext/config.py
 # (SCHEMA), which also renders the reference in docs/operator-guide.md: add new keys there.
@@ -144,7 +147,7 @@ def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str,
                   "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{raw.get('port', 5000)}"}
 
 
-def tls_context(raw: dict[str, Any], pki) -> ssl.SSLContext:
+def tls_context(raw: dict[str, Any], pki: PKI) -> ssl.SSLContext:
     """The API's TLS context: the configured certificate, or one our CA issues for
     tls_hostnames. Prints what a node needs to trust it."""
     if bool(raw.get("tls_cert")) != bool(raw.get("tls_key")):
