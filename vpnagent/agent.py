@@ -321,12 +321,12 @@ class Agent:
         if mark is None or mark[0] != st.container_id:
             return  # a new client: its first session is the connect itself, not a reconnect
         try:
-            logs = self.docker.containers.get(st.container_id).logs(since=mark[1], until=now)
+            sessions = self.vpn.sessions(since=mark[1], until=now)
         except docker.errors.APIError as exc:
             log.debug("vpn: could not read the client's log: %s", exc)
             return
         # a certificate renewal's SIGHUP reconnect was planned, not a loss of the VPN
-        sessions = logs.count(b"Initialization Sequence Completed") - (self.vpn.renewals - mark[2])
+        sessions -= self.vpn.renewals - mark[2]
         if sessions > 0:
             log.info("vpn: OpenVPN re-established its session %d time(s)", sessions)
             self.metrics.count_reconnect(m.RECONNECT_OPENVPN_SESSION, sessions)

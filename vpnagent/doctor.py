@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from . import firewall
 from .config import NodeConfig
 from .netns import Netns, NetnsError
+from .tls import short_reason
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 TUN_MAJOR, TUN_MINOR = 10, 200
@@ -171,7 +172,7 @@ def check_docker(ctx: Context) -> str:
         version = client.version()
     except Exception as exc:  # noqa: BLE001 - DockerException, requests errors, bad DOCKER_HOST
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise CheckFailed(f"cannot talk to the Docker engine at {where}: {_short(exc)}",
+        raise CheckFailed(f"cannot talk to the Docker engine at {where}: {short_reason(exc)}",
                           "start dockerd (or fix DOCKER_HOST) and run the doctor as root") from None
     ctx.docker = client
     return str(version.get("Version", "?"))
@@ -293,10 +294,10 @@ def check_tls(ctx: Context) -> str:
                    "(compare it out of band: a mismatch can be an interception)")
         else:
             fix = "set server_ca_file to the server's pki/ca.crt (or server_fingerprint to the printed fingerprint)"
-        raise CheckFailed(f"the certificate of {host}:{port} was not accepted ({_short(exc)}); "
+        raise CheckFailed(f"the certificate of {host}:{port} was not accepted ({short_reason(exc)}); "
                           f"it presents SHA-256 {seen}", fix) from None
     except requests.RequestException as exc:
-        raise CheckFailed(f"HTTPS request failed: {_short(exc)}",
+        raise CheckFailed(f"HTTPS request failed: {short_reason(exc)}",
                           "check that server_url points at the vpnagent server's API") from None
     if resp.status_code >= 400:
         raise CheckFailed(f"GET /health answered {resp.status_code}",
@@ -493,16 +494,6 @@ def _log_tail(container: Any) -> str:
     except Exception:  # noqa: BLE001 - the logs are a hint only
         return "(no logs)"
     return tail[-400:] or "(no output)"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("Fingerprints did not match", "certificate verify failed", "hostname mismatch",
-                   "Connection refused", "No such file or directory"):
-        if marker in text:
-            start = text.find(marker)
-            return text[start:start + 160].split("')")[0].split('")')[0]
-    return text[:200]
 
 
 CHECKS: list[Check] = [

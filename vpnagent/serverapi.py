@@ -7,6 +7,8 @@ from typing import Any
 
 import requests
 
+from .tls import short_reason
+
 
 class ServerError(RuntimeError):
     """The server refused or could not be reached; `status` is None when unreachable."""
@@ -45,7 +47,7 @@ class ServerAPI:
             try:
                 resp = self._session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
             except requests.exceptions.SSLError as exc:
-                raise ServerError(None, f"the server at {self.base_url} failed the TLS check ({_short(exc)}); "
+                raise ServerError(None, f"the server at {self.base_url} failed the TLS check ({short_reason(exc)}); "
                                         "check server_ca_file / server_fingerprint in the node config") from exc
             except requests.RequestException as exc:
                 raise ServerError(None, f"cannot reach the server at {self.base_url}: {exc}") from exc
@@ -97,13 +99,3 @@ class ServerAPI:
 
     def delete_ports(self, run_id: int) -> int:
         return self._send("DELETE", "/port", params={"run_id": run_id})["deleted"]
-
-
-def _short(exc: Exception) -> str:
-    """The innermost reason of a requests/urllib3 error chain (the useful part)."""
-    text = str(exc)
-    for marker in ("Fingerprints did not match", "certificate verify failed", "hostname mismatch"):
-        if marker in text:
-            start = text.find(marker)
-            return text[start:start + 160].split("')")[0].split('")')[0]
-    return text[:200]

@@ -61,5 +61,16 @@ def server_fingerprint(host: str, port: int, timeout: float = 5.0) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def short_reason(exc: BaseException) -> str:
+    """The useful part of a requests/urllib3 error chain (its innermost reason)."""
+    text = str(exc)
+    for marker in ("Fingerprints did not match", "certificate verify failed", "hostname mismatch",
+                   "Connection refused", "No such file or directory"):
+        if marker in text:
+            start = text.find(marker)
+            return text[start:start + 160].split("')")[0].split('")')[0]
+    return text[:200]
+
+
 def format_fingerprint(hex_digest: str) -> str:
     return ":".join(hex_digest[i:i + 2] for i in range(0, len(hex_digest), 2)).upper()

@@ -126,12 +126,12 @@ class VPNClient:
         check_ovpn(text)
         container = self.docker.containers.get(self.state.container_id)
         since = int(time.time())
-        done_before = _count_inits(container, since)
+        done_before = self.sessions(since)
         self._write(text)
         t0 = time.monotonic()
         container.kill(signal="SIGHUP")
         while time.monotonic() - t0 < timeout:
-            if _count_inits(container, since) > done_before:
+            if self.sessions(since) > done_before:
                 self.renewals += 1
                 return time.monotonic() - t0
             time.sleep(0.05)
@@ -197,6 +197,14 @@ class VPNClient:
             pass
         self.state = None
 
+    def sessions(self, since: float, until: float | None = None) -> int:
+        """How often the running client's openvpn finished connecting between `since` and
+        `until` (Unix time), from its log: persist-tun hides a reconnect from tun0."""
+        if self.state is None:
+            return 0
+        logs = self.docker.containers.get(self.state.container_id).logs(since=since, until=until)
+        return logs.count(b"Initialization Sequence Completed")
+
     def is_healthy(self) -> bool:
         """The container runs with the same pid and tun0 still holds our VPN IP."""
         if self.state is None:
@@ -209,8 +217,3 @@ class VPNClient:
             return False
         addrs = Netns(self.state.pid).ipv4_addresses("tun0").get("tun0") or []
         return any(str(a.ip) == self.state.vpn_ip for a in addrs)
-
-
-def _count_inits(container, since: int) -> int:
-    """How often openvpn finished connecting since `since` (Unix seconds), from its log."""
-    return container.logs(since=since).count(b"Initialization Sequence Completed")
