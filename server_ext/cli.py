@@ -85,6 +85,7 @@ def cmd_serve(args) -> int:
         host, flask_cfg = one_port_setup(raw, flask_cfg)
     app = create_app(flask_cfg)
     vpn = None
+    extra_names: list[str] = []
     if args.with_openvpn:
         state = app.extensions["vpnagent"]
         vpn = OpenVPNServer(state.files, name=raw.get("openvpn_container", "vpnagent-openvpn"),
@@ -92,8 +93,8 @@ def cmd_serve(args) -> int:
         vpn.ensure_running()
         if raw.get("one_port"):
             # nodes on the OpenVPN container's own network reach the API at its address
-            raw = {**raw, "_extra_hostnames": vpn.addresses()}
-    tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki)
+            extra_names = vpn.addresses()
+    tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki, extra_names)
     server = make_server(host, raw.get("port", 5000), app, threaded=True, ssl_context=tls)
     # Accepted sockets inherit it: without it the response's TLS records wait for the
     # client's delayed ACK (GET /vpn/algorithm/addresses went from ~3 ms to ~17 ms over HTTPS).
@@ -147,9 +148,10 @@ def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str,
                   "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{raw.get('port', 5000)}"}
 
 
-def tls_context(raw: dict[str, Any], pki: PKI) -> ssl.SSLContext:
+def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> ssl.SSLContext:
     """The API's TLS context: the configured certificate, or one our CA issues for
-    tls_hostnames. Prints what a node needs to trust it."""
+    tls_hostnames plus `extra_names` (one-port mode: the OpenVPN container's addresses).
+    Prints what a node needs to trust it."""
     if bool(raw.get("tls_cert")) != bool(raw.get("tls_key")):
         raise ServerConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
     if raw.get("tls_cert"):
@@ -159,7 +161,7 @@ def tls_context(raw: dict[str, Any], pki: PKI) -> ssl.SSLContext:
         host = raw.get("host", "127.0.0.1")
         names = raw.get("tls_hostnames") or [n for n in (host, "localhost", "127.0.0.1", raw.get("openvpn_remote_host"))
                                              if n and n != "0.0.0.0"]
-        names = [*names, *raw.get("_extra_hostnames", [])]
+        names = [*names, *(extra_names or [])]
         cert, key = pki.api_pair(list(dict.fromkeys(str(n) for n in names)))
         trust = f"server_ca_file: {pki.dir / 'ca.crt'}"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
