@@ -21,14 +21,12 @@ latency p50/p99 for 1 KiB messages, and CPU seconds of all OpenVPN processes per
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ import docker  # noqa: E402
 
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
+from vpnagent.images import tar_context  # noqa: E402
 from vpnagent.netns import Netns  # noqa: E402
 
 BENCH_IMAGE = "vpnagent/bench-peer:latest"
@@ -199,13 +198,8 @@ def build_bench_image(client: docker.DockerClient) -> None:
     """The echo image plus an exposed iperf3 port, so a run forwards both (metadata only)."""
     dockerfile = (b"FROM vpnagent/echo:latest\nEXPOSE 5201 8888\nLABEL p5201=iperf p8888=echo\n"
                   b"CMD [\"sleep\", \"3600\"]\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    client.images.build(fileobj=buf, custom_context=True, tag=BENCH_IMAGE, rm=True, pull=False)
+    client.images.build(fileobj=tar_context({"Dockerfile": dockerfile}), custom_context=True, tag=BENCH_IMAGE,
+                        rm=True, pull=False)
 
 
 def raw_client(client, cluster, name: str, ovpn: str, workdir: Path, extra: list[str]):
