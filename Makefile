@@ -16,7 +16,7 @@ demo-down:
 
 # The server tests also run on a real PostgreSQL: scripts/postgres.sh starts it and prints its URL.
 test: setup
-	url="$$(bash scripts/postgres.sh)" && VPNAGENT_TEST_POSTGRES_URL="$$url" .venv/bin/pytest -v -rs
+	url="$$(bash scripts/postgres.sh)" && VPNAGENT_TEST_POSTGRES_URL="$$url" .venv/bin/pytest -v -rs --durations=20
 
 test-unit:
 	.venv/bin/pytest -q -m "not docker"

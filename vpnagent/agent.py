@@ -87,6 +87,8 @@ class Agent:
         self._last_vpn_attempt = 0.0
         self._last_renewal = -RENEW_RETRY_S
         self._synced_pid: int | None = None  # VPN client pid whose namespace matches the desired state
+        self.reconciles = 0  # full reconcile passes done (status: a test or operator can wait for the next one)
+        self.vpn_checks = 0  # VPN health/certificate check passes done
         self.metrics = m.AgentMetrics(self.metrics_snapshot)
         self.metrics_server: m.MetricsServer | None = None
         self._session_mark: tuple[str, float, int] | None = None  # (client container, log read up to, renewals)
@@ -222,13 +224,15 @@ class Agent:
             pid = self.vpn.state.pid
             ns = Netns(pid)
             current = firewall.parse_save(ns.iptables_save())
-            if self._synced_pid == pid:
-                for fix in firewall.drift(desired, current):
-                    self._record_fix(fix, m.FIX_DRIFT)
+            drifted = firewall.drift(desired, current) if self._synced_pid == pid else []
             ns.iptables_restore(firewall.render_vpn_client(desired, current))
             for run in self.runs.values():
                 Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
             self._synced_pid = pid
+            self.reconciles += 1
+            # recorded once repaired: whoever reads status or metrics sees the fix in place
+            for fix in drifted:
+                self._record_fix(fix, m.FIX_DRIFT)
         self._write_status()
 
     def _apply_run_added(self, live: LiveRun) -> None:
@@ -264,9 +268,11 @@ class Agent:
             self.reconcile()
 
     def _record_fix(self, fix: str, kind: str) -> None:
+        """Called once the fix is in place; status and metrics say so at the same moment."""
         log.warning("reconcile: %s", fix)
-        self.metrics.count_correction(kind)
         self.fixes.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {fix}")
+        self.metrics.count_correction(kind)
+        self._write_status()
 
     def check_cert(self) -> None:
         """Renew the VPN certificate when it expires within cert_renew_days."""
@@ -305,10 +311,10 @@ class Agent:
         why = "VPN client container is gone or lost tun0" if self.vpn.state else "no VPN yet"
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.connect(self.cfg.isolated_network, self.iso_subnet):
+            self.reconcile()
+            self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)",
                              m.FIX_VPN_CLIENT)
-            self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
-            self.reconcile()
 
     def _count_openvpn_sessions(self) -> None:
         """OpenVPN re-establishing its session inside a running client (the server restarted,
@@ -498,6 +504,8 @@ class Agent:
                     last_check = time.monotonic()
                     self.check_vpn()
                     self.check_cert()
+                    self.vpn_checks += 1
+                    self._write_status()  # also a heartbeat: `status` can tell a stale file
                 if time.monotonic() - last_verify > VERIFY_S:
                     last_verify = time.monotonic()
                     self.reconcile()  # level-triggered: repair whatever drifted meanwhile
@@ -530,6 +538,8 @@ class Agent:
         st = self.vpn.state
         return {
             "node": self.cfg.name,
+            "written_at": time.time(), "pid": os.getpid(),
+            "reconciles": self.reconciles, "vpn_checks": self.vpn_checks,
             "vpn": {"connected": st is not None, "vpn_ip": st.vpn_ip if st else None,
                     "since": st.since if st else None, "error": self.vpn.last_error,
                     "cert_expires": self.vpn.cert_expires, "renewals": self.vpn.renewals},

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -54,6 +55,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["since"])) if vpn.get("since") else "-"
     print(f"node {status['node']}: VPN {'connected' if vpn['connected'] else 'NOT connected'}"
           f"  ip {vpn.get('vpn_ip') or '-'}  since {since}")
+    fresh, line = status_freshness(status, time.time())
+    print(f"  {line}")
     if vpn.get("cert_expires"):
         days = (vpn["cert_expires"] - time.time()) / 86400
         expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["cert_expires"]))
@@ -72,7 +75,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"reconcile corrections: {len(fixes) or 'none'}")
     for fix in fixes:
         print(f"  {fix}")
-    return 0
+    return 0 if fresh else 1
+
+
+STALE_AFTER_S = 30.0  # the running agent rewrites its status at least every few seconds
+
+
+def status_freshness(status: dict, now: float) -> tuple[bool, str]:
+    """Whether a status file still describes a running agent, and a line that says so."""
+    written, pid = status.get("written_at"), status.get("pid")
+    if written is None or pid is None:
+        return True, "written by an agent that does not date its status"
+    age = max(0.0, now - written)
+    if not _pid_alive(int(pid)):
+        return False, (f"STALE: written {age:.0f} s ago by agent process {pid}, which is gone; "
+                       "start the agent (`vpnagent run`) for a current status")
+    if age > STALE_AFTER_S:
+        return False, f"STALE: agent process {pid} runs but has not updated its status for {age:.0f} s"
+    return True, f"written {age:.1f} s ago by agent process {pid}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

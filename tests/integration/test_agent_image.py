@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import docker.errors
 import pytest
 
+from tests.waiting import wait_for
 from vpnagent.config import load_config
 from vpnagent.images import AGENT_IMAGE, build_agent_image
 
@@ -82,16 +82,13 @@ def test_documented_run_line_runs_a_node(cluster, docker_client, agent_image):
     try:
         started = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
         assert started.returncode == 0, started.stderr
-        deadline = time.monotonic() + 90
-        status = None
-        while time.monotonic() < deadline:
-            status = node.status()  # written by the containerised agent into the shared data dir
-            if status and status["vpn"]["connected"]:
-                break
+        def connected_status() -> dict | None:
             state = docker_client.containers.get(name).status
             assert state == "running", f"agent container {state}:\n{_logs(name)}"
-            time.sleep(0.2)
-        assert status and status["vpn"]["connected"], f"no VPN within 90 s:\n{_logs(name)}"
+            return node.status()  # written by the containerised agent into the shared data dir
+
+        status = wait_for(connected_status, "the containerised agent to connect its VPN", 90, 0.2,
+                          until=lambda st: st and st["vpn"]["connected"])
         assert status["node"] == node.name
 
         shown = subprocess.run(["docker", "exec", name, "vpnagent", "status", "--config", str(node.config_path)],

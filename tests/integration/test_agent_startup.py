@@ -1,11 +1,10 @@
 """The agent's start-up path against the real server and OpenVPN server: config on disk →
 POST /vpn/update → GET /vpn → run without VPN, each step seen in the agent's log."""
-import time
-
 import docker
 import pytest
 
 from server_ext.store import Certificate, Store
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -77,14 +76,9 @@ def test_without_a_reachable_vpn_server_the_node_runs_and_says_why(cluster, dock
     node = cluster.add_node(f"{cluster.prefix}v", vpn_connect_timeout=3, vpn_client_network=net.name)
     try:
         cluster.start_node(node)
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline:
-            status = node.status()
-            if status and status["vpn"]["error"]:
-                break
-            time.sleep(0.2)
-        assert status and status["vpn"]["connected"] is False
+        status = wait_for(node.status, "the agent to report why it has no VPN", 60, 0.2,
+                          until=lambda st: st and st["vpn"]["error"])
+        assert status["vpn"]["connected"] is False
         assert "tun0 did not come up" in status["vpn"]["error"]
         assert node.proc.poll() is None, "the agent must keep running without VPN"
         assert "running WITHOUT VPN" in _log(node)

@@ -17,13 +17,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import docker
 import pytest
 import yaml
 
 from test_algorithms.cluster import free_port
+from tests.waiting import wait_for
 from vpnagent import doctor, firewall
 from vpnagent.config import load_config
 from vpnagent.netns import Netns
@@ -128,13 +128,8 @@ def test_vpn_handshake_session_lost(cluster, docker_client):
     assert_failed(rc, checks, "VPN handshake", "OpenVPN server")
     assert "does not answer through the tunnel" in checks["VPN handshake"]["detail"]
     # and back: the same node passes again once the server runs
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        rc, checks = run_doctor(cluster.nodes[0].config_path)
-        if rc == 0:
-            break
-        time.sleep(1)
-    assert rc == 0, checks
+    wait_for(lambda: run_doctor(cluster.nodes[0].config_path), "doctor to pass again after the unpause", 60, 1,
+             until=lambda got: got[0] == 0)
 
 
 def test_vpn_ip_outside_configured_subnet(cluster, tmp_path):
@@ -145,27 +140,32 @@ def test_vpn_ip_outside_configured_subnet(cluster, tmp_path):
 
 
 def test_docker_user_jump_missing(cluster):
-    """The node's jump DOCKER-USER -> VA-HOST-<node> is deleted; the check must see it at once.
-    The agent's 10 s reconcile puts it back, so the check runs in-process right after the
-    deletion (a few ms), a few attempts in case a reconcile lands in between, and the jump is
-    restored in the finally either way."""
-    cfg = load_config(cluster.nodes[0].config_path)
+    """The node's jump DOCKER-USER -> VA-HOST-<node> is deleted; the check must see it. The
+    agent would put it back at its next reconcile, so it is held still (SIGSTOP) while the
+    jump is gone and the check runs; once it runs again, its reconcile restores the jump."""
+    node = cluster.nodes[0]
+    cfg = load_config(node.config_path)
     host = Netns(None)
-    jump = f"DOCKER-USER -j {cfg.host_chain}"
+    jump = f"-A DOCKER-USER -j {cfg.host_chain}"
     checks = [c for c in doctor.CHECKS if c.name in ("iptables backend", "DOCKER-USER chain")]
+
+    def jump_present() -> bool:
+        return firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout).has_rule("filter", jump)
+
+    os.kill(node.proc.pid, signal.SIGSTOP)
     try:
-        for _ in range(3):
-            if firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout).has_rule("filter", f"-A {jump}"):
-                host.iptables_restore(f"*filter\n-D {jump}\nCOMMIT\n")
-            results = doctor.run_checks(checks, doctor.Context(cfg))
-            if results[1].status == "fail":
-                break
+        host.iptables_restore(f"*filter\n-D {jump[3:]}\nCOMMIT\n")
+        results = doctor.run_checks(checks, doctor.Context(cfg))
     finally:
-        if not firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout).has_rule("filter", f"-A {jump}"):
+        os.kill(node.proc.pid, signal.SIGCONT)
+    try:
+        assert results[1].status == "fail", results
+        assert "missing" in results[1].detail and "restart `vpnagent run`" in results[1].fix
+        assert doctor.exit_code(results) == 1
+        wait_for(jump_present, "the agent's reconcile to restore the DOCKER-USER jump", 30, 0.2)
+    finally:
+        if not jump_present():
             host.iptables_restore(f"*filter\n-I DOCKER-USER 1 -j {cfg.host_chain}\nCOMMIT\n")
-    assert results[1].status == "fail", results
-    assert "missing" in results[1].detail and "restart `vpnagent run`" in results[1].fix
-    assert doctor.exit_code(results) == 1
 
 
 def test_self_test_fails_when_the_echo_reply_is_dropped(cluster, docker_client):
@@ -196,10 +196,12 @@ def test_self_test_outlives_a_reconcile(cluster, docker_client):
     period (10 s); the agent must leave them alone (they are not runs), so the probe after
     the pause still gets through, and nothing is left afterwards."""
     node = cluster.nodes[1]
-    fixes_before = node.status()["fixes"]
+    before = node.status()
     rc, checks = run_doctor(node.config_path, env={"VPNAGENT_DOCTOR_PAUSE_S": "11"})
     assert rc == 0 and checks["self-test"]["status"] == "pass", checks
-    assert node.status()["fixes"] == fixes_before  # the reconcile saw nothing to correct
+    after = node.status()
+    assert after["reconciles"] > before["reconciles"], "no reconcile ran while the self-test held its chain"
+    assert after["fixes"] == before["fixes"]  # the reconcile saw nothing to correct
     assert leftovers(docker_client, node) == {"containers": [], "chains": []}
 
 
@@ -210,13 +212,8 @@ def test_interrupted_self_test_cleans_up(cluster, docker_client, sig):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "VPNAGENT_DOCTOR_PAUSE_S": "60"})
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = leftovers(docker_client, node)
-            if found["containers"] and found["chains"]:
-                break
-            time.sleep(0.1)
-        assert found["containers"] and found["chains"], "the self-test never wired its echo container"
+        wait_for(lambda: leftovers(docker_client, node), "the self-test to wire its echo container", 30,
+                 until=lambda found: found["containers"] and found["chains"])
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err

@@ -48,8 +48,10 @@ def test_only_the_task_family_is_reachable(cluster, docker_client, host_listener
     prober = nodes[1]
     ips = {n.name: n.status()["vpn"]["vpn_ip"] for n in nodes}
     t_nodes = [nodes[0], nodes[2]]  # task T on two nodes, the prober's task U on the third
+    # each T run waits for 3 senders: its 2 peers and the finishing probe at the end, so it
+    # lives until this test is done with it (at most 90 s) and then ends by itself
     task_t = create_task(cluster, http, [n.organization_id for n in t_nodes],
-                         {"method": "peer", "kwargs": {"timeout": 25, "n_peers": 2}})
+                         {"method": "peer", "kwargs": {"timeout": 90, "n_peers": 2}})
     runs_t = {r["organization_id"]: r["id"] for r in task_t["runs"]}
     live_t = {n.name: wait_live(n, runs_t[n.organization_id]) for n in t_nodes}
 
@@ -108,7 +110,14 @@ def test_only_the_task_family_is_reachable(cluster, docker_client, host_listener
         print(f"  {prober.name} (not in T) -> T on {n.name}: {outsider}; {other.name} (in T) -> T on {n.name}: {insider}")
         assert outsider != "ok" and insider == "ok"
 
+    # T's runs are done with: the third sender each waits for comes from its own node's VPN
+    # client straight over the bridge to the holder (a path that needs no family membership,
+    # so ending the first run cannot cut the second one's)
+    for n in t_nodes:
+        assert probe(docker_client, n.name, live_t[n.name]["holder_ip"], 8888, sender="finisher") == "ok"
     done_t = wait_task_done(cluster, http, task_t["id"], timeout=90)
     pairs = [p for r in done_t["runs"] for p in (r["result"] or {}).get("pairs", [])]
     print(f"task T, inside the family: {sum(p['ok'] for p in pairs)} of {len(pairs)} pairs ok")
     assert len(pairs) == 4 and all(p["ok"] for p in pairs), pairs
+    # they ended on the finishing probe, not on their timeout
+    assert [r["result"]["errors"] for r in done_t["runs"]] == [[], []], done_t["runs"]

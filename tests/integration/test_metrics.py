@@ -9,6 +9,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.waiting import wait_equal, wait_for
 from vpnagent import firewall
 from vpnagent.netns import Netns
 
@@ -37,15 +38,12 @@ def running_agents(cluster) -> list:
 
 def test_agent_and_server_metrics_follow_an_echo_task(cluster):
     agents = running_agents(cluster)
+    connected = ("vpnagent_server_nodes_connected", ())
     # the server's view of who is on the VPN settles within a few seconds of a (re)connect
-    deadline = time.monotonic() + 30
-    while True:
-        server_before = scrape(cluster.metrics_url, cluster.tls_verify)
-        if server_before.get(("vpnagent_server_nodes_connected", ())) == len(agents) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    server_before = wait_for(lambda: scrape(cluster.metrics_url, cluster.tls_verify),
+                             f"the server to count {len(agents)} connected nodes", 30, 0.5,
+                             until=lambda got: got.get(connected) == len(agents))
     assert server_before[("vpnagent_server_openvpn_up", ())] == 1
-    assert server_before[("vpnagent_server_nodes_connected", ())] == len(agents)
     assert server_before[("vpnagent_server_nodes_registered", ())] >= len(cluster.nodes)
 
     before = {n.name: scrape(n.metrics_url) for n in cluster.nodes}
@@ -100,15 +98,12 @@ def test_agent_and_server_metrics_follow_an_echo_task(cluster):
     grew = (server_after[("vpnagent_server_address_requests_total", (("code", "200"),))]
             - server_before[("vpnagent_server_address_requests_total", (("code", "200"),))])
     assert grew >= 1, "the echo runs look their peers up in the address book"
-    assert server_after[("vpnagent_server_nodes_connected", ())] == len(running_agents(cluster))
+    wait_equal(lambda: scrape(cluster.metrics_url, cluster.tls_verify).get(connected), len(running_agents(cluster)),
+               "the server to count every running agent as connected", 30, 0.5)
 
     # the runs end and the agents say so
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if all(scrape(n.metrics_url)[("vpnagent_agent_live_runs", ())] == 0 for n in cluster.nodes):
-            break
-        time.sleep(0.2)
-    assert [scrape(n.metrics_url)[("vpnagent_agent_live_runs", ())] for n in cluster.nodes] == [0] * len(cluster.nodes)
+    wait_equal(lambda: [scrape(n.metrics_url)[("vpnagent_agent_live_runs", ())] for n in cluster.nodes],
+               [0] * len(cluster.nodes), "no live runs on any agent", 30, 0.2)
 
 
 def test_agent_endpoint_serves_only_metrics(cluster):
@@ -123,13 +118,6 @@ def test_agent_endpoint_serves_only_metrics(cluster):
         assert f"# TYPE {name} {kind}\n" in text, name
 
 
-def _wait_for(fn, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not fn():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.25)
-
-
 def test_openvpn_reconnect_and_drift_repair_are_counted(cluster, docker_client):
     node = cluster.nodes[-1]
     client = docker_client.containers.get(f"vpnagent-{node.name}-vpn")
@@ -141,8 +129,8 @@ def test_openvpn_reconnect_and_drift_repair_are_counted(cluster, docker_client):
     # SIGUSR1: openvpn drops its session and makes a new one inside the same container;
     # persist-tun keeps tun0 and the address, so only the client's log shows it
     client.kill(signal="SIGUSR1")
-    _wait_for(lambda: scrape(node.metrics_url)[session] > before[session], 30, "openvpn reconnect not counted")
-    after = scrape(node.metrics_url)
+    after = wait_for(lambda: scrape(node.metrics_url), "the OpenVPN reconnect to be counted", 30, 0.25,
+                     until=lambda got: got[session] > before[session])
     assert after[session] == before[session] + 1
     assert after[restarted] == before[restarted]  # the agent did not have to replace the client
     assert after[("vpnagent_agent_vpn_up", ())] == 1
@@ -150,5 +138,7 @@ def test_openvpn_reconnect_and_drift_repair_are_counted(cluster, docker_client):
     # drift: take the VPN client's FORWARD jump away; the periodic reconcile (10 s) puts it back
     pid = int(client.attrs["State"]["Pid"])
     Netns(pid).run(["iptables", "-w", "5", "-D", "FORWARD", "-j", firewall.FWD])
-    _wait_for(lambda: scrape(node.metrics_url)[drift] > after[drift], 30, "drift repair not counted")
+    wait_for(lambda: scrape(node.metrics_url), "the drift repair to be counted", 30, 0.25,
+             until=lambda got: got[drift] > after[drift])
+    # the agent counts a repair once it is in place: the counter moving means the rule is back
     assert firewall.parse_save(Netns(pid).iptables_save()).has_rule("filter", f"-A FORWARD -j {firewall.FWD}")

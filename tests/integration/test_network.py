@@ -6,13 +6,18 @@ import time
 
 import docker
 import pytest
+from cryptography import x509
 
+from server_ext.pki import cert_from_ovpn
 from server_ext.store import Store
 from test_algorithms.send_echo import format_matrix, send_echo
+from tests.waiting import wait_equal, wait_for
 from vpnagent import firewall
 from vpnagent.netns import Netns
 from vpnagent.serverapi import ServerAPI
 from vpnagent.tls import make_session
+
+from .util import wait_live, wait_task_done
 
 pytestmark = pytest.mark.docker
 
@@ -47,25 +52,10 @@ def test_echo_task_all_pairs_ok_and_nothing_left_after(cluster, docker_client):
     assert result["ok"] is True
 
     # the runs are over: their DNAT rules, chains, holders and port records are gone
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        leftovers = docker_client.containers.list(all=True, filters={"label": "vpnagent.role=holder"})
-        mine = [c for c in leftovers if c.labels.get("vpnagent.node", "").startswith(cluster.prefix)]
-        if not mine:
-            break
-        time.sleep(0.2)
-    assert not mine, [c.name for c in mine]
-    for node in cluster.nodes:
-        state = _vpn_client_state(docker_client, node.name)
-        assert not state.run_chains("nat") and not state.run_chains("filter")
-        assert not [r for r in state.rules["nat"] if r.startswith("-A VA-")]
-        assert node.status()["runs"] == []
-        assert (node.data_dir / "ports.json").read_text() in ("{}", "")
-    store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
-    try:
-        assert store.count_ports() == 0
-    finally:
-        store.close()
+    from .util import ZERO, leftovers
+    wait_equal(lambda: leftovers(cluster, docker_client), ZERO, "every run's leftovers to be gone", 30, 0.2)
+    wait_for(lambda: [n.status()["runs"] for n in cluster.nodes], "no live runs in any node's status",
+             until=lambda runs: not any(runs))
 
 
 def _raw_client(client: docker.DockerClient, cluster, ovpn: str, tmp_path, name: str):
@@ -79,16 +69,19 @@ def _raw_client(client: docker.DockerClient, cluster, ovpn: str, tmp_path, name:
         labels={"vpnagent.node": f"{cluster.prefix}-test"})
 
 
-def _tun_ip(container, seconds: float) -> str | None:
+def _tun_ip(container) -> str | None:
     container.reload()
-    ns = Netns(int(container.attrs["State"]["Pid"]))
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        addrs = ns.ipv4_addresses("tun0").get("tun0")
-        if addrs:
-            return str(addrs[0].ip)
-        time.sleep(0.05)
-    return None
+    addrs = Netns(int(container.attrs["State"]["Pid"])).ipv4_addresses("tun0").get("tun0")
+    return str(addrs[0].ip) if addrs else None
+
+
+def _wait_tun_ip(container, timeout: float) -> str:
+    return wait_for(lambda: _tun_ip(container), f"tun0 of {container.name} to get an address", timeout, 0.05)
+
+
+def _server_log(docker_client, cluster, since: float) -> str:
+    c = docker_client.containers.get(cluster.openvpn_container)
+    return c.logs(since=int(since)).decode(errors="replace")
 
 
 def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path):
@@ -101,28 +94,39 @@ def test_vpn_update_revokes_the_old_certificate(cluster, docker_client, tmp_path
         store.close()
     api = ServerAPI(cluster.server_url, key, session=make_session(cluster.tls_verify))
     old = api.get_vpn_config()
+    old_serial = str(x509.load_pem_x509_certificate(cert_from_ovpn(old).encode()).serial_number)
     containers = []
     try:
         c = _raw_client(docker_client, cluster, old, tmp_path, "old1")
         containers.append(c)
-        first_ip = _tun_ip(c, 30)
-        assert first_ip is not None, c.logs(tail=20)
-        c.remove(force=True)
+        first_ip = _wait_tun_ip(c, 30)
+        _remove(c)
 
         new = api.renew_vpn_config(old)
         assert new != old
+        t0 = time.time() - 1
         c = _raw_client(docker_client, cluster, old, tmp_path, "old2")
         containers.append(c)
-        assert _tun_ip(c, 12) is None, "a revoked certificate still connects"
+        # the server turns the old certificate away: wait for it to say so, then look at tun0
+        wait_for(lambda: _server_log(docker_client, cluster, t0), "the OpenVPN server to refuse the revoked certificate",
+                 30, 0.2, until=lambda text: "certificate revoked" in text and f"serial={old_serial}" in text)
+        assert _tun_ip(c) is None, "a revoked certificate still connects"
         c = _raw_client(docker_client, cluster, new, tmp_path, "new")
         containers.append(c)
-        assert _tun_ip(c, 30) == first_ip, c.logs(tail=20)  # same server-allocated IP
+        assert _wait_tun_ip(c, 30) == first_ip  # same server-allocated IP
     finally:
         for c in containers:
-            try:
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+            _remove(c)
+
+
+def _remove(container) -> None:
+    """Stop first: openvpn tells the server it leaves (explicit-exit-notify), so the server
+    does not count a session that is gone until its keepalive runs out."""
+    try:
+        container.stop(timeout=5)
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
 
 
 def _user_session(cluster):
@@ -138,14 +142,7 @@ def test_live_run_has_dnat_and_ports_which_go_when_it_ends(cluster, docker_clien
         "collaboration_id": cluster.collaboration_id, "organizations": [node.organization_id],
         "image": "vpnagent/echo:latest", "input": {"method": "peer", "kwargs": {"timeout": 6, "n_peers": 5}}}).json()
     run_id = task["runs"][0]["id"]
-    deadline = time.monotonic() + 30
-    live = None
-    while time.monotonic() < deadline:
-        live = [r for r in (node.status() or {}).get("runs", []) if r["run_id"] == run_id]
-        if live:
-            break
-        time.sleep(0.05)
-    assert live, "the run never became live on the node"
+    live = [wait_live(node, run_id)]
     vpn_port = live[0]["ports"][0]["vpn_port"]
     state = _vpn_client_state(docker_client, node.name)
     assert f"VA-{run_id}-N" in state.run_chains("nat")
@@ -155,20 +152,15 @@ def test_live_run_has_dnat_and_ports_which_go_when_it_ends(cluster, docker_clien
     store = Store(f"sqlite:///{cluster.workdir / 'server' / 'store.db'}")
     try:
         assert store.count_ports() >= 1
-        while time.monotonic() < deadline + 30:
-            t = http.get(f"{cluster.server_url}/task/{task['id']}", timeout=10).json()
-            if t["status"] in ("completed", "failed"):
-                break
-            time.sleep(0.2)
-        assert t["status"] in ("completed", "failed")
+        t = wait_task_done(cluster, http, task["id"], timeout=60)
         # the peers it waited for never came: the result says so instead of pretending
         assert t["runs"][0]["result"]["errors"], t["runs"][0]["result"]
-        time.sleep(0.5)
-        assert store.count_ports() == 0
+        wait_equal(store.count_ports, 0, "the run's port records to be deleted at the server")
     finally:
         store.close()
-    state = _vpn_client_state(docker_client, node.name)
-    assert f"VA-{run_id}-N" not in state.run_chains("nat") and f"VA-{run_id}-F" not in state.run_chains("filter")
+    state = wait_for(lambda: _vpn_client_state(docker_client, node.name), f"run {run_id}'s chains to be removed",
+                     until=lambda st: not ({f"VA-{run_id}-N"} & st.run_chains("nat")
+                                           or {f"VA-{run_id}-F"} & st.run_chains("filter")))
     assert not [r for r in state.rules["nat"] if r.startswith("-A VA-")]
     assert not docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"})
     assert json.loads((node.data_dir / "ports.json").read_text() or "{}") == {}
@@ -178,7 +170,7 @@ def test_status_command_shows_vpn_and_live_runs(cluster, docker_client):
     import subprocess
     import sys
 
-    from .util import long_peer, wait_live, wait_task_done, user_session
+    from .util import long_peer, user_session
 
     node = cluster.nodes[0]
     http = user_session(cluster)

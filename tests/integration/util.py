@@ -13,16 +13,18 @@ import docker
 import requests
 
 from server_ext.store import Store
+from tests.waiting import wait_equal, wait_for
 from vpnagent import firewall
 from vpnagent.netns import Netns, NetnsError
 
 PROBE = r"""
 import json, socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
+ip, port, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 try:
     with socket.create_connection((ip, port), timeout=3) as s:
         s.settimeout(3)
-        line = json.dumps({"nonce": "x"}).encode() + b"\n"  # no "from": not counted as a peer
+        # without "from" the echo server does not count the probe as one of its senders
+        line = json.dumps({"nonce": "x", **({"from": sender} if sender else {})}).encode() + b"\n"
         s.sendall(line)
         got = s.makefile("rb").readline()
     print("ok" if got == line else "bad echo")
@@ -58,46 +60,45 @@ def long_peer(cluster, http, node, seconds: float = 90) -> dict:
                        {"method": "peer", "kwargs": {"timeout": seconds, "n_peers": 50}})
 
 
+def live_run(node, run_id: int) -> dict | None:
+    """The run as the node's status shows it, once it has its VPN ports."""
+    return next((r for r in (node.status() or {}).get("runs", []) if r["run_id"] == run_id and r["ports"]), None)
+
+
 def wait_live(node, run_id: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for r in (node.status() or {}).get("runs", []):
-            if r["run_id"] == run_id and r["ports"]:
-                return r
-        time.sleep(0.05)
-    raise AssertionError(f"run {run_id} did not become live on {node.name}")
+    return wait_for(lambda: live_run(node, run_id), f"run {run_id} to be live on {node.name}", timeout, 0.05)
+
+
+def task_of(cluster, http: requests.Session, task_id: int) -> dict:
+    r = http.get(f"{cluster.server_url}/task/{task_id}", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def task_done(task: dict) -> bool:
+    return all(r["status"] in ("completed", "failed") for r in task["runs"])
 
 
 def wait_task_done(cluster, http, task_id: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        t = http.get(f"{cluster.server_url}/task/{task_id}", timeout=10).json()
-        if all(r["status"] in ("completed", "failed") for r in t["runs"]):
-            return t
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} did not finish within {timeout} s")
+    return wait_for(lambda: task_of(cluster, http, task_id), f"task {task_id} to finish", timeout, until=task_done)
 
 
-def probe(client: docker.DockerClient, from_node: str, ip: str, port: int) -> str:
-    """TCP echo probe from the VPN client namespace of `from_node` to ip:port."""
+def probe(client: docker.DockerClient, from_node: str, ip: str, port: int, sender: str = "") -> str:
+    """TCP echo probe from the VPN client namespace of `from_node` to ip:port; with a
+    `sender` name the echo run counts it as one of the senders it waits for."""
     pid = int(vpn_container(client, from_node).attrs["State"]["Pid"])
-    proc = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", PROBE, ip, str(port)],
+    proc = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", PROBE, ip, str(port),
+                           sender],
                           capture_output=True, text=True, timeout=20)
     return (proc.stdout.strip() or proc.stderr.strip())[-300:]
 
 
-def probe_until_ok(client, from_node: str, ip: str, port: int, timeout: float) -> tuple[bool, float, str]:
+def probe_until_ok(client, from_node: str, ip: str, port: int, timeout: float) -> float:
+    """Probe until the echo answers; returns how long that took (fails with the last answer)."""
     t0 = time.monotonic()
-    last = ""
-    while time.monotonic() - t0 < timeout:
-        try:
-            last = probe(client, from_node, ip, port)
-        except (docker.errors.NotFound, subprocess.TimeoutExpired, KeyError) as exc:
-            last = f"{type(exc).__name__}"
-        if last == "ok":
-            return True, time.monotonic() - t0, last
-        time.sleep(0.25)
-    return False, time.monotonic() - t0, last
+    wait_equal(lambda: probe(client, from_node, ip, port), "ok", f"{ip}:{port} to answer from {from_node}", timeout,
+               0.25, ignore=(docker.errors.NotFound, subprocess.TimeoutExpired, KeyError))
+    return time.monotonic() - t0
 
 
 def store_of(cluster) -> Store:
@@ -139,15 +140,10 @@ ZERO = {"run_chains": 0, "dnat_rules": 0, "holders": 0, "algorithm_containers": 
 
 
 def wait_zero(cluster, client, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = leftovers(cluster, client)
-        except (NetnsError, docker.errors.NotFound) as exc:  # a VPN client being replaced right now
-            found = {"vpn_client_unavailable": str(exc)[:200]}
-        if found == ZERO or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
+    """Wait until the runs have left nothing behind (fails with what is still there)."""
+    # a VPN client being replaced right now has no namespace to read: look again
+    return wait_equal(lambda: leftovers(cluster, client), ZERO, "every run's leftovers to be gone", timeout, 0.2,
+                      ignore=(NetnsError, docker.errors.NotFound))
 
 
 def kill_run(docker_client, run_id: int) -> None:
@@ -167,11 +163,10 @@ def reachable_run(cluster, docker_client, prober, target):
     live = wait_live(target, run_id)
     ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
     try:
-        ok, _, last = probe_until_ok(docker_client, prober.name, ip, port, 20)
-        assert ok, last
+        probe_until_ok(docker_client, prober.name, ip, port, 20)
         yield ip, port
     finally:
         for r in task["runs"]:
             kill_run(docker_client, r["id"])
         wait_task_done(cluster, http, task["id"])
-    assert wait_zero(cluster, docker_client) == ZERO
+    wait_zero(cluster, docker_client)

@@ -2,11 +2,11 @@
 namespace that the test creates (root needed; no traffic leaves it)."""
 import os
 import subprocess
-import time
 import uuid
 
 import pytest
 
+from tests.waiting import wait_for
 from vpnagent import firewall as fw
 from vpnagent.netns import Netns
 
@@ -53,10 +53,9 @@ def netns_pid():
     subprocess.run(["ip", "netns", "add", name], check=True)
     proc = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "120"])
     try:
-        for _ in range(100):
-            if os.path.exists(f"/proc/{proc.pid}/ns/net") and os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
-                break
-            time.sleep(0.01)
+        # `ip netns exec` enters the namespace, then execs sleep: wait until it is inside
+        wait_for(lambda: os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+                 f"process {proc.pid} to enter namespace {name}", 10, 0.01, ignore=(FileNotFoundError,))
         yield proc.pid
     finally:
         proc.kill()

@@ -1,0 +1,149 @@
+"""What the agent reports follows what it did: a correction shows up in status.json and the
+metrics only once it is in place (tests and operators waiting for it then find it done),
+and `vpnagent status` says when its file was written and whether that agent still runs.
+
+The integration tests wait for these conditions on a real node; this drives the order of
+reconcile's steps against a fake namespace, where it is exact."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vpnagent import agent as agent_mod
+from vpnagent import firewall
+from vpnagent import metrics as m
+from vpnagent.agent import Agent
+from vpnagent.cli import status_freshness
+from vpnagent.config import parse_config
+from vpnagent.vpnclient import VPNState
+
+
+class _Unreachable:
+    def __getattr__(self, name):
+        raise AssertionError(f"unexpected use of {name}")
+
+
+def _agent(tmp_path: Path) -> Agent:
+    cfg = parse_config({"name": "st1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
+                        "data_dir": str(tmp_path / "node")})
+    agent = Agent(cfg, docker_client=_Unreachable(), api=_Unreachable())
+    agent.iso_subnet, agent.iso_gateway = __import__("ipaddress").IPv4Network("172.30.0.0/24"), "172.30.0.1"
+    return agent
+
+
+def _status(agent: Agent) -> dict:
+    return json.loads((agent.cfg.data_dir / "status.json").read_text())
+
+
+def test_a_recorded_fix_is_in_the_status_file_at_once(tmp_path):
+    agent = _agent(tmp_path)
+    agent._record_fix("reconnected the VPN client (test)", m.FIX_VPN_CLIENT)
+    assert any("reconnected the VPN client (test)" in f for f in _status(agent)["fixes"])
+
+
+class _FakeNetns:
+    """A namespace whose iptables-save lacks the base rules (the FORWARD jump was deleted)."""
+    calls: list[str] = []
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def run(self, argv, stdin=None, check=True):
+        return subprocess.CompletedProcess(argv, 0, stdout="*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", stderr="")
+
+    def iptables_save(self) -> str:
+        return "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+
+    def iptables_restore(self, batch: str) -> None:
+        _FakeNetns.calls.append(f"restore pid={self.pid}")
+
+    def set_default_route(self, gateway: str) -> None:
+        _FakeNetns.calls.append("route")
+
+
+def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent_mod, "Netns", _FakeNetns)
+    _FakeNetns.calls = []
+    agent = _agent(tmp_path)
+    agent.vpn.state = VPNState("c1", 4242, "10.76.0.3", "172.30.0.2", "eth1", time.time())
+    agent._synced_pid = 4242  # believed in sync: what reconcile finds wrong is drift
+
+    seen_at_count: list[list[str]] = []  # the namespace calls made when the metric moved
+    counted = agent.metrics.count_correction
+
+    def spy(kind: str) -> None:
+        seen_at_count.append(list(_FakeNetns.calls))
+        counted(kind)
+
+    monkeypatch.setattr(agent.metrics, "count_correction", spy)
+    before = agent.reconciles
+    agent.reconcile()
+    assert agent.reconciles == before + 1
+    assert len(seen_at_count) == 1, "one drift: the base rules"
+    # host batch and the VPN client's batch both went in before the drift was counted
+    assert seen_at_count[0] == ["restore pid=None", "restore pid=4242"]
+    assert any("installed the base rules" in f for f in _status(agent)["fixes"])
+    assert _status(agent)["reconciles"] == before + 1
+
+
+def test_status_says_who_wrote_it_and_when(tmp_path):
+    agent = _agent(tmp_path)
+    agent._write_status()
+    st = _status(agent)
+    assert st["pid"] == __import__("os").getpid() and abs(st["written_at"] - time.time()) < 60
+    fresh, line = status_freshness(st, time.time())
+    assert fresh and f"agent process {st['pid']}" in line
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_status_of_a_gone_agent_is_called_stale():
+    fresh, line = status_freshness({"written_at": time.time() - 5, "pid": _dead_pid()}, time.time())
+    assert not fresh and "STALE" in line and "is gone" in line
+
+
+def test_status_not_rewritten_for_long_is_called_stale():
+    import os
+
+    fresh, line = status_freshness({"written_at": time.time() - 300, "pid": os.getpid()}, time.time())
+    assert not fresh and "has not updated its status for 300 s" in line
+
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_status_command_exit_code_follows_the_agent(tmp_path, alive):
+    import os
+
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "st2", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
+                                   "data_dir": str(data_dir)}))
+    pid = os.getpid() if alive else _dead_pid()
+    (data_dir / "status.json").write_text(json.dumps({
+        "node": "st2", "written_at": time.time(), "pid": pid, "reconciles": 3, "vpn_checks": 9,
+        "vpn": {"connected": True, "vpn_ip": "10.76.0.9", "since": time.time(), "error": None,
+                "cert_expires": None, "renewals": 0}, "runs": [], "fixes": []}))
+    proc = subprocess.run([sys.executable, "-m", "vpnagent.cli", "status", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert "VPN connected  ip 10.76.0.9" in proc.stdout
+    if alive:
+        assert proc.returncode == 0 and f"by agent process {pid}" in proc.stdout
+    else:
+        assert proc.returncode == 1 and "STALE" in proc.stdout, proc.stdout
+
+
+def test_firewall_drift_names_the_base_rules():
+    """The words the status shows for the case above come from firewall.drift."""
+    desired = firewall.VpnClientRules("10.76.0.3", "eth1", "172.30.0.0/24", runs=())
+    found = firewall.drift(desired, firewall.parse_save(_FakeNetns(1).iptables_save()))
+    assert found == ["installed the base rules (FORWARD policy DROP, dispatch chains)"]
