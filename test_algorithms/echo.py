@@ -57,13 +57,15 @@ class _EchoHandler(socketserver.StreamRequestHandler):
                 sender = json.loads(line).get("from")
             except (ValueError, AttributeError):
                 sender = None
-            if isinstance(sender, str):
-                server.record(sender)
             try:
                 self.wfile.write(line)
                 self.wfile.flush()
             except OSError:
                 return
+            # Counted only once its echo is out: the run ends as soon as its last awaited
+            # sender is counted, and its exit would cut an echo still to be written.
+            if isinstance(sender, str):
+                server.record(sender)
 
 
 class EchoServer(socketserver.ThreadingTCPServer):

@@ -3,6 +3,7 @@ choreography against an in-memory fake server, and the matrix printout."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -285,3 +286,25 @@ def test_send_echo_errors_carry_the_server_message():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_sender_counts_only_once_its_echo_is_out(echo_server, monkeypatch):
+    """A peer run ends as soon as its last awaited sender is recorded, and its process exit
+    takes the echo server's threads with it: the echo must already be on its way then, or
+    the last sender sees the connection closed with nothing echoed (seen in a stress run:
+    "connection closed before the echo (0 of 1081 bytes)")."""
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=5) as s:
+        seen_at_record: list[bool] = []
+        recorded = echo_server.record
+
+        def record(sender: str) -> None:
+            readable, _, _ = select.select([s], [], [], 0.5)  # has the echo reached the client?
+            seen_at_record.append(bool(readable))
+            recorded(sender)
+
+        monkeypatch.setattr(echo_server, "record", record)
+        line = json.dumps({"from": "org9", "nonce": "n"}).encode() + b"\n"
+        s.sendall(line)
+        assert echo_server.wait_for_senders(1, timeout=5) == {"org9"}
+        assert seen_at_record == [True]
+        assert s.makefile("rb").readline() == line
