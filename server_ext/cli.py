@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import socket
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -13,18 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import SCHEMA
+from .config import SCHEMA, ServerConfigError
 
 if TYPE_CHECKING:
     from .pki import PKI
+    from .wsgi import TLS
 
 # Key -> accepted YAML type(s). Keys, help texts and defaults live in server_ext/config.py
 # (SCHEMA), which also renders the reference in docs/operator-guide.md: add new keys there.
 KEYS = {key: spec.types for key, spec in SCHEMA.items()}
-
-
-class ServerConfigError(ValueError):
-    pass
 
 
 def load_server_config(path: str | Path) -> dict[str, Any]:
@@ -70,12 +66,13 @@ def _store(args):
 
 
 def cmd_serve(args) -> int:
-    from werkzeug.serving import make_server
-
+    """Serve the API with the production server (server_ext/wsgi.py) until SIGTERM."""
     from . import create_app
     from .vpnserver import OpenVPNServer
+    from .wsgi import Limits, serve
 
     raw = load_server_config(args.config)
+    limits = Limits.from_config(raw)  # refused before anything starts
     host = raw.get("host", "127.0.0.1")
     flask_cfg = flask_config(raw)
     if raw.get("one_port"):
@@ -83,41 +80,30 @@ def cmd_serve(args) -> int:
             raise ServerConfigError("one_port: the API is reached through the OpenVPN server's port, so serve "
                                     "needs --with-openvpn")
         host, flask_cfg = one_port_setup(raw, flask_cfg)
-    app = create_app(flask_cfg)
+    # This app migrates the store and writes the PKI and OpenVPN files; the worker process
+    # builds its own to serve (nothing of a database connection survives the fork).
+    state = create_app(flask_cfg).extensions["vpnagent"]
+    state.store.close()
     vpn = None
     extra_names: list[str] = []
     if args.with_openvpn:
-        state = app.extensions["vpnagent"]
         vpn = OpenVPNServer(state.files, name=raw.get("openvpn_container", "vpnagent-openvpn"),
                             network=raw.get("openvpn_network"))
         vpn.ensure_running()
-        if raw.get("one_port"):
+    try:
+        if vpn is not None and raw.get("one_port"):
             # nodes on the OpenVPN container's own network reach the API at its address
             extra_names = vpn.addresses()
-    tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki, extra_names)
-    server = make_server(host, raw.get("port", 5000), app, threaded=True, ssl_context=tls)
-    # Accepted sockets inherit it: without it the response's TLS records wait for the
-    # client's delayed ACK (GET /vpn/algorithm/addresses went from ~3 ms to ~17 ms over HTTPS).
-    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
-    log = logging.getLogger(__name__)
-    if tls is None:
-        log.warning("serving the API over plain HTTP (insecure_http): API keys and tokens cross the network "
-                    "unencrypted; use this for local development only")
-    log.info("serving on %s://%s:%s/api", "https" if tls else "http", *server.server_address[:2])
-    import threading
-
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        while t.is_alive():
-            t.join(0.5)
-    except KeyboardInterrupt:
-        server.shutdown()
+        tls = None if raw.get("insecure_http") else api_tls(raw, state.pki, extra_names)
+        if tls is None:
+            logging.getLogger(__name__).warning(
+                "serving the API over plain HTTP (insecure_http): API keys and tokens cross the network "
+                "unencrypted; use this for local development only")
+        return serve(lambda: create_app(flask_cfg), host, raw.get("port", 5000), limits, tls)
     finally:
         if vpn is not None:
             vpn.stop()
-    return 0
+        logging.getLogger(__name__).info("vpnagent-server (pid %s) stopped", os.getpid())
 
 
 def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -149,9 +135,16 @@ def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str,
 
 
 def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> ssl.SSLContext:
-    """The API's TLS context: the configured certificate, or one our CA issues for
-    tls_hostnames plus `extra_names` (one-port mode: the OpenVPN container's addresses).
-    Prints what a node needs to trust it."""
+    """The API's TLS context (see api_tls)."""
+    return api_tls(raw, pki, extra_names).context
+
+
+def api_tls(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> TLS:
+    """The API's certificate and TLS context: the configured certificate, or one our CA
+    issues for tls_hostnames plus `extra_names` (one-port mode: the OpenVPN container's
+    addresses). Prints what a node needs to trust it."""
+    from .wsgi import TLS
+
     if bool(raw.get("tls_cert")) != bool(raw.get("tls_key")):
         raise ServerConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
     if raw.get("tls_cert"):
@@ -174,7 +167,7 @@ def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = N
 
     print(f"API certificate {cert}\n  SHA-256 fingerprint (node config server_fingerprint): "
           f"{fingerprint(cert.read_bytes())}\n  nodes trust it with {trust}", flush=True)
-    return ctx
+    return TLS(cert, key, ctx)
 
 
 def cmd_add_org(args) -> int:
