@@ -115,9 +115,20 @@ def requires(*kinds: str) -> Callable:
                     node = s.get(Node, ident.claims.get("node_id"))
                     if node is None or node.removed_at is not None:
                         raise ApiError(401, "this node was removed from the server")
+                elif ident.kind == "user":
+                    _check_user(s.get(User, ident.claims.get("user_id")), ident)
                 return fn(s, ident, *args, **kwargs)
         return wrapper
     return deco
+
+
+def _check_user(user: User | None, ident: Identity) -> None:
+    """A user token works while its user is in and its key is the one it was issued with."""
+    if user is None or user.removed_at is not None:
+        raise ApiError(401, "this user was removed from the server")
+    if user.key_version != ident.claims.get("key_version", 1):  # tokens from before 0002 carry none
+        raise ApiError(401, "this user's API key was replaced after the token was issued; request a new token "
+                            "with the new key")
 
 
 def _node(s: Session, ident: Identity) -> Node:
@@ -153,7 +164,8 @@ def token_user():
         user = s.scalar(select(User).where(User.api_key_hash == hash_key(data["api_key"])))
         if user is None:
             raise ApiError(401, "unknown user API key")
-        sub = {"client_type": "user", "user_id": user.id, "organization_id": user.organization_id}
+        sub = {"client_type": "user", "user_id": user.id, "organization_id": user.organization_id,
+               "key_version": user.key_version}
     return jsonify(access_token=ext().tokens.issue("user", sub))
 
 

@@ -3,6 +3,7 @@ commands that create organisations, collaborations, nodes and researchers."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import ssl
@@ -182,15 +183,46 @@ def cmd_add_collab(args) -> int:
     return 0
 
 
+def _show_key(kind: str, ident: int, name: str, key: str, note: str = "") -> None:
+    print(f"{kind} {ident} {name}\napi_key {key}\n(keep the key: it is shown only once{note})")
+
+
 def cmd_add_node(args) -> int:
     node, key = _store(args).create_node(args.org, args.collaboration, args.name)
-    print(f"node {node.id} {node.name}\napi_key {key}\n(keep the key: it is shown only once)")
+    _show_key("node", node.id, node.name, key)
     return 0
 
 
 def cmd_add_user(args) -> int:
     user, key = _store(args).create_user(args.org, args.name)
-    print(f"user {user.id} {user.name}\napi_key {key}\n(keep the key: it is shown only once)")
+    _show_key("user", user.id, user.name, key)
+    return 0
+
+
+def cmd_list_users(args) -> int:
+    users = _store(args).list_users(args.org)
+    if args.json:
+        print(json.dumps([{"id": u.id, "name": u.name, "organization_id": u.organization_id,
+                           "removed_at": u.removed_at.isoformat() + "Z" if u.removed_at else None} for u in users],
+                         indent=2))
+        return 0
+    for u in users:
+        gone = f"  removed {u.removed_at:%Y-%m-%d %H:%M} UTC" if u.removed_at else ""
+        print(f"user {u.id} {u.name} (organization {u.organization_id}){gone}")
+    if not users:
+        print("no users")
+    return 0
+
+
+def cmd_remove_user(args) -> int:
+    user = _store(args).remove_user(args.user_id)
+    print(f"user {user.id} ({user.name}) removed: its API key and every token issued with it stopped working")
+    return 0
+
+
+def cmd_rotate_user_key(args) -> int:
+    user, key = _store(args).rotate_user_key(args.user_id)
+    _show_key("user", user.id, user.name, key, "; the old key and its tokens stopped working")
     return 0
 
 
@@ -212,9 +244,11 @@ def cmd_remove_org(args) -> int:
     from .admin import remove_organization
 
     removed = remove_organization(_admin_state(args), args.organization_id)
-    for r in removed:
+    for r in removed.nodes:
         print(f"node {r.node_id} ({r.common_name}) removed; {r.note}")
-    print(f"organization {args.organization_id}: {len(removed)} node(s) removed")
+    for user in removed.users:
+        print(f"user {user.id} ({user.name}) removed")
+    print(f"organization {args.organization_id}: {len(removed.nodes)} node(s) and {len(removed.users)} user(s) removed")
     return 0
 
 
@@ -261,6 +295,16 @@ def cmd_config_reference(args) -> int:
     return 0
 
 
+def db_id(text: str) -> int:
+    """An id on the command line: one the store can hold, else a usage error (exit 2)."""
+    from .inputs import InputError, parse_id
+
+    try:
+        return parse_id("the id", text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vpnagent-server", description="vpnagent server: API, PKI and OpenVPN server")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -277,18 +321,26 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("name")
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")
     s.add_argument("name")
-    s.add_argument("--org", type=int, action="append", required=True, help="organisation id (repeat)")
+    s.add_argument("--org", type=db_id, action="append", required=True, help="organisation id (repeat)")
     s = add("add-node", cmd_add_node, "create a node; prints its API key once")
     s.add_argument("name")
-    s.add_argument("--org", type=int, required=True)
-    s.add_argument("--collaboration", type=int, required=True)
+    s.add_argument("--org", type=db_id, required=True)
+    s.add_argument("--collaboration", type=db_id, required=True)
     s = add("add-user", cmd_add_user, "create a researcher; prints the API key once")
     s.add_argument("name")
-    s.add_argument("--org", type=int, required=True)
+    s.add_argument("--org", type=db_id, required=True)
+    s = add("list-users", cmd_list_users, "list the researchers, removed ones included")
+    s.add_argument("--org", type=db_id, help="only this organisation's")
+    s.add_argument("--json", action="store_true", help="a JSON list instead of lines")
+    s = add("remove-user", cmd_remove_user, "take a researcher out: its API key and tokens stop working at once")
+    s.add_argument("user_id", type=db_id)
+    s = add("rotate-user-key", cmd_rotate_user_key,
+            "give a researcher a new API key (printed once); the old key and its tokens stop working at once")
+    s.add_argument("user_id", type=db_id)
     s = add("remove-node", cmd_remove_node, "take a node out: revoke its certificates, disconnect it")
-    s.add_argument("node_id", type=int)
-    s = add("remove-organization", cmd_remove_org, "remove every node of an organisation")
-    s.add_argument("organization_id", type=int)
+    s.add_argument("node_id", type=db_id)
+    s = add("remove-organization", cmd_remove_org, "remove every node and every researcher of an organisation")
+    s.add_argument("organization_id", type=db_id)
     add("db-upgrade", cmd_db_upgrade, "migrate the database to the newest schema (serve does it too)")
     add("db-current", cmd_db_current, "show the database's schema revision; exit 1 if an upgrade is pending")
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
