@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 from .config import ServerConfigError
 
@@ -95,6 +95,10 @@ class Deadlines:
         with self._lock:
             self._due[id(conn)] = (self._clock() + seconds, conn, phase)
 
+    def armed(self, conn: Any) -> bool:
+        with self._lock:
+            return id(conn) in self._due
+
     def disarm(self, conn: Any) -> None:
         with self._lock:
             self._due.pop(id(conn), None)
@@ -127,11 +131,17 @@ class GuardedThreadWorker(ThreadWorker):
         super().init_process()
 
     def handle(self, conn: Any) -> Any:
-        self.deadlines.arm(conn, self.limits.header_timeout, "request headers")
+        if not self.deadlines.armed(conn):  # a deferred connection keeps the deadline of its arrival
+            self.deadlines.arm(conn, self.limits.header_timeout, "request headers")
+        result: Any = False
         try:
-            return super().handle(conn)
+            result = super().handle(conn)
+            return result
         finally:
-            self.deadlines.disarm(conn)
+            # _DEFER: no byte came within gunicorn's wait, so it parks the connection in its
+            # poller for a keepalive period; the header deadline still holds it to time.
+            if result is not _DEFER:
+                self.deadlines.disarm(conn)
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         # the headers are in: from here the body, the app and the response share one deadline

@@ -134,6 +134,14 @@ def test_half_a_request_line_is_cut_within_the_header_timeout(serve):
     assert served.get("/health").status_code == 200
 
 
+def test_a_silent_connection_is_cut_at_the_header_timeout_not_after_a_keepalive(serve):
+    """gunicorn parks a connection that sends nothing for 5 s in its poller for a whole
+    keepalive period; the header deadline still applies there."""
+    served = serve(api_header_timeout=6, api_keepalive=60)
+    silent = socket.create_connection(("127.0.0.1", served.port))
+    assert 5 < closed_within(silent, 6 + SLACK_S)
+
+
 def test_stalled_clients_do_not_starve_the_threads(serve):
     served = serve(api_threads=2, api_header_timeout=1)
     stalled = [served.tls_socket() for _ in range(4)]
