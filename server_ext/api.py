@@ -11,8 +11,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .inputs import InputError, check_id, check_text, parse_id, parse_json
 from .addresses import FLAGS, AddressQuery, AddressQueryError, TaskFamily, parse_flag, selected_task_ids
+from .inputs import InputError, check_id, check_text, parse_id, parse_json
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node, Port,

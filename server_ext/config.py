@@ -13,6 +13,7 @@ from vpnagent.config import Key, schema_table
 class ServerConfigError(ValueError):
     """The server config (or a value in it) cannot be used; the message says what to fix."""
 
+
 SCHEMA: dict[str, Key] = {
     "data_dir": Key(str, "Directory of the server's state: pki/ (CA, OpenVPN server and tls-crypt keys, CRL, API certificate), store.db "
                          "(SQLite), secret (token signing key), openvpn/ (server.conf, ccd/). Created 0700; "
@@ -48,7 +49,8 @@ SCHEMA: dict[str, Key] = {
     "api_max_connections": Key(int, "Open API connections at most, busy and kept alive (more than api_threads); "
                                     "beyond it the server stops accepting until some close.", "256"),
     "api_header_timeout": Key((int, float), "Seconds a client has to deliver a request's headers (TLS handshake "
-                                            "included) once a thread takes it up; a slower one is disconnected.",
+                                            "included) from when the server starts reading them; a slower one is "
+                                            "disconnected.",
                               "10"),
     "api_request_timeout": Key((int, float), "Seconds a request may take from its headers to the end of the "
                                              "response (body upload and slow readers included); then it is cut.",

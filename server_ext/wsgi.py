@@ -154,8 +154,11 @@ class GuardedThreadWorker(ThreadWorker):
         for conn, phase in self.deadlines.overdue():
             limit = self.limits.header_timeout if phase == "request headers" else self.limits.request_timeout
             if cut(conn.sock):
-                self.log.warning("cut %s: its %s took longer than %.0f s", _peer(conn.client), phase, limit)
-            self.deadlines.disarm(conn)
+                self.log.warning("cut %s: its %s took longer than %g s", _peer(conn.client), phase, limit)
+                self.deadlines.disarm(conn)
+            elif conn.sock.fileno() == -1:  # closed meanwhile: nothing left to cut
+                self.deadlines.disarm(conn)
+            # else the thread was just swapping the socket for its TLS wrapper: next round
 
 
 def _peer(address: Any) -> str:
