@@ -1,12 +1,14 @@
 """Admin operations that touch more than the store: taking a node (or a whole
 organisation) out revokes its certificates, republishes the CRL, removes its static IP
-entry and disconnects its live VPN session through OpenVPN's management interface."""
+entry and disconnects its live VPN session through OpenVPN's management interface.
+Taking an organisation out removes its researchers too."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
 from . import ExtensionState
+from .store import User
 from .vpnserver import Management
 
 log = logging.getLogger(__name__)
@@ -33,5 +35,16 @@ def remove_node(state: ExtensionState, node_id: int) -> Removal:
     return Removal(node.id, node.common_name, killed, note)
 
 
-def remove_organization(state: ExtensionState, organization_id: int) -> list[Removal]:
-    return [remove_node(state, node_id) for node_id in state.store.nodes_of_organization(organization_id)]
+@dataclass
+class OrganizationRemoval:
+    nodes: list[Removal]
+    users: list[User]
+
+
+def remove_organization(state: ExtensionState, organization_id: int) -> OrganizationRemoval:
+    """Every node and every researcher of the organisation: no credential of it works after."""
+    nodes = [remove_node(state, node_id) for node_id in state.store.nodes_of_organization(organization_id)]
+    users = state.store.remove_users_of_organization(organization_id)
+    for user in users:
+        log.info("user %s (%s) removed with organisation %s", user.id, user.name, organization_id)
+    return OrganizationRemoval(nodes, users)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .addresses import FLAGS, AddressQuery, AddressQueryError, TaskFamily, parse_flag, selected_task_ids
+from .inputs import InputError, check_id, check_text, parse_id, parse_json
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node, Port,
@@ -32,14 +33,28 @@ def _api_error(exc: ApiError):
     return jsonify(msg=exc.msg), exc.status
 
 
+@bp.errorhandler(InputError)
+def _input_error(exc: InputError):
+    return jsonify(msg=str(exc)), 400
+
+
+@bp.url_value_preprocessor
+def _path_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Ids in the path (<int:...>: digits only) must fit the store before a view sees them."""
+    for name, value in (values or {}).items():
+        if isinstance(value, int):
+            check_id(f"path parameter '{name}'", value)
+
+
 def ext():
     return current_app.extensions["vpnagent"]
 
 
 # ---------------------------------------------------------------- input validation
 def body(**fields: tuple[type | tuple[type, ...], bool]) -> dict[str, Any]:
-    """The JSON object body, checked against {name: (type, required)}."""
-    data = request.get_json(silent=True)
+    """The JSON object body, checked against {name: (type, required)}; integers must be
+    ids the store can hold (inputs.py)."""
+    data = parse_json(request.get_data(cache=True)) if request.is_json else None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object (Content-Type: application/json)")
     unknown = sorted(set(data) - set(fields))
@@ -55,6 +70,8 @@ def body(**fields: tuple[type | tuple[type, ...], bool]) -> dict[str, Any]:
             raise ApiError(400, f"field '{name}' has the wrong type")
         if typ is not object and not isinstance(value, typ):
             raise ApiError(400, f"field '{name}' has the wrong type")
+        if typ is int:
+            check_id(f"field '{name}'", value)
     return data
 
 
@@ -64,9 +81,12 @@ def int_arg(name: str, required: bool = True) -> int | None:
         if required:
             raise ApiError(400, f"query parameter '{name}' is required")
         return None
-    if not raw.isdigit() or len(raw) > 12:
-        raise ApiError(400, f"query parameter '{name}' must be a positive integer")
-    return int(raw)
+    return parse_id(f"query parameter '{name}'", raw)
+
+
+def text_arg(name: str) -> str | None:
+    raw = request.args.get(name)
+    return None if raw is None else check_text(f"query parameter '{name}'", raw)
 
 
 # ---------------------------------------------------------------- auth
@@ -95,9 +115,20 @@ def requires(*kinds: str) -> Callable:
                     node = s.get(Node, ident.claims.get("node_id"))
                     if node is None or node.removed_at is not None:
                         raise ApiError(401, "this node was removed from the server")
+                elif ident.kind == "user":
+                    _check_user(s.get(User, ident.claims.get("user_id")), ident)
                 return fn(s, ident, *args, **kwargs)
         return wrapper
     return deco
+
+
+def _check_user(user: User | None, ident: Identity) -> None:
+    """A user token works while its user is in and its key is the one it was issued with."""
+    if user is None or user.removed_at is not None:
+        raise ApiError(401, "this user was removed from the server")
+    if user.key_version != ident.claims.get("key_version", 1):  # tokens from before 0002 carry none
+        raise ApiError(401, "this user's API key was replaced after the token was issued; request a new token "
+                            "with the new key")
 
 
 def _node(s: Session, ident: Identity) -> Node:
@@ -133,7 +164,8 @@ def token_user():
         user = s.scalar(select(User).where(User.api_key_hash == hash_key(data["api_key"])))
         if user is None:
             raise ApiError(401, "unknown user API key")
-        sub = {"client_type": "user", "user_id": user.id, "organization_id": user.organization_id}
+        sub = {"client_type": "user", "user_id": user.id, "organization_id": user.organization_id,
+               "key_version": user.key_version}
     return jsonify(access_token=ext().tokens.issue("user", sub))
 
 
@@ -328,7 +360,7 @@ def node_peers(s: Session, ident: Identity):
 def addresses(s: Session, ident: Identity):
     try:
         flags = {f: parse_flag(f, request.args.get(f)) for f in FLAGS}
-        q = AddressQuery(**flags, label=request.args.get("label")).validate()
+        q = AddressQuery(**flags, label=text_arg("label")).validate()
     except AddressQueryError as exc:
         raise ApiError(400, str(exc)) from None
     task = s.get(Task, ident["task_id"])
@@ -379,6 +411,8 @@ def task_create(s: Session, ident: Identity):
     orgs = data["organizations"]
     if not orgs or len(orgs) > 1000 or not all(isinstance(o, int) and not isinstance(o, bool) for o in orgs):
         raise ApiError(400, "organizations must be a non-empty list of organisation ids")
+    for org_id in orgs:
+        check_id("field 'organizations'", org_id)
     if len(data["image"]) > 512 or len(data.get("name") or "") > 256:
         raise ApiError(400, "image or name too long")
     collab = s.get(Collaboration, data["collaboration_id"])

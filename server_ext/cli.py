@@ -3,9 +3,9 @@ commands that create organisations, collaborations, nodes and researchers."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import signal
-import socket
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -13,18 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import SCHEMA
+from .config import SCHEMA, ServerConfigError
 
 if TYPE_CHECKING:
     from .pki import PKI
+    from .wsgi import TLS
 
 # Key -> accepted YAML type(s). Keys, help texts and defaults live in server_ext/config.py
 # (SCHEMA), which also renders the reference in docs/operator-guide.md: add new keys there.
 KEYS = {key: spec.types for key, spec in SCHEMA.items()}
-
-
-class ServerConfigError(ValueError):
-    pass
 
 
 def load_server_config(path: str | Path) -> dict[str, Any]:
@@ -70,12 +67,13 @@ def _store(args):
 
 
 def cmd_serve(args) -> int:
-    from werkzeug.serving import make_server
-
+    """Serve the API with the production server (server_ext/wsgi.py) until SIGTERM."""
     from . import create_app
     from .vpnserver import OpenVPNServer
+    from .wsgi import Limits, serve
 
     raw = load_server_config(args.config)
+    limits = Limits.from_config(raw)  # refused before anything starts
     host = raw.get("host", "127.0.0.1")
     flask_cfg = flask_config(raw)
     if raw.get("one_port"):
@@ -83,41 +81,30 @@ def cmd_serve(args) -> int:
             raise ServerConfigError("one_port: the API is reached through the OpenVPN server's port, so serve "
                                     "needs --with-openvpn")
         host, flask_cfg = one_port_setup(raw, flask_cfg)
-    app = create_app(flask_cfg)
+    # This app migrates the store and writes the PKI and OpenVPN files; the worker process
+    # builds its own to serve (nothing of a database connection survives the fork).
+    state = create_app(flask_cfg).extensions["vpnagent"]
+    state.store.close()
     vpn = None
     extra_names: list[str] = []
     if args.with_openvpn:
-        state = app.extensions["vpnagent"]
         vpn = OpenVPNServer(state.files, name=raw.get("openvpn_container", "vpnagent-openvpn"),
                             network=raw.get("openvpn_network"))
         vpn.ensure_running()
-        if raw.get("one_port"):
+    try:
+        if vpn is not None and raw.get("one_port"):
             # nodes on the OpenVPN container's own network reach the API at its address
             extra_names = vpn.addresses()
-    tls = None if raw.get("insecure_http") else tls_context(raw, app.extensions["vpnagent"].pki, extra_names)
-    server = make_server(host, raw.get("port", 5000), app, threaded=True, ssl_context=tls)
-    # Accepted sockets inherit it: without it the response's TLS records wait for the
-    # client's delayed ACK (GET /vpn/algorithm/addresses went from ~3 ms to ~17 ms over HTTPS).
-    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
-    log = logging.getLogger(__name__)
-    if tls is None:
-        log.warning("serving the API over plain HTTP (insecure_http): API keys and tokens cross the network "
-                    "unencrypted; use this for local development only")
-    log.info("serving on %s://%s:%s/api", "https" if tls else "http", *server.server_address[:2])
-    import threading
-
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        while t.is_alive():
-            t.join(0.5)
-    except KeyboardInterrupt:
-        server.shutdown()
+        tls = None if raw.get("insecure_http") else api_tls(raw, state.pki, extra_names)
+        if tls is None:
+            logging.getLogger(__name__).warning(
+                "serving the API over plain HTTP (insecure_http): API keys and tokens cross the network "
+                "unencrypted; use this for local development only")
+        return serve(lambda: create_app(flask_cfg), host, raw.get("port", 5000), limits, tls)
     finally:
         if vpn is not None:
             vpn.stop()
-    return 0
+        logging.getLogger(__name__).info("vpnagent-server (pid %s) stopped", os.getpid())
 
 
 def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -149,9 +136,16 @@ def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str,
 
 
 def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> ssl.SSLContext:
-    """The API's TLS context: the configured certificate, or one our CA issues for
-    tls_hostnames plus `extra_names` (one-port mode: the OpenVPN container's addresses).
-    Prints what a node needs to trust it."""
+    """The API's TLS context (see api_tls)."""
+    return api_tls(raw, pki, extra_names).context
+
+
+def api_tls(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> TLS:
+    """The API's certificate and TLS context: the configured certificate, or one our CA
+    issues for tls_hostnames plus `extra_names` (one-port mode: the OpenVPN container's
+    addresses). Prints what a node needs to trust it."""
+    from .wsgi import TLS
+
     if bool(raw.get("tls_cert")) != bool(raw.get("tls_key")):
         raise ServerConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
     if raw.get("tls_cert"):
@@ -174,7 +168,7 @@ def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = N
 
     print(f"API certificate {cert}\n  SHA-256 fingerprint (node config server_fingerprint): "
           f"{fingerprint(cert.read_bytes())}\n  nodes trust it with {trust}", flush=True)
-    return ctx
+    return TLS(cert, key, ctx)
 
 
 def cmd_add_org(args) -> int:
@@ -189,15 +183,46 @@ def cmd_add_collab(args) -> int:
     return 0
 
 
+def _show_key(kind: str, ident: int, name: str, key: str, note: str = "") -> None:
+    print(f"{kind} {ident} {name}\napi_key {key}\n(keep the key: it is shown only once{note})")
+
+
 def cmd_add_node(args) -> int:
     node, key = _store(args).create_node(args.org, args.collaboration, args.name)
-    print(f"node {node.id} {node.name}\napi_key {key}\n(keep the key: it is shown only once)")
+    _show_key("node", node.id, node.name, key)
     return 0
 
 
 def cmd_add_user(args) -> int:
     user, key = _store(args).create_user(args.org, args.name)
-    print(f"user {user.id} {user.name}\napi_key {key}\n(keep the key: it is shown only once)")
+    _show_key("user", user.id, user.name, key)
+    return 0
+
+
+def cmd_list_users(args) -> int:
+    users = _store(args).list_users(args.org)
+    if args.json:
+        print(json.dumps([{"id": u.id, "name": u.name, "organization_id": u.organization_id,
+                           "removed_at": u.removed_at.isoformat() + "Z" if u.removed_at else None} for u in users],
+                         indent=2))
+        return 0
+    for u in users:
+        gone = f"  removed {u.removed_at:%Y-%m-%d %H:%M} UTC" if u.removed_at else ""
+        print(f"user {u.id} {u.name} (organization {u.organization_id}){gone}")
+    if not users:
+        print("no users")
+    return 0
+
+
+def cmd_remove_user(args) -> int:
+    user = _store(args).remove_user(args.user_id)
+    print(f"user {user.id} ({user.name}) removed: its API key and every token issued with it stopped working")
+    return 0
+
+
+def cmd_rotate_user_key(args) -> int:
+    user, key = _store(args).rotate_user_key(args.user_id)
+    _show_key("user", user.id, user.name, key, "; the old key and its tokens stopped working")
     return 0
 
 
@@ -219,9 +244,11 @@ def cmd_remove_org(args) -> int:
     from .admin import remove_organization
 
     removed = remove_organization(_admin_state(args), args.organization_id)
-    for r in removed:
+    for r in removed.nodes:
         print(f"node {r.node_id} ({r.common_name}) removed; {r.note}")
-    print(f"organization {args.organization_id}: {len(removed)} node(s) removed")
+    for user in removed.users:
+        print(f"user {user.id} ({user.name}) removed")
+    print(f"organization {args.organization_id}: {len(removed.nodes)} node(s) and {len(removed.users)} user(s) removed")
     return 0
 
 
@@ -268,6 +295,16 @@ def cmd_config_reference(args) -> int:
     return 0
 
 
+def db_id(text: str) -> int:
+    """An id on the command line: one the store can hold, else a usage error (exit 2)."""
+    from .inputs import InputError, parse_id
+
+    try:
+        return parse_id("the id", text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vpnagent-server", description="vpnagent server: API, PKI and OpenVPN server")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -284,18 +321,26 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("name")
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")
     s.add_argument("name")
-    s.add_argument("--org", type=int, action="append", required=True, help="organisation id (repeat)")
+    s.add_argument("--org", type=db_id, action="append", required=True, help="organisation id (repeat)")
     s = add("add-node", cmd_add_node, "create a node; prints its API key once")
     s.add_argument("name")
-    s.add_argument("--org", type=int, required=True)
-    s.add_argument("--collaboration", type=int, required=True)
+    s.add_argument("--org", type=db_id, required=True)
+    s.add_argument("--collaboration", type=db_id, required=True)
     s = add("add-user", cmd_add_user, "create a researcher; prints the API key once")
     s.add_argument("name")
-    s.add_argument("--org", type=int, required=True)
+    s.add_argument("--org", type=db_id, required=True)
+    s = add("list-users", cmd_list_users, "list the researchers, removed ones included")
+    s.add_argument("--org", type=db_id, help="only this organisation's")
+    s.add_argument("--json", action="store_true", help="a JSON list instead of lines")
+    s = add("remove-user", cmd_remove_user, "take a researcher out: its API key and tokens stop working at once")
+    s.add_argument("user_id", type=db_id)
+    s = add("rotate-user-key", cmd_rotate_user_key,
+            "give a researcher a new API key (printed once); the old key and its tokens stop working at once")
+    s.add_argument("user_id", type=db_id)
     s = add("remove-node", cmd_remove_node, "take a node out: revoke its certificates, disconnect it")
-    s.add_argument("node_id", type=int)
-    s = add("remove-organization", cmd_remove_org, "remove every node of an organisation")
-    s.add_argument("organization_id", type=int)
+    s.add_argument("node_id", type=db_id)
+    s = add("remove-organization", cmd_remove_org, "remove every node and every researcher of an organisation")
+    s.add_argument("organization_id", type=db_id)
     add("db-upgrade", cmd_db_upgrade, "migrate the database to the newest schema (serve does it too)")
     add("db-current", cmd_db_current, "show the database's schema revision; exit 1 if an upgrade is pending")
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")

@@ -9,6 +9,11 @@ from __future__ import annotations
 # The node config's Key and table renderer: one description format for both configs.
 from vpnagent.config import Key, schema_table
 
+
+class ServerConfigError(ValueError):
+    """The server config (or a value in it) cannot be used; the message says what to fix."""
+
+
 SCHEMA: dict[str, Key] = {
     "data_dir": Key(str, "Directory of the server's state: pki/ (CA, OpenVPN server and tls-crypt keys, CRL, API certificate), store.db "
                          "(SQLite), secret (token signing key), openvpn/ (server.conf, ccd/). Created 0700; "
@@ -39,6 +44,21 @@ SCHEMA: dict[str, Key] = {
                           "passes every other connection to the API (OpenVPN port-share), so a node needs only "
                           "outgoing TCP to that one port. Nodes then use server_url https://<host>:443/api.",
                     "false"),
+    "api_threads": Key(int, "Threads serving API requests at once (1-1024). More wait in the kernel's backlog.",
+                       "16"),
+    "api_max_connections": Key(int, "Open API connections at most, busy and kept alive (more than api_threads); "
+                                    "beyond it the server stops accepting until some close.", "256"),
+    "api_header_timeout": Key((int, float), "Seconds a client has to deliver a request's headers (TLS handshake "
+                                            "included) from when the server starts reading them; a slower one is "
+                                            "disconnected.",
+                              "10"),
+    "api_request_timeout": Key((int, float), "Seconds a request may take from its headers to the end of the "
+                                             "response (body upload and slow readers included); then it is cut.",
+                               "60"),
+    "api_keepalive": Key(int, "Seconds an idle connection is kept open for the client's next request.",
+                         "5"),
+    "api_shutdown_timeout": Key(int, "Seconds `serve` gives requests in flight to finish after SIGTERM.",
+                                "10"),
     "openvpn_processes": Key(int, "OpenVPN server processes (1-16), each serving a slice of vpn_subnet on its "
                                   "own port (openvpn_remote_port + i): OpenVPN uses one core per process. "
                                   "See docs/performance.md for when it pays.", "1"),

@@ -83,6 +83,10 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(128))
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Every rotation (and the removal) counts it up; user tokens carry the value they were
+    # issued with, so the tokens of a replaced key stop working with the key.
+    key_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Task(Base):
@@ -239,6 +243,52 @@ class Store:
                 run.ports.clear()
             return node
 
+    def list_users(self, organization_id: int | None = None) -> list[User]:
+        """Every researcher, removed ones included (removed_at says when)."""
+        with self.session() as s:
+            stmt = select(User).order_by(User.id)
+            if organization_id is not None:
+                self._get(s, Organization, organization_id)
+                stmt = stmt.where(User.organization_id == organization_id)
+            return list(s.scalars(stmt))
+
+    def remove_user(self, user_id: int) -> User:
+        """Take a researcher out: the API key and every token issued with it stop working at
+        once. The row stays, so the list keeps who it was and when it went."""
+        with self.session() as s:
+            user = self._active_user(s, user_id)
+            _disable_user(user, _now())
+            return user
+
+    def rotate_user_key(self, user_id: int) -> tuple[User, str]:
+        """A new API key (shown once) for a researcher; the old key and its tokens stop
+        working at once."""
+        key = secrets.token_urlsafe(32)
+        with self.session() as s:
+            user = self._active_user(s, user_id)
+            user.api_key_hash = hash_key(key)
+            user.key_version += 1
+            return user, key
+
+    def remove_users_of_organization(self, organization_id: int) -> list[User]:
+        """Remove every researcher of an organisation still in (those removed before stay as
+        they were); returns the ones removed now."""
+        now = _now()
+        with self.session() as s:
+            self._get(s, Organization, organization_id)
+            users = list(s.scalars(select(User).where(User.organization_id == organization_id,
+                                                      User.removed_at.is_(None)).order_by(User.id)))
+            for user in users:
+                _disable_user(user, now)
+            return users
+
+    def _active_user(self, s: Session, user_id: int) -> User:
+        user = self._get(s, User, user_id)
+        if user.removed_at is not None:
+            raise StoreError(f"user {user.id} ({user.name}) was removed on {user.removed_at:%Y-%m-%d %H:%M} UTC; "
+                             "a removed user stays removed: add a new one with add-user")
+        return user
+
     def nodes_of_organization(self, organization_id: int) -> list[int]:
         with self.session() as s:
             self._get(s, Organization, organization_id)
@@ -297,6 +347,12 @@ class Store:
                     s.flush()
                     return node.vpn_ip
         raise StoreError(f"VPN subnet {subnet} is full; use a larger vpn_subnet")
+
+
+def _disable_user(user: User, now: dt.datetime) -> None:
+    user.removed_at = now
+    user.api_key_hash = f"removed-user-{user.id}-{secrets.token_hex(8)}"  # unique, and no key hashes to it
+    user.key_version += 1
 
 
 def _serialise_allocation(s: Session, node: Node) -> None:

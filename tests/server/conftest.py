@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from server_ext import create_app
-from server_ext.store import Certificate, Node, Port, Run, Task
+from server_ext.store import Certificate, Node, Port, Run, Task, User
 from tests.server.postgres import PostgresDatabases, connect_from_env
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -61,7 +61,8 @@ class World:
                 [(r.id, r.status, repr(r.result), r.log) for r in s.scalars(select(Run))],
                 [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port))],
                 [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate))],
-                [(n.id, n.vpn_ip) for n in s.scalars(select(Node))],
+                [(n.id, n.vpn_ip, n.api_key_hash, n.removed_at) for n in s.scalars(select(Node))],
+                [(u.id, u.api_key_hash, u.removed_at, u.key_version) for u in s.scalars(select(User))],
             )
 
 

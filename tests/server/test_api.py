@@ -256,3 +256,83 @@ def test_expired_revoked_certificates_leave_the_crl(world):
         s.add(Certificate(node_id=1, serial="4242", not_after=dt.datetime(2020, 1, 1), revoked_at=dt.datetime(2019, 6, 1)))
         s.add(Certificate(node_id=1, serial="4343", not_after=dt.datetime(2999, 1, 1), revoked_at=dt.datetime(2019, 6, 1)))
     assert [serial for serial, _ in world.store.revoked_serials()] == [4343]
+
+
+# ------------------------------------------------------------------ values the store cannot hold
+HUGE = 2**70  # past SQLite's 64-bit integers; anything past 2**31 - 1 overflows PostgreSQL's
+DEEP = "[" * 30000 + "]" * 30000  # 60 KB: under the body limit, far past the parser's recursion
+
+
+def test_huge_ids_in_the_path_are_400_naming_the_parameter(world, task):
+    n1, user = world.node_headers(0), world.user_headers()
+    for number in (HUGE, 2**31):
+        rejected(world, "patch", f"/api/run/{number}", 400, "path parameter 'run_id'", headers=n1,
+                 json={"status": "active"})
+        rejected(world, "get", f"/api/task/{number}", 400, "path parameter 'task_id'", headers=user)
+    assert world.client.get(f"/api/task/{2**31 - 1}", headers=user).status_code == 404  # the largest id is an id
+
+
+@pytest.mark.parametrize("url, who", [
+    ("/api/port?run_id={}", "node"), ("/api/node/peers?run_id={}", "node"),
+    ("/api/organization?collaboration_id={}", "user"),
+])
+def test_huge_or_non_ascii_ids_in_the_query_are_400_naming_the_parameter(world, task, url, who):
+    method = "delete" if url.startswith("/api/port") else "get"
+    headers = world.node_headers(0) if who == "node" else world.user_headers()
+    name = url.split("?")[1].split("=")[0]
+    for raw in (str(HUGE), str(2**31), "99999999999", "\u00b2", "-1", "1.0"):
+        rejected(world, method, url.format(raw), 400, f"query parameter '{name}'", headers=headers)
+
+
+def test_huge_integers_in_json_fields_are_400_naming_the_field(world, task):
+    run1 = task["runs"][0]["id"]
+    n1, user = world.node_headers(0), world.user_headers()
+    rejected(world, "post", "/api/token/container", 400, "field 'run_id'", headers=n1, json={"run_id": HUGE})
+    rejected(world, "post", "/api/port", 400, "field 'run_id'", headers=n1, json={"run_id": HUGE, "port": 6000})
+    rejected(world, "post", "/api/port", 400, "field 'port'", headers=n1, json={"run_id": run1, "port": HUGE})
+    base = {"collaboration_id": world.collab, "organizations": [world.orgs[0]], "image": "img:1"}
+    rejected(world, "post", "/api/task", 400, "field 'collaboration_id'", headers=user,
+             json={**base, "collaboration_id": HUGE})
+    rejected(world, "post", "/api/task", 400, "field 'organizations'", headers=user,
+             json={**base, "organizations": [world.orgs[0], 2**31]})
+    # inside free-form JSON (task input, run result) a big integer is just data
+    assert world.create_task([world.orgs[0]], input={"n": HUGE})["id"]
+
+
+DEEP_TARGETS = [("post", "/api/token/node", "none"), ("post", "/api/token/user", "none"),
+                ("post", "/api/token/container", "node"), ("post", "/api/vpn/update", "node"),
+                ("post", "/api/port", "node"), ("patch", "/api/run/{run}", "node"), ("post", "/api/task", "user")]
+
+
+@pytest.mark.parametrize("method, url, who", DEEP_TARGETS)
+@pytest.mark.parametrize("payload, words", [
+    (DEEP, "nested deeper than 32"),
+    ('{"result": ' + DEEP + "}", "nested deeper than 32"),
+    ('{"api_key": 1e999, "run_id": 1}', "too large for a float"),
+    ('{"api_key": NaN, "input": NaN}', "NaN"),
+    ('{"api_key": Infinity}', "Infinity"),
+    ('{"api_key": "a\\u0000b", "name": "a\\u0000b", "status": "a\\u0000b"}', "NUL character"),
+    (b'{"api_key": "\xff"}', "not UTF-8"),
+    ('{"api_key": ' + "9" * 5000 + "}", "not valid JSON"),
+])
+def test_bodies_the_store_or_parser_cannot_take_are_400_on_every_endpoint(world, task, method, url, who,
+                                                                        payload, words):
+    headers = {"none": {}, "node": world.node_headers(0), "user": world.user_headers()}[who]
+    rejected(world, method, url.format(run=task["runs"][0]["id"]), 400, words, headers=headers,
+             data=payload, content_type="application/json")
+
+
+def test_json_nested_up_to_the_limit_is_accepted(world, task):
+    n1 = world.node_headers(0)
+    run1 = task["runs"][0]["id"]
+    result = [[[["ok"]]]]
+    for _ in range(27):
+        result = {"r": result}  # 31 levels, 32 with the body object itself
+    r = world.client.patch(f"/api/run/{run1}", headers=n1, json={"status": "completed", "result": result})
+    assert r.status_code == 200, r.json
+    assert r.json["id"] == run1
+
+
+def test_nul_in_a_query_string_is_400(world, task):
+    ch = world.container_headers(0, task["runs"][0]["id"])
+    rejected(world, "get", "/api/vpn/algorithm/addresses?label=a%00b", 400, "query parameter 'label'", headers=ch)

@@ -52,7 +52,7 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
             command.downgrade(schema.alembic_config(conn), "base")
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
-        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE]
+        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002"]
         with store.engine.connect() as conn:
             assert schema_differences(conn) == []
     finally:
@@ -201,3 +201,28 @@ def test_a_bad_database_url_is_one_clear_line(tmp_path, capsys, url, words, comm
     assert "postgresql+psycopg://user:password@host:5432/dbname" in err, "the message shows the URL format"
     assert "s3cret-pw" not in err, "the password is not printed"
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_upgrading_to_0002_keeps_users_their_keys_and_their_tokens(database_url, tmp_path):
+    from server_ext import create_app
+    from server_ext.store import hash_key
+    from server_ext.tokens import TokenService
+
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0001")
+        conn.execute(text("INSERT INTO organization (name) VALUES ('hospital-a')"))
+        conn.execute(text("INSERT INTO \"user\" (name, organization_id, api_key_hash) VALUES ('alice', 1, :h)"),
+                     {"h": hash_key("alice-key")})
+    engine.dispose()
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url})
+    state = app.extensions["vpnagent"]
+    try:
+        assert [(u.name, u.key_version, u.removed_at) for u in state.store.list_users()] == [("alice", 1, None)]
+        client = app.test_client()
+        assert client.post("/api/token/user", json={"api_key": "alice-key"}).status_code == 200
+        # a token issued before the upgrade carries no key_version: it is taken as the first key's
+        old = TokenService(state.tokens.secret).issue("user", {"client_type": "user", "user_id": 1, "organization_id": 1})
+        assert client.get("/api/task/1", headers={"Authorization": f"Bearer {old}"}).status_code == 404
+    finally:
+        state.store.close()
