@@ -11,12 +11,13 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 import docker
 import docker.errors
 
-from . import firewall
+from . import admission, firewall, runfiles
 from . import metrics as m
 from .config import NodeConfig
 from .netns import Netns, NetnsError
@@ -32,6 +33,10 @@ ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
 VPN_RETRY_S = 30.0
 VERIFY_S = 10.0
 RENEW_RETRY_S = 3600.0  # a failed or pointless renewal is tried again an hour later, not every check
+HOLDER_MEMORY, HOLDER_PIDS = "32m", 16  # the pause container only sleeps
+LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
+# Docker keeps an algorithm's log on the node's disk: bounded, so a run cannot fill it.
+ALGO_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 # Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
 FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
@@ -128,6 +133,9 @@ class Agent:
             net = self.docker.networks.create(
                 self.cfg.isolated_network, driver="bridge", internal=True, ipam=ipam,
                 options={"com.docker.network.bridge.name": self.cfg.bridge_name,
+                         # runs on this node meet only through the VPN client (the host chain drops
+                         # the rest as well: networks made before this option existed are covered)
+                         "com.docker.network.bridge.enable_icc": str(firewall.WEAKEN_SAME_NODE).lower(),
                          **({"com.docker.network.driver.mtu": str(self.cfg.isolated_mtu)} if self.cfg.isolated_mtu else {})},
                 labels={"vpnagent.node": self.cfg.name},
             )
@@ -214,7 +222,8 @@ class Agent:
             host = Netns(None)
             batch = firewall.render_host(self.cfg.host_chain, self.cfg.bridge_name, str(self.cfg.vpn_subnet),
                                          firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout),
-                                         gateway=self.iso_gateway, proxy_port=self.cfg.proxy_port)
+                                         gateway=self.iso_gateway, proxy_port=self.cfg.proxy_port,
+                                         vpn_client_ip=self.vpn.state.iso_ip if self.vpn.state else None)
             host.iptables_restore(batch)
             desired = self.desired_rules()
             if desired is None:
@@ -226,6 +235,8 @@ class Agent:
             current = firewall.parse_save(ns.iptables_save())
             drifted = firewall.drift(desired, current) if self._synced_pid == pid else []
             ns.iptables_restore(firewall.render_vpn_client(desired, current))
+            # the client starts with forwarding off (fail closed); on only once its rules are in
+            ns.set_ip_forward(True)
             for run in self.runs.values():
                 Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
             self._synced_pid = pid
@@ -256,11 +267,17 @@ class Agent:
             self.reconcile()
 
     def _apply_run_removed(self, run_id: int) -> None:
+        """Fast path for a run that ended (already out of self.runs): its chains go, and
+        family runs on this node stop admitting its holder address at once (a new holder may
+        get that address next)."""
         with self._lock:
             desired = self.desired_rules()
             if desired is not None and self._synced_pid == self.vpn.state.pid:
+                others = [r for r in desired.runs if run_id in self.runs[r.run_id].peer_run_ids]
+                batch = firewall.render_run_removed(desired, run_id)
+                batch += "".join(firewall.render_run_refreshed(desired, r) for r in others)
                 try:
-                    Netns(self._synced_pid).iptables_restore(firewall.render_run_removed(desired, run_id))
+                    Netns(self._synced_pid).iptables_restore(batch)
                     return
                 except NetnsError as exc:
                     log.warning("run %s: fast removal failed (%s); full reconcile", run_id, exc)
@@ -342,10 +359,15 @@ class Agent:
         run_id = int(run["id"])
         image = run["image"]
         try:
-            meta = self.docker.images.get(image).attrs.get("Config") or {}
+            found = self.docker.images.get(image)
         except docker.errors.ImageNotFound:
             raise RunError(f"image {image} is not on this node (no registry is used); build or load it first") from None
-        specs = exposed_ports(meta)
+        try:
+            admission.check(admission.LocalImage(image, found.id, tuple(found.attrs.get("RepoDigests") or ())),
+                            self.cfg.allowed_images)
+        except admission.ImageRefused as exc:
+            raise RunError(str(exc)) from None
+        specs = exposed_ports(found.attrs.get("Config") or {})
         token = self.api.container_token(run_id)
         family = next((r["peers"] for r in self.api.node_peers(run_id) if r["run_id"] == run_id), [])
         holder = self.start_holder(run_id)
@@ -370,6 +392,7 @@ class Agent:
             self.cfg.holder_image, command or ["sleep", "infinity"], detach=True,
             name=f"vpnagent-{self.cfg.name}-run{run_id}-holder",
             network=self.cfg.isolated_network, cap_drop=["NET_RAW"],
+            mem_limit=HOLDER_MEMORY, pids_limit=HOLDER_PIDS,
             labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_HOLDER, "vpnagent.run": str(run_id)},
         )
 
@@ -401,12 +424,9 @@ class Agent:
         live.registered_ms = (time.perf_counter() - t0) * 1e3
 
     def _start_algorithm(self, run: dict, live: LiveRun, token: str):
-        run_dir = self.cfg.data_dir / "runs" / str(live.run_id)
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (run_dir / "input.json").write_text(json.dumps(run.get("input")))
-        out = run_dir / "output.json"
-        if out.exists():
-            out.unlink()
+        run_dir = self._run_dir(live.run_id)
+        runfiles.prepare(run_dir, run.get("input"))
+        memory, cpus, pids = self.cfg.run_limits()
         env = {
             "VPNAGENT_SERVER_URL": self.proxy.url if self.proxy else "",
             "VPNAGENT_TOKEN": token,
@@ -422,6 +442,8 @@ class Agent:
             live.image, detach=True, name=f"vpnagent-{self.cfg.name}-run{live.run_id}",
             # no raw sockets: an algorithm cannot forge another container's source address
             network_mode=f"container:{live.holder_id}", environment=env, cap_drop=["NET_RAW"],
+            mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpus * 1e9), pids_limit=pids,
+            security_opt=["no-new-privileges"], log_config=ALGO_LOG_CONFIG,
             volumes={str(run_dir): {"bind": "/mnt/run", "mode": "rw"}},
             labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_ALGORITHM, "vpnagent.run": str(live.run_id)},
         )
@@ -431,14 +453,16 @@ class Agent:
         live = self.runs[run_id]
         container = self.docker.containers.get(live.container_id)
         code = container.wait(timeout=timeout)["StatusCode"]
-        logs = container.logs().decode(errors="replace")
-        result = None
-        out = self.cfg.data_dir / "runs" / str(run_id) / "output.json"
+        logs = _tail(container.logs(stream=True, follow=False), LOG_TAIL_BYTES)
         try:
-            result = json.loads(out.read_text())
-        except (OSError, ValueError):
-            pass
+            result = runfiles.read_output(self._run_dir(run_id) / "output.json", self.cfg.max_output_bytes)
+        except runfiles.OutputRefused as exc:
+            log.warning("run %s: %s", run_id, exc)
+            return "failed", None, f"{logs}\nvpnagent: {exc}"
         return ("completed" if code == 0 else "failed"), result, logs
+
+    def _run_dir(self, run_id: int) -> Path:
+        return self.cfg.data_dir / "runs" / str(run_id)
 
     def finish_run(self, run_id: int) -> None:
         """Give back everything the run got: rules, routes, ports (here and at the server),
@@ -463,6 +487,7 @@ class Agent:
                 self.docker.containers.get(cid).remove(force=True)
             except docker.errors.NotFound:
                 pass
+        runfiles.remove(self._run_dir(run_id))  # the input may be sensitive; the result is read by now
         self._write_status()
 
     def _handle(self, run: dict) -> None:
@@ -601,3 +626,14 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
         ports.unlink()
         removed.append("port records")
     return removed
+
+
+def _tail(chunks: Iterable[bytes], limit: int) -> str:
+    """The last `limit` bytes of a streamed log, decoded: a run that prints gigabytes cannot
+    fill the agent's memory or its result report."""
+    kept, total = b"", 0
+    for chunk in chunks:
+        total += len(chunk)
+        kept = (kept + chunk)[-limit:]
+    text = kept.decode(errors="replace")
+    return text if total <= limit else f"[... {total - limit} bytes cut ...]\n{text}"

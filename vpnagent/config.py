@@ -6,6 +6,7 @@ SCHEMA is the one description of every key: parse_config checks against it and
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,20 @@ class NodeConfig:
     vpn_image: str = "vpnagent/vpn:latest"
     holder_image: str = "vpnagent/algo-base:latest"
     labels: dict[str, str] = field(default_factory=dict)
+    # Per algorithm container. None: the defaults below, taken from the host at start.
+    algorithm_memory: int | None = None  # bytes
+    algorithm_cpus: float | None = None
+    algorithm_pids: int = 1024
+    allowed_images: tuple[str, ...] | None = None  # None: any image present on the node
+    max_output_bytes: int = 48 * 1024
+
+    def run_limits(self) -> tuple[int, float, int]:
+        """(memory bytes, CPUs, pids) of one algorithm container: as configured, else half
+        the host's memory and all but one of its CPUs (at least one), so a run cannot take
+        the memory or every core the agent and the VPN client need."""
+        memory = self.algorithm_memory or _host_memory() // 2
+        cpus = self.algorithm_cpus or float(max(1, (os.cpu_count() or 1) - 1))
+        return memory, cpus, self.algorithm_pids
 
     @property
     def isolated_network(self) -> str:
@@ -112,7 +127,21 @@ SCHEMA: dict[str, Key] = {
     "vpn_image": Key(str, "Image of the VPN client container.", "vpnagent/vpn:latest"),
     "holder_image": Key(str, "Image of the per-run network holder container.", "vpnagent/algo-base:latest"),
     "labels": Key(dict, "Extra labels put on every container the agent starts."),
+    "algorithm_memory": Key((str, int), "Memory limit of each algorithm container, in bytes or with a unit "
+                                        "(512m, 4g).", "half the host's memory"),
+    "algorithm_cpus": Key((int, float), "CPU limit of each algorithm container, in CPUs (1.5 = one and a half "
+                                        "cores).", "host CPUs - 1, at least 1"),
+    "algorithm_pids": Key(int, "Process (and thread) limit of each algorithm container.", "1024"),
+    "allowed_images": Key(list, "Images this node runs: patterns matched against the task's image reference "
+                                "(vpnagent/*, registry.example.org/fl/*:1.*) or a digest (sha256:<image id>, "
+                                "name@sha256:<repo digest>). A run of any other image is refused and reported "
+                                "failed. Absent: every image present on the node may run (the agent warns)."),
+    "max_output_bytes": Key(int, "Largest result file an algorithm may leave; a bigger one (or a link, FIFO or "
+                                 "directory in its place) fails the run with the reason.", "49152"),
 }
+
+MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.I)
+IMAGE_PATTERN_RE = re.compile(r"^[A-Za-z0-9._/:@*?\[\]-]{1,300}$")
 
 
 def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
@@ -194,7 +223,57 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
             kwargs[key] = raw[key]
     if raw.get("labels"):
         kwargs["labels"] = {str(k): str(v) for k, v in raw["labels"].items()}
+    kwargs.update(_run_limits(raw))
     return NodeConfig(**kwargs)
+
+
+def _run_limits(raw: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if raw.get("algorithm_memory") is not None:
+        out["algorithm_memory"] = _memory(raw["algorithm_memory"])
+    if raw.get("algorithm_cpus") is not None:
+        if not 0.01 <= raw["algorithm_cpus"] <= 1024:
+            raise ConfigError("'algorithm_cpus' must be within 0.01-1024 (CPUs)")
+        out["algorithm_cpus"] = float(raw["algorithm_cpus"])
+    if raw.get("algorithm_pids") is not None:
+        if not 16 <= raw["algorithm_pids"] <= 1_000_000:
+            raise ConfigError("'algorithm_pids' must be within 16-1000000")
+        out["algorithm_pids"] = raw["algorithm_pids"]
+    if raw.get("max_output_bytes") is not None:
+        if not 1 <= raw["max_output_bytes"] <= 1 << 30:
+            raise ConfigError("'max_output_bytes' must be within 1 and 1073741824")
+        out["max_output_bytes"] = raw["max_output_bytes"]
+    if raw.get("allowed_images") is not None:
+        patterns = raw["allowed_images"]
+        bad = [p for p in patterns if not isinstance(p, str) or not IMAGE_PATTERN_RE.match(p)]
+        if bad or not patterns:
+            raise ConfigError(f"'allowed_images' must be a non-empty list of image patterns like vpnagent/* or "
+                              f"sha256:<id>; not usable: {bad[:3] or patterns!r}")
+        out["allowed_images"] = tuple(patterns)
+    return out
+
+
+def _memory(value: str | int) -> int:
+    """4g, 512m, 1048576 -> bytes; at least 16 MiB (less cannot start python)."""
+    match = MEMORY_RE.match(str(value).strip())
+    if not match:
+        raise ConfigError(f"'algorithm_memory' {value!r} must be bytes or a number with k, m or g, like 4g")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+    if size < 16 << 20:
+        raise ConfigError(f"'algorithm_memory' {value!r} is below 16m; an algorithm cannot run in that")
+    return size
+
+
+def _host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30  # unknown host: a limit that still lets a typical algorithm run
 
 
 def load_config(path: str | Path) -> NodeConfig:

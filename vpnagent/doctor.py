@@ -33,7 +33,11 @@ from .config import NodeConfig
 from .netns import Netns, NetnsError
 from .tls import short_reason
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
+# The Docker release that fixed isolation bugs of internal networks: before 25.0.5 (26.0.0),
+# a container on an --internal network could still send DNS queries out through the
+# embedded resolver (CVE-2024-29018), a channel out for data the network is meant to keep in.
+DOCKER_ISOLATION_FIXED = (25, 0, 5)
 TUN_MAJOR, TUN_MINOR = 10, 200
 ECHO_PORT = 8888
 SELFTEST_ROLE = "doctor"
@@ -86,18 +90,27 @@ class NotApplicable(Exception):
     """The check does not apply to this node's config (reported SKIP, not a failure)."""
 
 
+class CheckWarning(Exception):
+    """The node works, but with a known weakness: reported WARN with the fix, exit code 0."""
+
+    def __init__(self, detail: str, fix: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fix = fix
+
+
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    status: str  # PASS, FAIL or SKIP
+    status: str  # PASS, FAIL, WARN or SKIP
     detail: str = ""
     fix: str = ""
 
     def line(self) -> str:
         if self.status == PASS:
             return f"PASS {self.name}" + (f" ({self.detail})" if self.detail else "")
-        if self.status == FAIL:
-            return f"FAIL {self.name}: {self.detail} -> fix: {self.fix}"
+        if self.status in (FAIL, WARN):
+            return f"{self.status.upper()} {self.name}: {self.detail} -> fix: {self.fix}"
         return f"SKIP {self.name}: {self.detail}"
 
 
@@ -140,6 +153,8 @@ def run_checks(checks: list[Check], ctx: Context) -> list[CheckResult]:
             blocked.add(check.name)
         except NotApplicable as exc:
             results.append(CheckResult(check.name, SKIP, f"not applicable: {exc}"))
+        except CheckWarning as exc:
+            results.append(CheckResult(check.name, WARN, exc.detail, exc.fix))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
@@ -176,6 +191,35 @@ def check_docker(ctx: Context) -> str:
                           "start dockerd (or fix DOCKER_HOST) and run the doctor as root") from None
     ctx.docker = client
     return str(version.get("Version", "?"))
+
+
+def docker_version(text: str) -> tuple[int, int, int] | None:
+    """'20.10.24+dfsg1' -> (20, 10, 24); None when it does not start with a version."""
+    parts = text.split("+")[0].split("-")[0].split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+        patch = int("".join(c for c in parts[2] if c.isdigit()) or 0) if len(parts) > 2 else 0
+    except (IndexError, ValueError):
+        return None
+    return major, minor, patch
+
+
+def isolation_fixed(version: tuple[int, int, int]) -> bool:
+    return version >= DOCKER_ISOLATION_FIXED
+
+
+def check_docker_isolation(ctx: Context) -> str:
+    text = str(ctx.docker.version().get("Version", ""))
+    version = docker_version(text)
+    if version is None:
+        raise CheckWarning(f"cannot read the Docker version {text!r}",
+                           "make sure the engine is Docker >= 25.0.5 (isolation fixes for internal networks)")
+    if not isolation_fixed(version):
+        raise CheckWarning(f"Docker {text} predates 25.0.5: containers on internal networks can send DNS queries "
+                           "out through Docker's embedded resolver (CVE-2024-29018)",
+                           "upgrade the Docker engine to 25.0.5 or later (26.0.0+); vpnagent's firewall does "
+                           "not cover that channel")
+    return f"Docker {text} has the internal-network isolation fixes"
 
 
 def check_tun(ctx: Context) -> str:
@@ -501,6 +545,7 @@ CHECKS: list[Check] = [
     Check("/dev/net/tun", check_tun),
     Check("iptables backend", check_iptables),
     Check("DOCKER-USER chain", check_docker_user, needs=("iptables backend",)),
+    Check("docker isolation fixes", check_docker_isolation, needs=("docker reachable",)),
     Check("server reachable", check_server_reachable),
     Check("server TLS valid", check_tls, needs=("server reachable",)),
     Check("token valid", check_token, needs=("server TLS valid",)),

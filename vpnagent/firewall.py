@@ -12,10 +12,14 @@ and on the host:
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
 PRE, POST, FWD, IN = "VPNAGENT-PRE", "VPNAGENT-POST", "VPNAGENT-FWD", "VPNAGENT-IN"
+# A test switch, never a config option: the hostile-algorithm test sets it on one agent to
+# show that its same-node attack succeeds without the bridge DROP (so the test can fail).
+WEAKEN_SAME_NODE = os.environ.get("VPNAGENT_TEST_WEAKEN_FIREWALL") == "same-node"
 RUN_CHAIN_RE = re.compile(r"^VA-(\d+)-[NF]$")
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 
@@ -216,11 +220,14 @@ def drift(desired: VpnClientRules, current: TableState) -> list[str]:
 
 
 def render_host(chain: str, bridge: str, vpn_subnet: str, current: TableState, present: bool = True,
-                gateway: str | None = None, proxy_port: int | None = None) -> str:
+                gateway: str | None = None, proxy_port: int | None = None, vpn_client_ip: str | None = None) -> str:
     """The host's rules for one node's isolated bridge (or their removal):
     - DOCKER-USER → `chain`: Docker drops forwarded packets leaving an --internal network's
       subnet; VPN traffic between the algorithms and the VPN client on that bridge must
       pass. Only bridged traffic (in and out of the same bridge): nothing is routed off it.
+      Everything else between two containers on the bridge is dropped: runs on the same
+      node meet only through the VPN client (`vpn_client_ip`), whose rules decide per task
+      family, never directly (that would bypass them; Docker's ICC would let it through).
     - INPUT → `chain`-IN: from the bridge, the host accepts only the node proxy; every other
       service of the host (and other nodes' proxies) is out of the algorithms' reach."""
     _check(chain, bridge, vpn_subnet)
@@ -232,6 +239,14 @@ def render_host(chain: str, bridge: str, vpn_subnet: str, current: TableState, p
             f":{chain} - [0:0]",
             f"-A {chain} -i {bridge} -o {bridge} -d {vpn_subnet} -j ACCEPT",
             f"-A {chain} -i {bridge} -o {bridge} -s {vpn_subnet} -j ACCEPT",
+        ]
+        if vpn_client_ip:
+            _check(vpn_client_ip)
+            lines += [f"-A {chain} -i {bridge} -o {bridge} -s {vpn_client_ip}/32 -j ACCEPT",
+                      f"-A {chain} -i {bridge} -o {bridge} -d {vpn_client_ip}/32 -j ACCEPT"]
+        if not WEAKEN_SAME_NODE:
+            lines.append(f"-A {chain} -i {bridge} -o {bridge} -j DROP")
+        lines += [
             f":{in_chain} - [0:0]",
             f"-A {in_chain} -i {bridge} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         ]

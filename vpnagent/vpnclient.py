@@ -148,7 +148,9 @@ class VPNClient:
             detach=True,
             cap_add=["NET_ADMIN"],
             devices=["/dev/net/tun:/dev/net/tun"],
-            sysctls={"net.ipv4.ip_forward": "1"},
+            # fail closed: nothing is forwarded until the agent's rules are in (reconcile turns
+            # it on); a restart by Docker's restart policy starts closed again
+            sysctls={"net.ipv4.ip_forward": "0"},
             volumes={str(self.dir): {"bind": "/vpn", "mode": "ro"}},
             network=self.cfg.vpn_client_network,
             restart_policy={"Name": "unless-stopped"},

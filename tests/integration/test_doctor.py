@@ -69,8 +69,11 @@ def test_all_checks_pass_on_a_live_node(cluster, docker_client):
     rc, checks = run_doctor(node.config_path)
     print("\n".join(f"{c['status'].upper()} {n}: {c['detail']}" for n, c in checks.items()))
     https = cluster.server_url.startswith("https://")
+    engine = doctor.docker_version(docker_client.version()["Version"])
     for name, c in checks.items():
         allowed = ("pass",) if https or name != "server TLS valid" else ("pass", "skip")
+        if name == "docker isolation fixes":  # this machine's engine decides: Debian 12's 20.10 warns
+            allowed = ("pass",) if doctor.isolation_fixed(engine) else ("warn",)
         assert c["status"] in allowed, c
     assert rc == 0
     vpn_ip = node.status()["vpn"]["vpn_ip"]

@@ -50,6 +50,7 @@ def test_a_recorded_fix_is_in_the_status_file_at_once(tmp_path):
 class _FakeNetns:
     """A namespace whose iptables-save lacks the base rules (the FORWARD jump was deleted)."""
     calls: list[str] = []
+    batches: list[str] = []
 
     def __init__(self, pid):
         self.pid = pid
@@ -62,17 +63,27 @@ class _FakeNetns:
 
     def iptables_restore(self, batch: str) -> None:
         _FakeNetns.calls.append(f"restore pid={self.pid}")
+        _FakeNetns.batches.append(batch)
+
+    def set_ip_forward(self, on: bool) -> None:
+        _FakeNetns.calls.append(f"ip_forward={int(on)} pid={self.pid}")
 
     def set_default_route(self, gateway: str) -> None:
         _FakeNetns.calls.append("route")
 
 
-def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypatch):
+def _synced_agent(tmp_path, monkeypatch) -> Agent:
+    """An agent whose VPN client (pid 4242) is believed in sync, its namespace faked."""
     monkeypatch.setattr(agent_mod, "Netns", _FakeNetns)
-    _FakeNetns.calls = []
+    _FakeNetns.calls, _FakeNetns.batches = [], []
     agent = _agent(tmp_path)
     agent.vpn.state = VPNState("c1", 4242, "10.76.0.3", "172.30.0.2", "eth1", time.time())
     agent._synced_pid = 4242  # believed in sync: what reconcile finds wrong is drift
+    return agent
+
+
+def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypatch):
+    agent = _synced_agent(tmp_path, monkeypatch)
 
     seen_at_count: list[list[str]] = []  # the namespace calls made when the metric moved
     counted = agent.metrics.count_correction
@@ -86,8 +97,9 @@ def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypat
     agent.reconcile()
     assert agent.reconciles == before + 1
     assert len(seen_at_count) == 1, "one drift: the base rules"
-    # host batch and the VPN client's batch both went in before the drift was counted
-    assert seen_at_count[0] == ["restore pid=None", "restore pid=4242"]
+    # host batch and the VPN client's batch both went in before the drift was counted, and
+    # forwarding was turned on only after the rules (the client starts with it off)
+    assert seen_at_count[0] == ["restore pid=None", "restore pid=4242", "ip_forward=1 pid=4242"]
     assert any("installed the base rules" in f for f in _status(agent)["fixes"])
     assert _status(agent)["reconciles"] == before + 1
 
@@ -147,3 +159,22 @@ def test_firewall_drift_names_the_base_rules():
     desired = firewall.VpnClientRules("10.76.0.3", "eth1", "172.30.0.0/24", runs=())
     found = firewall.drift(desired, firewall.parse_save(_FakeNetns(1).iptables_save()))
     assert found == ["installed the base rules (FORWARD policy DROP, dispatch chains)"]
+
+
+def test_removed_run_leaves_the_allow_rules_of_its_family(tmp_path, monkeypatch):
+    """Runs 1 and 2 of one family on this node admit each other's holder (hairpin). When 2
+    ends, the batch that removes its chains also rewrites 1's chain without 2's address: a
+    new holder that gets that address must not inherit the trust."""
+    agent = _synced_agent(tmp_path, monkeypatch)
+    for run_id, ip in ((1, "172.30.0.11"), (2, "172.30.0.12")):
+        agent.runs[run_id] = agent_mod.LiveRun(run_id, 7, "img", f"h{run_id}", ip, 100 + run_id,
+                                               ports=[agent_mod.PortMap(6000 + run_id, 8888, "echo")],
+                                               peer_run_ids=(1, 2))
+    before = firewall.render_run_refreshed(agent.desired_rules(), agent.desired_rules().runs[0])
+    assert "-s 172.30.0.12/32" in before  # run 1 admits run 2's holder while both live
+    agent.runs.pop(2)
+    agent._apply_run_removed(2)
+    assert len(_FakeNetns.batches) == 1, "one batch for the removal"
+    batch = _FakeNetns.batches[0]
+    assert "-X VA-2-N" in batch and "-X VA-2-F" in batch
+    assert ":VA-1-F - [0:0]" in batch and "172.30.0.12" not in batch

@@ -292,3 +292,31 @@ def test_troubleshooting_guide_has_a_section_per_check():
     guide = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
     headings = {line[4:].strip() for line in guide.splitlines() if line.startswith("### ")}
     assert [c.name for c in doctor.CHECKS if c.name not in headings] == []
+
+
+@pytest.mark.parametrize("text,fixed", [("20.10.24+dfsg1", False), ("24.0.9", False), ("25.0.4", False),
+                                        ("25.0.5", True), ("26.0.0", True), ("28.2.2", True), ("27.0.0-rc1", True)])
+def test_docker_isolation_check_warns_before_25_0_5(text, fixed):
+    class Engine:
+        def version(self):
+            return {"Version": text}
+
+    ctx = Context(None)
+    ctx.docker = Engine()
+    results = doctor.run_checks([Check("docker isolation fixes", doctor.check_docker_isolation)], ctx)
+    assert results[0].status == (doctor.PASS if fixed else doctor.WARN), results
+    if not fixed:
+        assert "CVE-2024-29018" in results[0].detail and "upgrade" in results[0].fix
+        assert results[0].line().startswith("WARN docker isolation fixes: Docker ")
+    assert doctor.exit_code(results) == 0  # a warning is not a failure
+
+
+def test_unreadable_docker_version_is_a_warning_too():
+    class Engine:
+        def version(self):
+            return {"Version": "dev"}
+
+    ctx = Context(None)
+    ctx.docker = Engine()
+    result = doctor.run_checks([Check("docker isolation fixes", doctor.check_docker_isolation)], ctx)[0]
+    assert result.status == doctor.WARN and "cannot read the Docker version" in result.detail

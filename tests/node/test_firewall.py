@@ -132,3 +132,36 @@ def test_run_rules_allow_only_the_task_family():
     full = fw.render_vpn_client(d, fw.TableState())
     assert "-A VPNAGENT-IN -i tun0 -j DROP" in full and "-A VPNAGENT-IN -i eth1 -j DROP" in full
     assert "-A INPUT -j VPNAGENT-IN" in full
+
+
+def test_host_chain_lets_runs_on_the_bridge_meet_only_through_the_vpn_client():
+    """Same-node isolation: between two containers on the isolated bridge only traffic to or
+    from the VPN subnet or the VPN client passes; a run reaching another run's holder address
+    directly falls through to the DROP (Docker's inter-container communication would let it)."""
+    lines = fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.TableState(),
+                           vpn_client_ip="172.20.0.2").splitlines()
+    chain = [line for line in lines if line.startswith("-A VA-HOST-t ")]
+    assert chain == ["-A VA-HOST-t -i va-t -o va-t -d 10.76.0.0/16 -j ACCEPT",
+                     "-A VA-HOST-t -i va-t -o va-t -s 10.76.0.0/16 -j ACCEPT",
+                     "-A VA-HOST-t -i va-t -o va-t -s 172.20.0.2/32 -j ACCEPT",
+                     "-A VA-HOST-t -i va-t -o va-t -d 172.20.0.2/32 -j ACCEPT",
+                     "-A VA-HOST-t -i va-t -o va-t -j DROP"]
+    # without a VPN client (no VPN yet) the runs still cannot reach each other
+    no_client = fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.TableState()).splitlines()
+    assert "-A VA-HOST-t -i va-t -o va-t -j DROP" in no_client
+    assert not any("/32 -j ACCEPT" in line for line in no_client if line.startswith("-A VA-HOST-t "))
+
+
+def test_host_chain_refuses_an_unsafe_vpn_client_address():
+    with pytest.raises(ValueError, match="unsafe"):
+        fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.TableState(), vpn_client_ip="1.2.3.4 -j ACCEPT")
+
+
+def test_ip_forward_is_set_per_namespace(netns_pid):
+    ns = Netns(netns_pid)
+    for on in (False, True, False):
+        ns.set_ip_forward(on)
+        assert ns.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == ("1" if on else "0")
+    # the host's own setting was not touched by any of it
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        assert f.read().strip() == "1"  # Docker needs it on the host
