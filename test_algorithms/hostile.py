@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -195,7 +196,7 @@ def _http(ctx: Context, method: str, path: str, body: bytes | None = None, token
     return _raw_http(host, port, raw)
 
 
-def _raw_http(host: str, port: int, raw: bytes, timeout: float = 15.0) -> tuple[int, str]:
+def _raw_http(host: str, port: int, raw: bytes, timeout: float = 5.0) -> tuple[int, str]:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(raw)
@@ -354,25 +355,20 @@ def controls(ctx: Context) -> list[Attempt]:
 
 
 # --------------------------------------------------------------------------- methods
-def _own_addresses() -> tuple[str, str]:
-    """Own IPv4 address and default gateway (the node proxy's host), from the routing table."""
+def _own_addresses(client: AlgorithmClient) -> tuple[str, str]:
+    """Own IPv4 address, and the node host's address on the bridge: where the node proxy
+    listens (the holder's default route points at the VPN client, not at the host)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # UDP connect sends nothing
         s.connect(("10.255.255.255", 9))
         own = s.getsockname()[0]
-    gateway = ""
-    with open("/proc/net/route") as f:
-        for line in f.readlines()[1:]:
-            parts = line.split()
-            if parts[1] == "00000000":
-                gateway = socket.inet_ntoa(int(parts[2], 16).to_bytes(4, "little"))
-    return own, gateway
+    return own, urllib.parse.urlsplit(client.server_url).hostname or ""
 
 
 def run_attack(client: AlgorithmClient, hints: dict | None = None, child_orgs: list[int] | None = None,
                timeout: float = 60, only: list[str] | None = None) -> dict:
     """Children first (own-family controls on this node and another), then every attack."""
     ctx = Context(client, hints or {})
-    ctx.own_ip, proxy_host = _own_addresses()
+    ctx.own_ip, proxy_host = _own_addresses(client)
     ctx.gateway = ctx.hints.get("gateway") or proxy_host
     server = EchoServer("0.0.0.0", ECHO_PORT).start()  # the own address control reaches this
     try:

@@ -235,8 +235,6 @@ class Agent:
             current = firewall.parse_save(ns.iptables_save())
             drifted = firewall.drift(desired, current) if self._synced_pid == pid else []
             ns.iptables_restore(firewall.render_vpn_client(desired, current))
-            # the client starts with forwarding off (fail closed); on only once its rules are in
-            ns.set_ip_forward(True)
             for run in self.runs.values():
                 Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
             self._synced_pid = pid

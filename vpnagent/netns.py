@@ -55,11 +55,6 @@ class Netns:
     def set_default_route(self, gateway: str) -> None:
         self.run(["ip", "route", "replace", "default", "via", gateway])
 
-    def set_ip_forward(self, on: bool) -> None:
-        """net.ipv4.ip_forward of this namespace (/proc/sys/net is per namespace of the
-        process that opens it, here tee's inside nsenter)."""
-        self.run(["tee", "/proc/sys/net/ipv4/ip_forward"], stdin="1\n" if on else "0\n")
-
     def iptables_save(self) -> str:
         return self.run(["iptables-save"]).stdout
 

@@ -19,6 +19,7 @@ from .serverapi import ServerAPI, ServerError
 log = logging.getLogger(__name__)
 
 OVPN_MAX_BYTES = 64 * 1024
+FAIL_CLOSED = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"
 _BLOCKS = ("ca", "cert", "key", "tls-crypt")
 
 
@@ -148,18 +149,22 @@ class VPNClient:
             detach=True,
             cap_add=["NET_ADMIN"],
             devices=["/dev/net/tun:/dev/net/tun"],
-            # fail closed: nothing is forwarded until the agent's rules are in (reconcile turns
-            # it on); a restart by Docker's restart policy starts closed again
-            sysctls={"net.ipv4.ip_forward": "0"},
+            sysctls={"net.ipv4.ip_forward": "1"},
             volumes={str(self.dir): {"bind": "/vpn", "mode": "ro"}},
             network=self.cfg.vpn_client_network,
-            restart_policy={"Name": "unless-stopped"},
+            # No restart policy: a client Docker restarted would come back with a new namespace
+            # and no rules (forwarding open) until the agent noticed; the agent replaces a dead
+            # client itself, closed first, and while the agent is down it stays down (closed).
             labels={"vpnagent.node": self.cfg.name, "vpnagent.role": "vpn-client", **self.cfg.labels},
         )
-        self.docker.networks.get(iso_network).connect(container)
         container.reload()
         pid = int(container.attrs["State"]["Pid"])
         ns = Netns(pid)
+        # Fail closed: forwarding policy DROP before the client joins the isolated network,
+        # so no holder's packet is forwarded before reconcile has put the rules in.
+        ns.iptables_restore(FAIL_CLOSED)
+        self.docker.networks.get(iso_network).connect(container)
+        container.reload()
         vpn_ip = self._wait_for_tun(container, ns)
         iso_if = ns.interface_in(iso_subnet)
         iso_ip = container.attrs["NetworkSettings"]["Networks"][iso_network]["IPAddress"]

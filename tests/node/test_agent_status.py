@@ -65,9 +65,6 @@ class _FakeNetns:
         _FakeNetns.calls.append(f"restore pid={self.pid}")
         _FakeNetns.batches.append(batch)
 
-    def set_ip_forward(self, on: bool) -> None:
-        _FakeNetns.calls.append(f"ip_forward={int(on)} pid={self.pid}")
-
     def set_default_route(self, gateway: str) -> None:
         _FakeNetns.calls.append("route")
 
@@ -97,9 +94,8 @@ def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypat
     agent.reconcile()
     assert agent.reconciles == before + 1
     assert len(seen_at_count) == 1, "one drift: the base rules"
-    # host batch and the VPN client's batch both went in before the drift was counted, and
-    # forwarding was turned on only after the rules (the client starts with it off)
-    assert seen_at_count[0] == ["restore pid=None", "restore pid=4242", "ip_forward=1 pid=4242"]
+    # host batch and the VPN client's batch both went in before the drift was counted
+    assert seen_at_count[0] == ["restore pid=None", "restore pid=4242"]
     assert any("installed the base rules" in f for f in _status(agent)["fixes"])
     assert _status(agent)["reconciles"] == before + 1
 
