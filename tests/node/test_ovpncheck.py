@@ -47,22 +47,10 @@ def test_every_config_our_server_renders_passes(pki, profile, proto, processes, 
        port=st.integers(1, 60000), proto=st.sampled_from(["udp", "tcp"]),
        mtu=st.one_of(st.none(), st.integers(0, 65535)), fast_io=st.booleans(),
        cipher=st.lists(st.sampled_from(ovpncheck.AEAD_CIPHERS), min_size=1, max_size=3).map(":".join))
-def test_any_settings_the_server_accepts_render_a_config_nodes_accept(tmp_path_factory, host, port, proto, mtu,
-                                                                       fast_io, cipher):
-    # one PKI for all examples: hypothesis runs the body many times, the fixture once
-    pki = _shared_pki(tmp_path_factory)
+def test_any_settings_the_server_accepts_render_a_config_nodes_accept(pki, host, port, proto, mtu, fast_io, cipher):
     s = VPNSettings(remote_host=host, remote_port=port, proto=proto,
                     profile=Profile(cipher=cipher, tun_mtu=mtu, mssfix=mtu, fast_io=fast_io))
     check_ovpn(_config(pki, s))
-
-
-_PKI: list[PKI] = []
-
-
-def _shared_pki(factory) -> PKI:
-    if not _PKI:
-        _PKI.append(PKI(factory.mktemp("pki-h")))
-    return _PKI[0]
 
 
 def _good(pki: PKI) -> str:
@@ -126,10 +114,10 @@ ATTACKS = [
     ("remote evil.example 1194", "'remote' a second time"),
     ("verify-x509-name evil name-prefix", "'verify-x509-name' with 'evil name-prefix'"),
     # what OpenVPN splits or hides differently from a naive reader
-    ("verb 3\rscript-security 2", r"'\\r' in 'verb 3\\rscript-security 2'"),
-    ("\rup /bin/sh", r"'\\r' in '\\rup /bin/sh'"),
-    ("verb 3\x00up /bin/sh", r"'\\x00'"),
-    ("verb 3\x0bup /bin/sh", r"'\\x0b'"),
+    ("verb 3\rscript-security 2", r"'\r' in 'verb 3\rscript-security 2'"),
+    ("\rup /bin/sh", r"'\r' in '\rup /bin/sh'"),
+    ("verb 3\x00up /bin/sh", r"'\x00' in 'verb 3\x00up /bin/sh'"),
+    ("verb 3\x0bup /bin/sh", r"'\x0b' in 'verb 3\x0bup /bin/sh'"),
     ("u\\p /bin/sh", "backslash"),
     ("#" + " " * 250 + "up /bin/sh", "a line of 261 characters"),
     ('up "/bin/sh', "an unclosed quote in 'up \"/bin/sh'"),
@@ -144,8 +132,9 @@ ATTACKS = [
 def test_each_attack_is_refused_by_name(pki, extra, named, where):
     good = _good(pki)
     text = _before_blocks(good, extra) if where == "before blocks" else good + extra + "\n"
-    with pytest.raises(ConfigRefused, match=re.escape(named) if "\\\\" not in named else named) as exc:
+    with pytest.raises(ConfigRefused) as exc:
         check_ovpn(text)
+    assert named in str(exc.value)
     assert "refused" in str(exc.value) and "GET /vpn" in str(exc.value)  # what happens next, for the log reader
 
 

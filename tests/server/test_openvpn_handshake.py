@@ -6,16 +6,18 @@ once, to show that its assertion would catch the hole."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from server_ext.ovpn import VPNSettings, render_client, render_server_conf
 from server_ext.pki import PKI
-from server_ext.tlscrypt import client_key_for_node, make_server_key
+from server_ext.tlscrypt import VERIFY_HOOK, client_key_for_node, make_server_key
 from server_ext.vpnserver import OpenVPNFiles
-from tests.openvpn_netns import CLIENT_IP, CONNECTED, SERVER_IP, Link, host_config, running, skip_unless_possible, \
-    veth_link
+from tests.openvpn_netns import CONNECTED, SERVER_IP, Link, host_config, running, skip_unless_possible, veth_link
 from tests.waiting import wait_for
 
 SUBNET = ipaddress.IPv4Network("10.99.0.0/24")  # only inside the test's namespaces
@@ -60,9 +62,6 @@ def _client_conf(files: OpenVPNFiles, path: Path, cn: str, tls_key: str | None =
 
 
 def _tun_ip(ns: str) -> str | None:
-    import json
-    import subprocess
-
     out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr", "show", "dev", "tun0"], capture_output=True, text=True,
                          timeout=10)
     addrs = json.loads(out.stdout or "[]") if out.returncode == 0 else []
@@ -137,12 +136,8 @@ def test_tls_crypt_v2_current_removed_and_foreign_keys(link, server_files, tmp_p
 
 def test_the_hook_refuses_malformed_metadata(tmp_path):
     """The verify hook on its own, run as OpenVPN runs it (environment, one argument), with
-    metadata that is not a plain node name: nothing but `node-<digits>` with a ccd entry."""
-    import os
-    import subprocess
-
-    from server_ext.tlscrypt import VERIFY_HOOK
-
+    metadata that is not a plain node name: nothing but `node-<digits>` with a ccd entry.
+    Decoy ccd entries exist for the malformed names, so only the validation can refuse them."""
     hook, ccd = tmp_path / "hook.sh", tmp_path / "ccd"
     hook.write_text(VERIFY_HOOK)
     ccd.mkdir()
