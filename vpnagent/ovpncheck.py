@@ -69,7 +69,7 @@ DIRECTIVES: dict[str, Directive] = {
     "explicit-exit-notify": Directive("(?:[0-9]{1,2})?", "explicit-exit-notify [NUMBER]"),
 }
 
-# inline block -> the PEM label(s) it holds; each block exactly once
+# inline block -> the PEM label it holds; each block exactly once (<ca> may hold several certificates)
 BLOCKS: dict[str, str] = {
     "ca": "CERTIFICATE",
     "cert": "CERTIFICATE",
