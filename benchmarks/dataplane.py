@@ -261,10 +261,11 @@ def rerender_for(server, ovpn: str, node: dict, vpn_ip: str | None = None) -> st
 
     from server_ext.ovpn import render_client
 
-    block = {tag: re.search(rf"<{tag}>\n(.*?)\n</{tag}>", ovpn, re.S).group(1) for tag in ("ca", "cert", "key", "tls-crypt")}
+    block = {tag: re.search(rf"<{tag}>\n(.*?)\n</{tag}>", ovpn, re.S).group(1)
+             for tag in ("ca", "cert", "key", "tls-crypt-v2")}
     ip = vpn_ip or node["vpn_ip"]
     server.files.write_ccd(f"node-{node['id']}", ip)
-    return render_client(server.files.settings, block["ca"], block["cert"], block["key"], block["tls-crypt"],
+    return render_client(server.files.settings, block["ca"], block["cert"], block["key"], block["tls-crypt-v2"],
                          index=server.files.settings.process_of(ip))
 
 

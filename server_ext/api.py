@@ -220,8 +220,8 @@ def _issue_config(s: Session, node: Node) -> str:
     s.flush()
     if older:
         e.files.write_crl(e.store.revoked_serials(s))
-    return render_client(e.settings, e.pki.ca_pem, issued.cert_pem, issued.key_pem, e.pki.tls_crypt_key(),
-                         index=e.settings.process_of(ip))
+    return render_client(e.settings, e.pki.ca_pem, issued.cert_pem, issued.key_pem,
+                         e.pki.tls_crypt_v2_client_key(node.common_name), index=e.settings.process_of(ip))
 
 
 @bp.get("/vpn")

@@ -1,9 +1,16 @@
 """Rendering OpenVPN files from data: the server config, one client-config-dir entry per
-node (its static VPN IP), and the inline client .ovpn handed to a node."""
+node (its static VPN IP), and the inline client .ovpn handed to a node. A node runs only
+what vpnagent/ovpncheck.py allows; every client config rendered here has to pass it."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
+
+from vpnagent.ovpncheck import CIPHERS, HOST
+
+from .pki import SERVER_CN
+from .tlscrypt import VERIFY_HOOK_NAME
 
 CIPHER = "AES-256-GCM"
 
@@ -20,6 +27,11 @@ class Profile:
     rcvbuf: int | None = None
     txqueuelen: int | None = None
     fast_io: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(CIPHERS, self.cipher):
+            raise ValueError(f"openvpn_profile cipher {self.cipher!r}: nodes accept AEAD data ciphers only "
+                             "(AES-128-GCM, AES-192-GCM, AES-256-GCM, CHACHA20-POLY1305; ':'-separated)")
 
     def lines(self, proto: str) -> list[str]:
         out = []
@@ -58,7 +70,13 @@ class VPNSettings:
     def __post_init__(self) -> None:
         if self.proto not in ("udp", "tcp"):
             raise ValueError(f"openvpn proto must be udp or tcp, got {self.proto!r}")
-        _one_line(self.remote_host, "remote host")
+        if not re.fullmatch(HOST, self.remote_host):
+            raise ValueError(f"openvpn remote host {self.remote_host!r} must be a single word of letters, digits "
+                             "and . _ : - (a DNS name or an IP address)")
+        if not (self.config_dir_in_container.startswith("/") and re.fullmatch(r"[A-Za-z0-9/._-]+",
+                                                                               self.config_dir_in_container)):
+            raise ValueError(f"openvpn config dir {self.config_dir_in_container!r} must be an absolute path of "
+                             "letters, digits and / . _ - (it is part of the verify hook's command line)")
         if not 1 <= self.processes <= 16:
             raise ValueError("openvpn processes must be within 1-16")
         if not (1 <= int(self.remote_port) and int(self.remote_port) + self.processes - 1 <= 65535):
@@ -88,12 +106,6 @@ class VPNSettings:
         return {str(next(net.hosts())) for net in self.slices}
 
 
-def _one_line(value: str, what: str) -> str:
-    if not value or any(c in value for c in "\r\n\0 <>\"'"):
-        raise ValueError(f"{what} {value!r} must be a single word without spaces or markup")
-    return value
-
-
 def _inline(tag: str, pem: str) -> str:
     return f"<{tag}>\n{pem.strip()}\n</{tag}>"
 
@@ -106,7 +118,7 @@ def management_socket(index: int) -> str:
     return "management.sock" if index == 0 else f"management-{index}.sock"
 
 
-def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str, index: int = 0) -> str:
+def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt_v2: str, index: int = 0) -> str:
     d = s.config_dir_in_container
     net = s.slices[index]
     lines = [
@@ -126,6 +138,10 @@ def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: 
         f"data-ciphers {s.profile.cipher}",
         "remote-cert-tls client",
         "verify-client-cert require",
+        # The one script OpenVPN may run, on the server only: before TLS it refuses a client
+        # key whose node has no ccd entry here (removed, or served by another process).
+        "script-security 2",
+        f'tls-crypt-v2-verify "/bin/sh {d}/{VERIFY_HOOK_NAME} {d}/{ccd_dir(index)}"',
         "persist-key",
         "persist-tun",
         f"status /tmp/openvpn-status-{index}.log 5",
@@ -144,7 +160,8 @@ def render_server_conf(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: 
         # On a restart the server tells every client to reconnect at once instead of each
         # finding out by its ping timeout (up to 60 s later).
         lines.append("explicit-exit-notify 1")
-    lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key), _inline("tls-crypt", tls_crypt)]
+    lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key),
+              _inline("tls-crypt-v2", tls_crypt_v2)]
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +172,8 @@ def render_ccd(vpn_ip: str, subnet: ipaddress.IPv4Network) -> str:
     return f"ifconfig-push {ip} {subnet.netmask}\n"
 
 
-def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str, index: int = 0) -> str:
+def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt_v2: str, index: int = 0) -> str:
+    """The node's config; `tls_crypt_v2` is a client key made for this node (pki)."""
     lines = [
         "client",
         "dev tun",
@@ -165,6 +183,9 @@ def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str, 
         "resolv-retry infinite",
         "connect-retry 1 5",
         "remote-cert-tls server",
+        # only the OpenVPN server's certificate: any other serverAuth one of our CA (the
+        # API's HTTPS certificate) must not pass as the VPN server
+        f"verify-x509-name {SERVER_CN} name",
         f"data-ciphers {s.profile.cipher}",
         "persist-key",
         "persist-tun",
@@ -174,5 +195,6 @@ def render_client(s: VPNSettings, ca: str, cert: str, key: str, tls_crypt: str, 
         # the keepalive times out (UDP only: TCP sees the connection close)
         *(["explicit-exit-notify 1"] if s.proto == "udp" else []),
     ]
-    lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key), _inline("tls-crypt", tls_crypt)]
+    lines += [_inline("ca", ca), _inline("cert", cert), _inline("key", key),
+              _inline("tls-crypt-v2", tls_crypt_v2)]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The server's own PKI, made with `cryptography`: a CA, the OpenVPN server certificate,
-node certificates with a finite lifetime, the CRL and the tls-crypt key. No EduVPN, no
-easy-rsa. Private keys are written 0600."""
+node certificates with a finite lifetime, the CRL, the tls-crypt-v2 server key and the
+per-node client keys wrapped with it (tlscrypt.py). No EduVPN, no easy-rsa. Private keys
+are written 0600."""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .tlscrypt import client_key_for_node, make_server_key
+
 CA_CN = "vpnagent-ca"
 SERVER_CN = "vpnagent-openvpn-server"
+TLS_CRYPT_V2_KEY = "tls-crypt-v2-server.key"
 
 
 class PKIError(ValueError):
@@ -47,18 +51,11 @@ def write_private(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
-def write_public(path: Path, data: str) -> None:
+def write_public(path: Path, data: str, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(data)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
-
-
-def make_tls_crypt_key() -> str:
-    """OpenVPN's static key V1 format: 2048 random bits as 16 lines of hex."""
-    raw = os.urandom(256).hex()
-    lines = [raw[i:i + 32] for i in range(0, len(raw), 32)]
-    return "-----BEGIN OpenVPN Static key V1-----\n" + "\n".join(lines) + "\n-----END OpenVPN Static key V1-----\n"
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
@@ -103,8 +100,10 @@ class PKI:
             issued = self._issue(SERVER_CN, 3650, ExtendedKeyUsageOID.SERVER_AUTH)
             write_private(self.dir / "server.key", issued.key_pem)
             write_public(self.dir / "server.crt", issued.cert_pem)
-        if not (self.dir / "tls-crypt.key").exists():
-            write_private(self.dir / "tls-crypt.key", make_tls_crypt_key())
+        # Also on a data dir from before tls-crypt-v2 (its tls-crypt.key is no longer used):
+        # nodes then fetch new configs, as their old ones are refused.
+        if not (self.dir / TLS_CRYPT_V2_KEY).exists():
+            write_private(self.dir / TLS_CRYPT_V2_KEY, make_server_key())
         if not (self.dir / "crl.pem").exists():
             self.write_crl([])
 
@@ -116,8 +115,12 @@ class PKI:
     def server_pair(self) -> tuple[str, str]:
         return (self.dir / "server.crt").read_text(), (self.dir / "server.key").read_text()
 
-    def tls_crypt_key(self) -> str:
-        return (self.dir / "tls-crypt.key").read_text()
+    def tls_crypt_v2_server_key(self) -> str:
+        return (self.dir / TLS_CRYPT_V2_KEY).read_text()
+
+    def tls_crypt_v2_client_key(self, common_name: str) -> str:
+        """A new client key for one config of that node, naming it in its metadata."""
+        return client_key_for_node(self.tls_crypt_v2_server_key(), common_name)
 
     def crl_pem(self) -> str:
         return (self.dir / "crl.pem").read_text()

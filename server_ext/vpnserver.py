@@ -1,6 +1,7 @@
-"""The OpenVPN server: its files on disk (config, ccd entries, CRL) and its container.
-OpenVPN re-reads the CRL and the ccd entry on every connection, so revoking a node or
-allocating an IP is a file write, not a restart."""
+"""The OpenVPN server: its files on disk (config, ccd entries, CRL, the tls-crypt-v2 verify
+hook) and its container. OpenVPN re-reads the CRL and the ccd entry on every connection
+(and the hook looks for the entry), so revoking a node or allocating an IP is a file
+write, not a restart."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ import docker.errors
 
 from .ovpn import VPNSettings, ccd_dir, management_socket, render_ccd, render_server_conf
 from .pki import PKI, write_private, write_public
+from .tlscrypt import VERIFY_HOOK, VERIFY_HOOK_NAME
 
 log = logging.getLogger(__name__)
 VPN_IMAGE = "vpnagent/vpn:latest"
@@ -101,8 +103,12 @@ class OpenVPNFiles:
     def write_all(self) -> None:
         cert, key = self.pki.server_pair()
         for i in range(self.settings.processes):
-            conf = render_server_conf(self.settings, self.pki.ca_pem, cert, key, self.pki.tls_crypt_key(), index=i)
+            conf = render_server_conf(self.settings, self.pki.ca_pem, cert, key, self.pki.tls_crypt_v2_server_key(),
+                                      index=i)
             write_private(self.dir / self.conf_name(i), conf)
+        # Here rather than in the image: the hook changes with the configs that call it, and the
+        # directory is mounted read-only, so the container cannot change it.
+        write_public(self.dir / VERIFY_HOOK_NAME, VERIFY_HOOK, mode=0o755)
         self.write_crl()
 
     @property

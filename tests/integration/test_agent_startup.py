@@ -71,6 +71,30 @@ def test_startup_path_garbage_then_reuse_then_revoked(cluster, extra_node):
     assert node.status()["vpn"]["vpn_ip"] == first_ip
 
 
+def test_a_config_from_before_tls_crypt_v2_is_replaced_at_start(cluster):
+    """Migration: a node whose config on disk has the old shared tls-crypt key and no pinned
+    server name (valid certificate) has it refused by the allowlist, renews it and connects."""
+    import re
+
+    node = cluster.add_node(f"{cluster.prefix}m", vpn_connect_timeout=8)
+    try:
+        current = cluster.node_api(node).get_vpn_config()
+        old_key = "-----BEGIN OpenVPN Static key V1-----\n" + "00" * 16 + "\n-----END OpenVPN Static key V1-----"
+        old = re.sub(r"<tls-crypt-v2>.*</tls-crypt-v2>", f"<tls-crypt>\n{old_key}\n</tls-crypt>", current, flags=re.S)
+        old = old.replace("verify-x509-name vpnagent-openvpn-server name\n", "")
+        vpn_dir = node.data_dir / "vpn"
+        vpn_dir.mkdir(parents=True, exist_ok=True)
+        (vpn_dir / "client.ovpn").write_text(old)
+        cluster.start_node(node)
+        cluster.wait_connected(60, nodes=[node])
+        log = _log(node)
+        assert "config on disk did not work" in log and "the inline block <tls-crypt>" in log
+        assert "starting client with the renewed config (POST /vpn/update)" in log
+        assert "<tls-crypt-v2>" in (vpn_dir / "client.ovpn").read_text()
+    finally:
+        cluster.stop_node(node)
+
+
 def test_without_a_reachable_vpn_server_the_node_runs_and_says_why(cluster, docker_client):
     net = docker_client.networks.create(f"{cluster.prefix}-void", driver="bridge", internal=True)
     node = cluster.add_node(f"{cluster.prefix}v", vpn_connect_timeout=3, vpn_client_network=net.name)

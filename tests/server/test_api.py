@@ -110,6 +110,30 @@ def test_vpn_update_refuses_others_configs_and_garbage(world, tmp_path):
     rejected(world, "post", "/api/vpn/update", 403, "revoked", headers=n1, json={"vpn_config": own})
 
 
+def test_issued_configs_pass_the_node_check_pin_the_server_and_name_the_node(world):
+    import re
+    import stat
+
+    from server_ext.tlscrypt import VERIFY_HOOK, VERIFY_HOOK_NAME, unwrap_client_key
+    from vpnagent.ovpncheck import check_ovpn
+
+    state = world.app.extensions["vpnagent"]
+    n1 = world.node_headers(0)
+    first = world.client.get("/api/vpn", headers=n1).json["ovpn_config"]
+    second = world.client.post("/api/vpn/update", headers=n1, json={"vpn_config": first}).json["ovpn_config"]
+    node_id = world.client.get("/api/node/self", headers=n1).json["id"]
+    keys = []
+    for conf in (first, second):
+        check_ovpn(conf)
+        assert "verify-x509-name vpnagent-openvpn-server name" in conf.splitlines()
+        keys.append(re.search(r"<tls-crypt-v2>\n(.*?)</tls-crypt-v2>", conf, re.S).group(1))
+        key = unwrap_client_key(state.pki.tls_crypt_v2_server_key(), keys[-1])
+        assert (key.metadata_type, key.metadata) == (0, f"node-{node_id}".encode())
+    assert keys[0] != keys[1]  # a fresh client key with every config
+    hook = state.files.dir / VERIFY_HOOK_NAME
+    assert hook.read_text() == VERIFY_HOOK and stat.S_IMODE(hook.stat().st_mode) == 0o755
+
+
 def test_vpn_ip_is_stable_across_configs_and_unique(world):
     n1 = world.node_headers(0)
     world.client.get("/api/vpn", headers=n1)
@@ -218,6 +242,9 @@ def test_several_openvpn_processes_get_nodes_spread_over_them(tmp_path, database
             assert ccd.read_text() == f"ifconfig-push {ip} 255.255.128.0\n"
             assert not (files.dir / ("ccd-1" if process == 0 else "ccd") / f"node-{i + 1}").exists()
         assert (files.dir / "server.conf").exists() and (files.dir / "server-1.conf").exists()
+        # each process's verify hook looks in that process's own ccd directory
+        assert any(line.endswith('tls-crypt-v2-verify.sh /etc/openvpn/vpnagent/ccd-1"')
+                   for line in (files.dir / "server-1.conf").read_text().splitlines())
     finally:
         w.store.close()
 

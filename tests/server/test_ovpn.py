@@ -7,17 +7,19 @@ from server_ext.ovpn import VPNSettings, render_ccd, render_client, render_serve
 PEMS = dict(ca="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----",
             cert="-----BEGIN CERTIFICATE-----\nC\n-----END CERTIFICATE-----",
             key="-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----",
-            tls_crypt="-----BEGIN OpenVPN Static key V1-----\nT\n-----END OpenVPN Static key V1-----")
+            tls_crypt_v2="-----BEGIN OpenVPN tls-crypt-v2 server key-----\nT\n-----END OpenVPN tls-crypt-v2 server key-----")
 
 
 def test_server_conf_udp():
     conf = render_server_conf(VPNSettings(subnet=ipaddress.IPv4Network("10.77.0.0/16")), **PEMS).splitlines()
     for line in ("proto udp", "dev tun0", "topology subnet", "server 10.77.0.0 255.255.0.0", "ccd-exclusive",
                  "client-to-client", "data-ciphers AES-256-GCM", "crl-verify /etc/openvpn/vpnagent/crl.pem",
-                 "client-config-dir /etc/openvpn/vpnagent/ccd", "verify-client-cert require", "dh none"):
+                 "client-config-dir /etc/openvpn/vpnagent/ccd", "verify-client-cert require", "dh none",
+                 "script-security 2", 'tls-crypt-v2-verify "/bin/sh /etc/openvpn/vpnagent/tls-crypt-v2-verify.sh '
+                 '/etc/openvpn/vpnagent/ccd"'):
         assert line in conf, line
     assert "tcp-nodelay" not in conf
-    for tag in ("ca", "cert", "key", "tls-crypt"):
+    for tag in ("ca", "cert", "key", "tls-crypt-v2"):
         assert f"<{tag}>" in conf and f"</{tag}>" in conf
 
 
@@ -31,7 +33,10 @@ def test_client_config():
     lines = conf.splitlines()
     assert lines[0] == "client"
     assert "remote vpn.example.org 1194" in lines and "remote-cert-tls server" in lines and "nobind" in lines
-    assert PEMS["key"] in conf and PEMS["tls_crypt"] in conf
+    assert "verify-x509-name vpnagent-openvpn-server name" in lines  # only the VPN server's certificate
+    assert "<tls-crypt-v2>" in lines and PEMS["key"] in conf and PEMS["tls_crypt_v2"] in conf
+    # scripts run on the server only
+    assert not any(line.startswith(("script-security", "tls-crypt-v2-verify")) for line in lines)
 
 
 def test_ccd_pushes_the_static_ip():
@@ -41,10 +46,25 @@ def test_ccd_pushes_the_static_ip():
         render_ccd("10.99.0.9", net)
 
 
-@pytest.mark.parametrize("host", ["a\nup /bin/sh", "a b", "", "<ca>"])
+@pytest.mark.parametrize("host", ["a\nup /bin/sh", "a b", "", "<ca>", "-x", "a\\b", "a\tb", "é"])
 def test_remote_host_cannot_inject_directives(host):
     with pytest.raises(ValueError, match="single word"):
         VPNSettings(remote_host=host)
+
+
+@pytest.mark.parametrize("where", ["relative/dir", "/etc/open vpn", '/etc/"x', "/etc/x\n"])
+def test_config_dir_cannot_break_the_hook_command(where):
+    with pytest.raises(ValueError, match="absolute path"):
+        VPNSettings(config_dir_in_container=where)
+
+
+def test_profile_cipher_must_be_one_nodes_accept():
+    from server_ext.ovpn import Profile
+
+    assert Profile(cipher="AES-128-GCM:CHACHA20-POLY1305").cipher
+    for bad in ("BF-CBC", "AES-256-GCM:", "AES-256-GCM up"):
+        with pytest.raises(ValueError, match="AEAD"):
+            Profile(cipher=bad)
 
 
 def test_bad_proto_and_port():

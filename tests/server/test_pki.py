@@ -5,7 +5,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from server_ext.pki import PKI, PKIError, cert_from_ovpn, common_name, make_tls_crypt_key
+from server_ext.pki import PKI, TLS_CRYPT_V2_KEY, PKIError, cert_from_ovpn, common_name
+from server_ext.tlscrypt import unwrap_client_key
 
 
 @pytest.fixture
@@ -41,11 +42,12 @@ def test_revoked_serial_is_in_the_crl_and_others_are_not(pki):
 
 
 def test_private_keys_are_0600_and_material_survives_a_reload(pki, tmp_path):
-    for name in ("ca.key", "server.key", "tls-crypt.key"):
+    for name in ("ca.key", "server.key", TLS_CRYPT_V2_KEY):
         mode = stat.S_IMODE((tmp_path / "pki" / name).stat().st_mode)
         assert mode == 0o600, (name, oct(mode))
     again = PKI(tmp_path / "pki")
     assert again.ca_pem == pki.ca_pem
+    assert again.tls_crypt_v2_server_key() == pki.tls_crypt_v2_server_key()
     issued = again.issue_node_cert("node-3")
     pki.verify_issued(issued.cert_pem)
 
@@ -60,9 +62,14 @@ def test_foreign_and_garbage_certificates_are_refused(pki, tmp_path):
         cert_from_ovpn("client\nremote x 1194\n")
 
 
-def test_tls_crypt_key_has_openvpns_format():
-    key = make_tls_crypt_key().splitlines()
-    assert key[0] == "-----BEGIN OpenVPN Static key V1-----" and key[-1] == "-----END OpenVPN Static key V1-----"
-    body = key[1:-1]
-    assert len(body) == 16 and all(len(line) == 32 and int(line, 16) >= 0 for line in body)
-    assert make_tls_crypt_key() != make_tls_crypt_key()
+def test_a_data_dir_from_before_tls_crypt_v2_gets_a_server_key_at_start(pki, tmp_path):
+    """Migration: a PKI with only the old shared tls-crypt key (simulated by removing the
+    v2 key) gets a v2 server key when the server starts, and its node keys name the node."""
+    (tmp_path / "pki" / TLS_CRYPT_V2_KEY).unlink()
+    (tmp_path / "pki" / "tls-crypt.key").write_text("-----BEGIN OpenVPN Static key V1-----\n...")
+    again = PKI(tmp_path / "pki")
+    assert again.ca_pem == pki.ca_pem  # the rest of the PKI is kept
+    server_key = again.tls_crypt_v2_server_key()
+    assert server_key.startswith("-----BEGIN OpenVPN tls-crypt-v2 server key-----")
+    client = unwrap_client_key(server_key, again.tls_crypt_v2_client_key("node-12"))
+    assert (client.metadata_type, client.metadata) == (0, b"node-12")
