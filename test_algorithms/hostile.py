@@ -11,8 +11,8 @@ the attacks' "blocked" would prove nothing).
 
 Adding an attack is one function decorated with @attack: it gets the Context (the client,
 the hints the test passes, helpers) and returns its attempts. Methods (input "method"):
-- "attack": start the own-family controls (child runs at this node and another), run every
-  attack, return the attempts;
+- "attack": start the own-family controls (child runs at this node and another), reach them
+  and the other controls, run every attack, return the attempts;
 - "serve": a child of "attack": serve the echo port until the parent reached it;
 - "output": leave a trick in place of the output file (symlink, FIFO, huge sparse file,
   directory) and exit 0: the node must fail the run with a reason, and read nothing else.
@@ -127,18 +127,15 @@ def same_node_runs_over_the_bridge(ctx: Context) -> list[Attempt]:
 @attack
 def same_node_runs_by_docker_dns_name(ctx: Context) -> list[Attempt]:
     """Docker's embedded DNS resolves container names on a user-defined network: find the
-    other runs' holders by name (hinted, and guessed from the own run id), then connect."""
-    names = list(ctx.hints.get("holder_names", []))
-    node, run_id = ctx.hints.get("node_name"), ctx.client.run_id
-    if node and run_id:
-        names += [f"vpnagent-{node}-run{i}-holder" for i in range(max(1, run_id - 8), run_id + 8) if i != run_id]
+    other runs' holders by name, then connect. Only names that exist are asked (Docker
+    answers them itself): an unknown name would be forwarded to the host's resolvers, and
+    the test sends nothing off this machine."""
     out = []
-    for name in dict.fromkeys(names):
+    for name in dict.fromkeys(ctx.hints.get("holder_names", [])):
         try:
             ip = socket.getaddrinfo(name, ECHO_PORT, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
-        except OSError:
-            continue  # no such container: nothing to try
-        if ip == ctx.own_ip:
+        except OSError as exc:
+            out.append(_attempt("same_node_runs_by_docker_dns_name", name, "blocked", False, f"not resolved: {exc}"))
             continue
         ok, detail = tcp(ip, ECHO_PORT)
         out.append(_attempt("same_node_runs_by_docker_dns_name", f"{name} -> {ip}:{ECHO_PORT}", "blocked", ok, detail))
@@ -378,7 +375,8 @@ def run_attack(client: AlgorithmClient, hints: dict | None = None, child_orgs: l
                 lambda: [a for a in client.vpn.get_child_addresses() if a.get("task_id") == sub["id"]],
                 child_orgs, timeout=timeout)
             ctx.children = got
-        attempts: list[Attempt] = []
+        # the controls first: the children serve until their parent reached them
+        attempts: list[Attempt] = controls(ctx)
         for name, fn in ATTACKS.items():
             if only and name not in only:
                 continue
@@ -388,7 +386,6 @@ def run_attack(client: AlgorithmClient, hints: dict | None = None, child_orgs: l
             except Exception as exc:  # noqa: BLE001 - a crashed attack is reported, not hidden
                 attempts.append(_attempt(name, "(the attack itself)", "ok", False, f"crashed: {type(exc).__name__}: {exc}"))
             _log(f"{name}: {time.monotonic() - t0:.1f} s")
-        attempts += controls(ctx)
     finally:
         server.stop()
     escaped = [a for a in attempts if a["outcome"] == "ESCAPED"]

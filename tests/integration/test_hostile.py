@@ -94,7 +94,6 @@ def _hints(cluster, docker_client, node, echo_runs: dict, host_port: int) -> dic
     vpn_client = docker_client.containers.get(f"vpnagent-{node.name}-vpn")
     ips = {n.name: n.status()["vpn"]["vpn_ip"] for n in cluster.nodes}
     return {
-        "node_name": node.name,
         "same_node_holders": [{"run_id": echo_runs[node.name]["run_id"], "ip": echo_runs[node.name]["holder_ip"]}],
         "holder_names": [f"vpnagent-{node.name}-run{echo_runs[node.name]['run_id']}-holder"],
         "other_task_ports": [{"run_id": r["run_id"], "ip": ips[name], "port": r["ports"][0]["vpn_port"]}
