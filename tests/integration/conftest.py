@@ -1,6 +1,8 @@
 """One real vpnagent network (server + OpenVPN server + three node agents) shared by the
 integration tests of a session, torn down afterwards, also when a test fails."""
 import os
+import socket
+import threading
 import uuid
 
 import pytest
@@ -26,3 +28,29 @@ def cluster(docker_client, images, tmp_path_factory):
     finally:
         if os.environ.get("VPNAGENT_KEEP_CLUSTER") != "1":
             c.down()
+
+
+@pytest.fixture
+def host_listener():
+    """A TCP service on all of the host's addresses, as a node host's own services are: what
+    an algorithm must not reach."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 0))
+    srv.listen(64)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                srv.accept()[0].close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    srv.close()

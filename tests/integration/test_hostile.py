@@ -12,8 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-import socket
-import threading
 
 import pytest
 
@@ -28,31 +26,6 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def hostile_image(docker_client, images):
     return hostile.build(docker_client, progress=lambda m: print(f"[images] {m}"))
-
-
-@pytest.fixture
-def host_listener():
-    """A TCP service on all of the host's addresses, as a node host's own services are."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", 0))
-    srv.listen(64)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                srv.accept()[0].close()
-            except OSError:
-                pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join(2)
-    srv.close()
 
 
 def _gateway(docker_client, network: str) -> str:

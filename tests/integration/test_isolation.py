@@ -2,40 +2,12 @@
 task family, and only nodes of that family may connect to it. A probing algorithm in task U
 tries every port of task T and every address it must not reach; every attempt must fail,
 while every pair inside T succeeds. Positive controls show the probe itself works."""
-import socket
-import threading
 
 import pytest
 
 from .util import create_task, probe, user_session, wait_live, wait_task_done
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def host_listener():
-    """A TCP service on the host (all addresses), as a node host's own services would be."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", 0))
-    srv.listen(64)
-    stop = threading.Event()
-
-    def serve():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-                conn.close()
-            except OSError:
-                pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join(2)
-    srv.close()
 
 
 def _gateway(docker_client, network: str) -> str:
