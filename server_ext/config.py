@@ -67,8 +67,10 @@ SCHEMA: dict[str, Key] = {
     "openvpn_network": Key(str, "Docker network to attach the OpenVPN server container to instead of "
                                 "publishing its port on the host (tests and the demo use this)."),
     "openvpn_profile": Key(dict, "Data-plane tuning overrides: cipher, tun_mtu, mssfix, sndbuf, rcvbuf, "
-                                 "txqueuelen, fast_io (see docs/performance.md). Keep the nodes' "
-                                 "isolated_mtu equal to tun_mtu.", "tuned (tun_mtu 9000)"),
+                                 "txqueuelen, fast_io (see docs/performance.md). The default works on any path "
+                                 "(1500-byte tunnel MTU, no IP fragments); a bigger tun_mtu only where the path "
+                                 "carries it, with the nodes' isolated_mtu and tunnel_mtu raised to match.",
+                           "safe (tun_mtu 1500)"),
 }
 
 def types_of(key: str) -> tuple[type, ...]:

@@ -45,11 +45,13 @@ class Profile:
 
 
 VANTAGE6_PROFILE = Profile()  # UDP, AES-256-GCM, default buffers and MTU
-# Measured on the project machines (docs/performance.md): the big tunnel MTU cuts OpenVPN's
-# per-packet work (it is CPU-bound), the buffers and fast-io add the rest. 3.1x vantage6's
-# single-stream throughput, CPU per GB down from ~20 s to ~7 s. The nodes' isolated networks
-# use the same MTU (node config isolated_mtu, default 9000) so algorithms send big segments.
-DEFAULT_PROFILE = Profile(tun_mtu=9000, mssfix=0, sndbuf=524288, rcvbuf=524288, fast_io=True)
+# The default must work on any internet path: tun-mtu stays OpenVPN's 1500 and OpenVPN's own
+# MSS clamp (1492-byte packets) stays on, so no tunnel packet is split into IP fragments on a
+# 1500-byte path (many networks drop fragments). Each node measures its own path at connect
+# and clamps further where it is smaller (vpnagent/pathmtu.py). Within that envelope the
+# buffers and fast-io were kept by measurement (docs/performance.md). A jumbo profile
+# (tun_mtu 9000, mssfix 0) is faster on a LAN that carries it, and is the operator's choice.
+DEFAULT_PROFILE = Profile(sndbuf=524288, rcvbuf=524288, fast_io=True)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class LocalCluster:
     collaboration_id: int = 0
     user_api_key: str = ""
     one_port: bool = False  # API and OpenVPN (TCP) share port 443 of the OpenVPN container
+    wan_mtu: int | None = None  # MTU of the network between the nodes' VPN clients and the server
     _openvpn_ip: str = ""
 
     @property
@@ -141,7 +142,8 @@ class LocalCluster:
         except docker.errors.NotFound:
             # Internal: the nodes reach the OpenVPN server here and nothing else.
             client.networks.create(self.wan_network, driver="bridge", internal=True,
-                                   labels={"vpnagent.demo": self.prefix})
+                                   labels={"vpnagent.demo": self.prefix},
+                                   options={"com.docker.network.driver.mtu": str(self.wan_mtu)} if self.wan_mtu else {})
         self.progress(f"network {self.wan_network} ready")
         self._seed()
         self._start_server()

@@ -169,7 +169,7 @@ class Agent:
             return None
         with self._lock:
             runs = tuple(self._run_rules(r) for r in sorted(self.runs.values(), key=lambda r: r.run_id))
-        return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs)
+        return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs, mss=st.path.mss)
 
     def _run_rules(self, r: LiveRun) -> firewall.RunRules:
         local = tuple(self.runs[i].holder_ip for i in r.peer_run_ids if i in self.runs)
@@ -564,6 +564,8 @@ class Agent:
             "written_at": time.time(), "pid": os.getpid(),
             "reconciles": self.reconciles, "vpn_checks": self.vpn_checks,
             "vpn": {"connected": st is not None, "vpn_ip": st.vpn_ip if st else None,
+                    "tunnel_mtu": st.path.mtu if st else None, "tunnel_mtu_source": st.path.source if st else None,
+                    "tunnel_mtu_detail": st.path.detail if st else None,
                     "since": st.since if st else None, "error": self.vpn.last_error,
                     "cert_expires": self.vpn.cert_expires, "renewals": self.vpn.renewals},
             "runs": [asdict(r) for r in self.runs.values()],

@@ -57,6 +57,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
           f"  ip {vpn.get('vpn_ip') or '-'}  since {since}")
     fresh, line = status_freshness(status, time.time())
     print(f"  {line}")
+    if vpn.get("tunnel_mtu"):
+        print(f"  tunnel MTU {vpn['tunnel_mtu']} ({vpn.get('tunnel_mtu_source')}: {vpn.get('tunnel_mtu_detail') or '-'})")
     if vpn.get("cert_expires"):
         days = (vpn["cert_expires"] - time.time()) / 86400
         expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["cert_expires"]))

@@ -38,7 +38,8 @@ class NodeConfig:
     proxy_port: int = 8765
     poll_interval: float = 0.5
     max_concurrent_runs: int = 8
-    isolated_mtu: int | None = 9000  # MTU of the isolated network: match the server profile's tun-mtu
+    isolated_mtu: int | None = None  # MTU of the isolated network (None: Docker's, 1500)
+    tunnel_mtu: int | None = None  # None: probe the path at connect (pathmtu.py)
     vpn_connect_timeout: float = 30.0
     cert_renew_days: float = 7.0
     metrics_listen: tuple[str, int] | None = None
@@ -116,7 +117,12 @@ SCHEMA: dict[str, Key] = {
     "vpn_client_network": Key(str, "Docker network the VPN client container's outside leg joins.", "bridge"),
     "proxy_port": Key(int, "Port of the node proxy algorithms reach the server through.", "8765"),
     "max_concurrent_runs": Key(int, "Runs this node executes at the same time (1-1000).", "8"),
-    "isolated_mtu": Key(int, "MTU of the isolated network; keep it equal to the server profile's tun_mtu.", "9000"),
+    "isolated_mtu": Key(int, "MTU of the isolated network (Docker's default when absent). Raise it only with a "
+                             "jumbo server profile on a path that carries it.", "1500"),
+    "tunnel_mtu": Key((str, int), "Largest packet the tunnel carries (bytes): `auto` probes the path to the OpenVPN "
+                                  "server at every connect (pings through the tunnel with don't-fragment); a number "
+                                  "skips the probe. Shown in `vpnagent status` and checked by `vpnagent doctor`.",
+                      "auto"),
     "poll_interval": Key((int, float), "Seconds between polls of the server for new runs.", "0.5"),
     "vpn_connect_timeout": Key((int, float), "Seconds to wait for the VPN tunnel before going on without VPN.",
                                "30"),
@@ -207,6 +213,11 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if not 1280 <= raw["isolated_mtu"] <= 65535:
             raise ConfigError("'isolated_mtu' must be within 1280-65535")
         kwargs["isolated_mtu"] = raw["isolated_mtu"]
+    if raw.get("tunnel_mtu") not in (None, "auto"):
+        value = raw["tunnel_mtu"]
+        if isinstance(value, str) or not 576 <= value <= 65535:
+            raise ConfigError(f"'tunnel_mtu' {value!r} must be auto or a number of bytes within 576-65535")
+        kwargs["tunnel_mtu"] = value
     if raw.get("max_concurrent_runs") is not None:
         if not 1 <= raw["max_concurrent_runs"] <= 1000:
             raise ConfigError("'max_concurrent_runs' must be within 1-1000")

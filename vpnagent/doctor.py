@@ -418,6 +418,25 @@ def check_vpn_ip(ctx: Context) -> str:
     return f"{ip.ip} in {subnet}"
 
 
+def check_tunnel_mtu(ctx: Context) -> str:
+    """The tunnel size the agent settled on still crosses the path now: a ping of exactly
+    that size through the tunnel, don't-fragment set."""
+    from . import pathmtu
+
+    vpn = (_agent_status(ctx.cfg) or {}).get("vpn") or {}
+    size, source = vpn.get("tunnel_mtu"), vpn.get("tunnel_mtu_source")
+    if not size:
+        raise NotApplicable("the agent has not reported a tunnel MTU (an agent from before this check)")
+    ns = Netns(ctx.vpn_pid)
+    server, _ = pathmtu.tunnel_server(ns)
+    ping = ns.run(["ping", *pathmtu.PING_ARGS, "-s", str(size - pathmtu.IP_ICMP_HEADERS), server], check=False)
+    if ping.returncode != 0:
+        raise CheckFailed(f"{size}-byte packets ({source}) no longer cross the tunnel to {server}: the path between "
+                          "this node and the OpenVPN server got smaller, or drops what it carried",
+                          "restart the agent (it probes the path again at connect), or set tunnel_mtu lower")
+    return f"{size} bytes cross the tunnel to {server} ({source}: {vpn.get('tunnel_mtu_detail') or '-'})"
+
+
 # --------------------------------------------------------------------------- self-test
 def check_self_test(ctx: Context) -> str:
     """An echo container on the isolated network, reachable at VPN_IP:port through a DNAT in
@@ -551,6 +570,7 @@ CHECKS: list[Check] = [
     Check("token valid", check_token, needs=("server TLS valid",)),
     Check("VPN handshake", check_vpn_handshake, needs=("docker reachable",)),
     Check("own VPN IP in vpn_subnet", check_vpn_ip, needs=("VPN handshake",)),
+    Check("tunnel MTU", check_tunnel_mtu, needs=("VPN handshake",)),
     Check("self-test", check_self_test, needs=("own VPN IP in vpn_subnet", "DOCKER-USER chain")),
 ]
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 PRE, POST, FWD, IN = "VPNAGENT-PRE", "VPNAGENT-POST", "VPNAGENT-FWD", "VPNAGENT-IN"
+MSS = "VPNAGENT-MSS"  # mangle: TCP segments through the tunnel fit the path (pathmtu.py)
 # A test switch, never a config option: the hostile-algorithm test sets it on one agent to
 # show that its same-node attack succeeds without the bridge DROP (so the test can fail).
 WEAKEN_SAME_NODE = os.environ.get("VPNAGENT_TEST_WEAKEN_FIREWALL") == "same-node"
@@ -62,6 +63,7 @@ class VpnClientRules:
     iso_subnet: str
     tun_if: str = "tun0"
     runs: tuple[RunRules, ...] = ()
+    mss: int | None = None  # largest TCP segment through the tunnel; None: no clamp
 
 
 @dataclass
@@ -137,7 +139,8 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
                  if not current.has_rule("nat", f"-A {t} -j {r}")]
     jumps_flt = [(t, r) for t, r in (("FORWARD", FWD), ("INPUT", IN))
                  if not current.has_rule("filter", f"-A {t} -j {r}")]
-    out = ["*nat", *nat, *nat_body]
+    out = _render_mss(d, current)
+    out += ["*nat", *nat, *nat_body]
     out += [f"-A {t} -j {r}" for t, r in jumps_nat]
     out += [f"-X {c}" for c in stale_nat]
     out += ["COMMIT", "*filter", *flt, *flt_body]
@@ -145,6 +148,19 @@ def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
     out += [f"-X {c}" for c in stale_flt]
     out.append("COMMIT")
     return "\n".join(out) + "\n"
+
+
+def _render_mss(d: VpnClientRules, current: TableState) -> list[str]:
+    """SYNs into and out of the tunnel announce at most `mss` (only ever lowered), so both
+    ends of every connection send segments the path carries."""
+    lines = ["*mangle", f":{MSS} - [0:0]"]
+    if d.mss is not None:
+        mss = int(d.mss)
+        lines += [f"-A {MSS} -{flag} {d.tun_if} -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss {mss + 1}:65535 "
+                  f"-j TCPMSS --set-mss {mss}" for flag in ("o", "i")]
+    if not current.has_rule("mangle", f"-A FORWARD -j {MSS}"):
+        lines.append(f"-A FORWARD -j {MSS}")
+    return lines + ["COMMIT"]
 
 
 def _run_lines(d: VpnClientRules, run: RunRules) -> tuple[list[str], list[str]]:
@@ -214,8 +230,9 @@ def drift(desired: VpnClientRules, current: TableState) -> list[str]:
         found.append(f"restored missing rules of run(s) {', '.join(map(str, sorted(want - have)))}")
     if have - want:
         found.append(f"removed stale rules of run(s) {', '.join(map(str, sorted(have - want)))}")
-    if not current.has_rule("filter", f"-A FORWARD -j {FWD}") or not current.has_rule("nat", f"-A PREROUTING -j {PRE}"):
-        found.append("installed the base rules (FORWARD policy DROP, dispatch chains)")
+    if not (current.has_rule("filter", f"-A FORWARD -j {FWD}") and current.has_rule("nat", f"-A PREROUTING -j {PRE}")
+            and current.has_rule("mangle", f"-A FORWARD -j {MSS}")):
+        found.append("installed the base rules (FORWARD policy DROP, dispatch chains, MSS clamp)")
     return found
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from . import ovpncheck
+from . import ovpncheck, pathmtu
 from .config import NodeConfig
 from .netns import Netns
+from .pathmtu import PathMTU
 from .serverapi import ServerAPI, ServerError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class VPNState:
     iso_ip: str
     iso_if: str
     since: float
+    path: PathMTU = PathMTU(pathmtu.FALLBACK_MTU, "fallback")  # what the tunnel carries (pathmtu.py)
 
 
 def cert_not_after(ovpn_text: str) -> float | None:
@@ -162,7 +164,9 @@ class VPNClient:
         iso_ip = container.attrs["NetworkSettings"]["Networks"][iso_network]["IPAddress"]
         if iso_if is None:
             raise VPNError(f"VPN client has no interface on the isolated network {iso_network}")
-        return VPNState(container.id, pid, vpn_ip, iso_ip, iso_if, time.time())
+        path = pathmtu.settle(ns, self.cfg.tunnel_mtu)
+        pathmtu.apply_link_mtu(ns, path)
+        return VPNState(container.id, pid, vpn_ip, iso_ip, iso_if, time.time(), path)
 
     def _wait_for_tun(self, container, ns: Netns) -> str:
         """Poll tun0 every 20 ms (it is usually up within ~200 ms), bounded by the timeout."""

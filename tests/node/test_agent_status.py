@@ -154,7 +154,7 @@ def test_firewall_drift_names_the_base_rules():
     """The words the status shows for the case above come from firewall.drift."""
     desired = firewall.VpnClientRules("10.76.0.3", "eth1", "172.30.0.0/24", runs=())
     found = firewall.drift(desired, firewall.parse_save(_FakeNetns(1).iptables_save()))
-    assert found == ["installed the base rules (FORWARD policy DROP, dispatch chains)"]
+    assert found == ["installed the base rules (FORWARD policy DROP, dispatch chains, MSS clamp)"]
 
 
 def test_removed_run_leaves_the_allow_rules_of_its_family(tmp_path, monkeypatch):

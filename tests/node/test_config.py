@@ -27,6 +27,13 @@ def test_minimal_config_gets_defaults():
     ({"server_ca_file": "/nonexistent/ca.crt"}, "does not exist"),
     ({"metrics_listen": "9477"}, "host:port"),
     ({"cert_renew_days": 0}, "positive"),
+    ({"tunnel_mtu": "big"}, "'tunnel_mtu' 'big' must be auto or a number"),
+    ({"tunnel_mtu": 100}, "within 576-65535"),
+    ({"algorithm_memory": "lots"}, "'algorithm_memory'"),
+    ({"algorithm_memory": "1m"}, "below 16m"),
+    ({"allowed_images": ["ok/*", "bad image"]}, "'allowed_images'"),
+    ({"allowed_images": []}, "'allowed_images'"),
+    ({"algorithm_pids": 2}, "'algorithm_pids'"),
     ({"vpn_subnet": "10.76.0.1/16"}, "not an IPv4 network"),
     ({"vpn_subnet": "10.76.0.0/30"}, "too small"),
     ({"port_range": [7000, 6000]}, "low <= high"),
@@ -76,3 +83,22 @@ def test_fingerprint_is_normalised_and_ca_file_used_for_verify(tmp_path):
     assert cfg.server_fingerprint == "ab" * 32
     assert cfg.tls_verify == str(ca)
     assert parse_config(dict(BASE)).tls_verify is True
+
+
+def test_tunnel_mtu_is_probed_unless_a_number_is_given():
+    assert parse_config(dict(BASE)).tunnel_mtu is None
+    assert parse_config({**BASE, "tunnel_mtu": "auto"}).tunnel_mtu is None
+    assert parse_config({**BASE, "tunnel_mtu": 1400}).tunnel_mtu == 1400
+    assert parse_config(dict(BASE)).isolated_mtu is None  # Docker's own, 1500
+
+
+def test_run_limits_default_from_the_host_and_parse_units():
+    import os
+
+    memory, cpus, pids = parse_config(dict(BASE)).run_limits()
+    assert 0 < memory < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert cpus == max(1, (os.cpu_count() or 1) - 1) and pids == 1024
+    cfg = parse_config({**BASE, "algorithm_memory": "1.5g", "algorithm_cpus": 0.5, "algorithm_pids": 64,
+                        "allowed_images": ["vpnagent/*"]})
+    assert cfg.run_limits() == (int(1.5 * (1 << 30)), 0.5, 64)
+    assert cfg.allowed_images == ("vpnagent/*",)

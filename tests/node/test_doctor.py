@@ -320,3 +320,29 @@ def test_unreadable_docker_version_is_a_warning_too():
     ctx.docker = Engine()
     result = doctor.run_checks([Check("docker isolation fixes", doctor.check_docker_isolation)], ctx)[0]
     assert result.status == doctor.WARN and "cannot read the Docker version" in result.detail
+
+
+@pytest.mark.parametrize("limit,status", [(1500, "pass"), (1400, "fail")])
+def test_tunnel_mtu_check_pings_the_settled_size(cfg, monkeypatch, limit, status):
+    """The agent settled on 1500 bytes; the path now carries `limit`."""
+    from tests.node.test_pathmtu import FakeNs
+
+    cfg.data_dir.mkdir(parents=True)
+    (cfg.data_dir / "status.json").write_text(json.dumps({"vpn": {
+        "tunnel_mtu": 1500, "tunnel_mtu_source": "probed", "tunnel_mtu_detail": "10.76.0.1 answered up to 1500"}}))
+    ns = FakeNs(limit=limit)
+    monkeypatch.setattr(doctor, "Netns", lambda pid: ns)
+    ctx = Context(cfg)
+    ctx.vpn_pid = 4242
+    result = doctor.run_checks([Check("tunnel MTU", doctor.check_tunnel_mtu)], ctx)[0]
+    assert result.status == status, result
+    assert ns.pings == [1500]
+    if status == "fail":
+        assert "no longer cross the tunnel" in result.detail and "tunnel_mtu" in result.fix
+
+
+def test_tunnel_mtu_check_skips_for_an_agent_that_does_not_report_it(cfg):
+    cfg.data_dir.mkdir(parents=True)
+    (cfg.data_dir / "status.json").write_text(json.dumps({"vpn": {"connected": True}}))
+    result = doctor.run_checks([Check("tunnel MTU", doctor.check_tunnel_mtu)], Context(cfg))[0]
+    assert result.status == "skip"

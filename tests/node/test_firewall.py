@@ -23,13 +23,14 @@ def test_render_has_dnat_forward_policy_and_per_run_chains():
     assert "-A VA-7-N -d 10.76.0.5/32 -p tcp -m tcp --dport 6001 -j DNAT --to-destination 172.29.1.3:9000" in batch
     assert "-A VA-8-N -d 10.76.0.5/32 -p tcp -m tcp --dport 6002 -j DNAT --to-destination 172.29.1.4:8888" in batch
     assert "-A PREROUTING -j VPNAGENT-PRE" in batch and "-A FORWARD -j VPNAGENT-FWD" in batch
-    assert batch.count("COMMIT") == 2
+    assert batch.count("COMMIT") == 3  # mangle (MSS clamp), nat, filter
 
 
 def test_render_skips_existing_jumps_and_deletes_stale_chains():
     current = fw.parse_save(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:VA-3-N - [0:0]\n:VA-8-N - [0:0]\n-A PREROUTING -j VPNAGENT-PRE\n"
-        "-A POSTROUTING -j VPNAGENT-POST\nCOMMIT\n*filter\n:VA-3-F - [0:0]\n-A FORWARD -j VPNAGENT-FWD\nCOMMIT\n")
+        "-A POSTROUTING -j VPNAGENT-POST\nCOMMIT\n*filter\n:VA-3-F - [0:0]\n-A FORWARD -j VPNAGENT-FWD\nCOMMIT\n"
+        "*mangle\n-A FORWARD -j VPNAGENT-MSS\nCOMMIT\n")
     batch = fw.render_vpn_client(RULES, current)
     assert "-A PREROUTING" not in batch and "-A FORWARD -j" not in batch
     assert "-X VA-3-N" in batch and "-X VA-3-F" in batch
@@ -156,3 +157,17 @@ def test_host_chain_refuses_an_unsafe_vpn_client_address():
     with pytest.raises(ValueError, match="unsafe"):
         fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.TableState(), vpn_client_ip="1.2.3.4 -j ACCEPT")
 
+
+
+def test_mss_clamp_lowers_syns_both_ways_through_the_tunnel_only():
+    d = fw.VpnClientRules(vpn_ip="10.76.0.5", iso_if="eth1", iso_subnet="172.29.1.0/24", mss=1300)
+    lines = fw.render_vpn_client(d, fw.TableState()).splitlines()
+    mangle = lines[:lines.index("COMMIT") + 1]
+    assert mangle == [
+        "*mangle", ":VPNAGENT-MSS - [0:0]",
+        "-A VPNAGENT-MSS -o tun0 -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1301:65535 -j TCPMSS --set-mss 1300",
+        "-A VPNAGENT-MSS -i tun0 -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss 1301:65535 -j TCPMSS --set-mss 1300",
+        "-A FORWARD -j VPNAGENT-MSS", "COMMIT"]
+    # without a clamp the chain is emptied, the jump stays
+    bare = fw.render_vpn_client(fw.VpnClientRules("10.76.0.5", "eth1", "172.29.1.0/24"), fw.TableState())
+    assert "TCPMSS" not in bare and ":VPNAGENT-MSS - [0:0]" in bare

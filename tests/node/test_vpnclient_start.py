@@ -60,6 +60,12 @@ class _Netns:
     def interface_in(self, subnet):
         return "eth1"
 
+    def run(self, argv, stdin=None, check=True):
+        """`ip -j link` and the path MTU probe's pings: a path that carries 1500 bytes."""
+        import subprocess
+        out = '[{"mtu": 1500}]' if argv[:2] == ["ip", "-j"] else ""
+        return subprocess.CompletedProcess(argv, 0, stdout=out, stderr="")
+
 
 @pytest.fixture
 def client(tmp_path, monkeypatch):
@@ -75,6 +81,7 @@ def test_forwarding_is_dropped_before_the_client_joins_the_isolated_network(clie
     assert EVENTS == ["container started", f"restore {FAIL_CLOSED!r}", "joined vpnagent-fc1-net"]
     assert ":FORWARD DROP" in FAIL_CLOSED
     assert state.vpn_ip == "10.76.0.9"
+    assert (state.path.mtu, state.path.source) == (1500, "probed")
 
 
 def test_docker_never_restarts_the_client_on_its_own(client):
