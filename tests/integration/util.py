@@ -161,6 +161,8 @@ def reachable_run(cluster, docker_client, prober, target):
                        {"method": "peer", "kwargs": {"timeout": 90, "n_peers": 50}})
     run_id = next(r["id"] for r in task["runs"] if r["organization_id"] == target.organization_id)
     live = wait_live(target, run_id)
+    # the prober's own run too: a test that counts port records must not race its registration
+    wait_live(prober, next(r["id"] for r in task["runs"] if r["organization_id"] == prober.organization_id))
     ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
     try:
         probe_until_ok(docker_client, prober.name, ip, port, 20)
