@@ -1,9 +1,16 @@
 """Data-plane benchmark: what algorithm-to-algorithm traffic costs on each path, in one run
-on the same machine and images.
+on the same machine and images, over the networks nodes really have.
+
+Networks (scenarios), each with a cluster and OpenVPN servers of its own:
+  wan_1500   the headline: nodes reach the OpenVPN servers over a 1500-byte link behind a
+             middlebox that drops every IP fragment (as many firewalls, NAT gateways and
+             cloud load balancers do); vpnagent with its default profile
+  lan_jumbo  a LAN bridge that passes fragments, vpnagent with the jumbo profile (tun-mtu
+             9000, mssfix 0): faster, and only for a path that carries it
 
 Paths (each endpoint is a real network namespace; the measuring tools run inside it with
 `nsenter`, so every path is measured with the same binaries):
-  a  direct      two containers on one bridge (the physical limit)
+  a  direct      two containers on one bridge (the physical limit; measured once)
   b  raw         two OpenVPN clients, client-to-client through the server, no agent wiring
   c  vpnagent    two runs of one task on two nodes: holder → VPN client → OpenVPN server →
                  VPN client → DNAT → holder, with the agent's rules (isolation included)
@@ -14,9 +21,11 @@ Paths (each endpoint is a real network namespace; the measuring tools run inside
 Figures, each min/median/max over the runs: TCP throughput with iperf3 (1 and 4 streams),
 ping RTT (not for c: runs are reachable on their TCP ports only), TCP request/response
 latency p50/p99 for 1 KiB messages, and CPU seconds of all OpenVPN processes per GB moved.
+The JSON says which link MTU, tunnel MTU and fragment policy each figure was measured with.
 
-    .venv/bin/python benchmarks/dataplane.py            # 3 runs of 5 s each
-    .venv/bin/python benchmarks/dataplane.py --quick    # smoke run (seconds), used by the tests
+    .venv/bin/python benchmarks/dataplane.py                        # 3 runs of 5 s, both networks
+    .venv/bin/python benchmarks/dataplane.py --scenario wan_1500    # the headline only
+    .venv/bin/python benchmarks/dataplane.py --quick                # smoke run (seconds), used by the tests
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ import docker  # noqa: E402
 
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
+from test_algorithms.middlebox import FragmentDropper, host_veth  # noqa: E402
 from vpnagent.images import tar_context  # noqa: E402
 from vpnagent.netns import Netns  # noqa: E402
 
@@ -237,9 +247,11 @@ def vantage6_server(client, cluster, workdir: Path):
     return server
 
 
-def multi_server(client: docker.DockerClient, cluster: LocalCluster, workdir: Path, processes: int):
-    """A second OpenVPN server like the cluster's (default profile) but with `processes`
+def multi_server(client: docker.DockerClient, cluster: LocalCluster, workdir: Path, processes: int,
+                 profile: dict | None):
+    """A second OpenVPN server like the cluster's (same profile) but with `processes`
     processes, for the aggregate figure."""
+    from server_ext import profile_from_config
     from server_ext.ovpn import VPNSettings
     from server_ext.pki import PKI
     from server_ext.vpnserver import OpenVPNFiles, OpenVPNServer
@@ -247,7 +259,8 @@ def multi_server(client: docker.DockerClient, cluster: LocalCluster, workdir: Pa
     import ipaddress
 
     name = f"{cluster.prefix}-mpovpn"
-    settings = VPNSettings(subnet=ipaddress.IPv4Network(cluster.vpn_subnet), remote_host=name, processes=processes)
+    settings = VPNSettings(subnet=ipaddress.IPv4Network(cluster.vpn_subnet), remote_host=name, processes=processes,
+                           profile=profile_from_config(profile))
     files = OpenVPNFiles(workdir / "mp" / "openvpn", PKI(cluster.workdir / "server" / "pki"), settings)
     server = OpenVPNServer(files, name=name, network=cluster.wan_network, client=client)
     server.ensure_running()
@@ -273,18 +286,41 @@ V6_FLAGS = ["--connect-retry-max", "1", "--ping-exit", "30", "--pull-filter", "i
             "--pull-filter", "ignore", "route-ipv6"]
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """The network the nodes reach the OpenVPN server over, and vpnagent's profile on it."""
+
+    key: str
+    label: str
+    link_mtu: int  # of the network between the VPN clients and the servers
+    drops_fragments: bool  # a middlebox in front of every OpenVPN server (test_algorithms/middlebox.py)
+    profile: dict | None  # server openvpn_profile for (b), (c) and the multi-process server; None: the default
+    node_extra: dict
+
+
+SCENARIOS = {
+    # the headline: an internet path as it often is (1500 bytes, fragments dropped), defaults
+    "wan_1500": Scenario("wan_1500", "1500-byte WAN dropping IP fragments, default profile", 1500, True, None, {}),
+    # where a LAN carries jumbo datagrams (fragments pass): the tuned jumbo profile
+    "lan_jumbo": Scenario("lan_jumbo", "LAN bridge (fragments pass), jumbo profile tun-mtu 9000", 1500, False,
+                          {"tun_mtu": 9000, "mssfix": 0, "sndbuf": 524288, "rcvbuf": 524288, "fast_io": True},
+                          {"isolated_mtu": 9000, "tunnel_mtu": 9000}),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of 1 s, 200 messages")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--seconds", type=int, default=None)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "dataplane.json")
-    ap.add_argument("--isolated-mtu", type=int, default=None, help="MTU of the nodes' isolated networks")
+    ap.add_argument("--scenario", choices=sorted(SCENARIOS), action="append",
+                    help="network scenario(s) to measure (default: all; wan_1500 is the headline)")
     ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "dataplane.png",
                     help="PNG of throughput and latency by path")
     ap.add_argument("--plot-only", type=Path, metavar="JSON", help="only draw the plot of an earlier report")
     ap.add_argument("--profile", type=json.loads, default=None,
-                    help='override vpnagent\'s profile for (b) and (c), e.g. \'{"tun_mtu": 9000}\'')
+                    help='override vpnagent\'s profile for (b), (c) in every scenario, e.g. \'{"sndbuf": 0}\'')
     args = ap.parse_args(argv)
     if args.plot_only:
         plot(json.loads(args.plot_only.read_text()), args.plot)
@@ -293,45 +329,88 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (1 if args.quick else 3)
     seconds = args.seconds or (1 if args.quick else 5)
     messages = 200 if args.quick else 2000
-
-
     if shutil.which("iperf3") is None:
         raise SystemExit("iperf3 is not installed: apt-get install iperf3 (scripts/setup.sh does)")
     progress, client = start("dataplane")
     build_bench_image(client)
-    workdir = Path(tempfile.mkdtemp(prefix="vpnagent-dataplane-"))
-    cluster = LocalCluster(workdir=workdir, prefix=f"vdp{int(time.time()) % 10000}", n_nodes=2,
-                           vpn_subnet="10.79.0.0/16", progress=progress,
-                           server_extra={"openvpn_profile": args.profile} if args.profile else {},
-                           node_extra={"isolated_mtu": args.isolated_mtu} if args.isolated_mtu else {})
-    procs: list[subprocess.Popen] = []
-    extra_containers = []
-    direct_net = None
-    try:
-        cluster.up()
-        paths: list[Path_] = []
+    results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                           "docker": client.version().get("Version")}, "profile_override": args.profile,
+               "runs": runs, "seconds": seconds, "messages": messages, "headline": "wan_1500",
+               "direct": direct_bridge(client, progress, runs, seconds, messages), "scenarios": {}}
+    for key in args.scenario or list(SCENARIOS):
+        sc = SCENARIOS[key]
+        if args.profile:
+            sc = Scenario(sc.key, f"{sc.label} + {args.profile}", sc.link_mtu, sc.drops_fragments,
+                          {**(sc.profile or {}), **args.profile}, sc.node_extra)
+        results["scenarios"][key] = measure_scenario(client, sc, progress, runs, seconds, messages)
+    report(args.json, results, table(results), progress)
+    plot(results, args.plot)
+    progress(f"plot written to {args.plot}")
+    return 0
 
-        # a: direct, two containers on one (internal) bridge
-        direct_net = client.networks.create(f"{cluster.prefix}-direct", driver="bridge", internal=True)
-        pair = []
+
+def direct_bridge(client: docker.DockerClient, progress, runs: int, seconds: int, messages: int) -> dict:
+    """(a) two containers on one internal bridge: the machine's limit, for every scenario."""
+    net = client.networks.create(f"vdp-direct-{int(time.time()) % 10000}", driver="bridge", internal=True)
+    pair, procs = [], []
+    try:
         for i in range(2):
             c = client.containers.run("vpnagent/algo-base:latest", ["sleep", "infinity"], detach=True,
-                                      name=f"{cluster.prefix}-direct{i}", network=direct_net.name)
+                                      name=f"{net.name}-{i}", network=net.name)
             c.reload()
-            extra_containers.append(c)
             pair.append(c)
-        dst_ip = pair[1].attrs["NetworkSettings"]["Networks"][direct_net.name]["IPAddress"]
-        paths.append(Path_("a", "direct bridge", int(pair[0].attrs["State"]["Pid"]), int(pair[1].attrs["State"]["Pid"]),
-                           dst_ip, IPERF_PORT, ECHO_PORT))
+        dst_ip = pair[1].attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
+        p = Path_("a", "direct bridge", int(pair[0].attrs["State"]["Pid"]), int(pair[1].attrs["State"]["Pid"]),
+                  dst_ip, IPERF_PORT, ECHO_PORT)
+        start_servers(p.dst_pid, procs)
+        time.sleep(0.5)
+        progress("measuring (a) direct bridge")
+        return {"label": p.label, "mtu": {"link": 1500, "tunnel": None}, **measure(p, runs, seconds, messages)}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+        for c in pair:
+            c.remove(force=True)
+        net.remove()
+
+
+def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: int, seconds: int,
+                     messages: int) -> dict:
+    """(b), (c), (d) and the aggregate figures over one network scenario, each on a cluster
+    and OpenVPN servers of its own, removed afterwards."""
+    progress(f"scenario {sc.key}: {sc.label}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"vpnagent-dataplane-{sc.key}-"))
+    cluster = LocalCluster(workdir=workdir, prefix=f"vdp{int(time.time()) % 10000}", n_nodes=2,
+                           vpn_subnet="10.79.0.0/16", progress=progress, wan_mtu=sc.link_mtu,
+                           server_extra={"openvpn_profile": sc.profile} if sc.profile else {}, node_extra=sc.node_extra)
+    procs: list[subprocess.Popen] = []
+    extra_containers = []
+    boxes: list[FragmentDropper] = []
+
+    def behind_middlebox(container_name: str) -> None:
+        if sc.drops_fragments:
+            pid = int(client.containers.get(container_name).attrs["State"]["Pid"])
+            boxes.append(FragmentDropper(host_veth(pid)).install())
+
+    try:
+        cluster.up(start=[])  # the middlebox goes in before any node connects (and probes its path)
+        behind_middlebox(cluster.openvpn_container)
+        for node in cluster.nodes:
+            cluster.start_node(node)
+        cluster.wait_connected()
+        paths: list[Path_] = []
 
         # d runs against a second OpenVPN server with vantage6's settings, so that it stays
         # the baseline whatever vpnagent's default profile becomes
         v6 = vantage6_server(client, cluster, workdir)
         extra_containers.append(client.containers.get(v6.name))
+        behind_middlebox(v6.name)
 
-        # the same default profile with one OpenVPN process per core, for the aggregate figure
-        mp = multi_server(client, cluster, workdir, max(2, os.cpu_count() or 2))
+        # the same profile with one OpenVPN process per core, for the aggregate figure
+        mp = multi_server(client, cluster, workdir, max(2, os.cpu_count() or 2), sc.profile)
         extra_containers.append(client.containers.get(mp.name))
+        behind_middlebox(mp.name)
         mp_ends = []
 
         # b and d: raw OpenVPN clients with certificates issued by server_ext
@@ -372,44 +451,45 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         if len(live) < 2:
             raise BenchError("the two benchmark runs did not become live")
-        src, dst = (live[n.name] for n in cluster.nodes)
+        dst = live[cluster.nodes[1].name]
         hpid = {n.name: int(client.containers.get(live[n.name]["holder_id"]).attrs["State"]["Pid"]) for n in cluster.nodes}
         vport = {p["container_port"]: p["vpn_port"] for p in dst["ports"]}
-        paths.append(Path_("c", "vpnagent (default profile)", hpid[cluster.nodes[0].name], hpid[cluster.nodes[1].name],
+        paths.append(Path_("c", "vpnagent", hpid[cluster.nodes[0].name], hpid[cluster.nodes[1].name],
                            cluster.nodes[1].status()["vpn"]["vpn_ip"], vport[IPERF_PORT], vport[ECHO_PORT],
                            pingable=False))
         paths.sort(key=lambda p: p.key)
         time.sleep(1.0)  # let the agents follow the task family (peer rules)
 
-        results = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
-                               "docker": client.version().get("Version")}, "profile_override": args.profile,
-                   "isolated_mtu": args.isolated_mtu,
-                   "runs": runs, "seconds": seconds, "messages": messages, "paths": {}}
+        vpn = cluster.nodes[0].status()["vpn"]
+        out = {"label": sc.label, "profile": sc.profile or "default",
+               "mtu": {"link": sc.link_mtu, "fragments": "dropped" if sc.drops_fragments else "pass",
+                       "tunnel_c": vpn.get("tunnel_mtu"), "tunnel_c_source": vpn.get("tunnel_mtu_source"),
+                       "server_tun_mtu": (sc.profile or {}).get("tun_mtu", 1500)},
+               "paths": {}}
         for p in paths:
             start_servers(p.dst_pid, procs)
         time.sleep(0.5)
         for p in paths:
-            progress(f"measuring ({p.key}) {p.label}")
-            results["paths"][p.key] = {"label": p.label, **measure(p, runs, seconds, messages)}
+            progress(f"{sc.key}: measuring ({p.key}) {p.label}")
+            out["paths"][p.key] = {"label": p.label, **measure(p, runs, seconds, messages)}
         start_servers(second_pair.dst_pid, procs)
         time.sleep(0.3)
-        progress("measuring two raw pairs at once (one OpenVPN server process)")
-        results["two_pairs"] = two_pairs([p for p in paths if p.key == "b"][0], second_pair, runs, seconds)
+        progress(f"{sc.key}: measuring two raw pairs at once (one OpenVPN server process)")
+        out["two_pairs"] = two_pairs([p for p in paths if p.key == "b"][0], second_pair, runs, seconds)
         m_pairs = [Path_(f"m{k}", f"multi-process pair {k}", mp_ends[2 * k][0], mp_ends[2 * k + 1][0],
                          mp_ends[2 * k + 1][1], IPERF_PORT, ECHO_PORT) for k in range(2)]
         for p in m_pairs:
             start_servers(p.dst_pid, procs)
         time.sleep(0.3)
-        progress(f"measuring two raw pairs at once ({mp.files.settings.processes} OpenVPN server processes)")
-        results["two_pairs_multi"] = {"processes": mp.files.settings.processes,
-                                      **two_pairs(m_pairs[0], m_pairs[1], runs, seconds)}
-        med = {k: v["tcp_1_mbit"]["median"] for k, v in results["paths"].items()}
-        results["ratios"] = {"c/a tcp 1 stream": med["c"] / med["a"], "c/b tcp 1 stream": med["c"] / med["b"],
-                             "c/d tcp 1 stream": med["c"] / med["d"]}
-        report(args.json, results, table(results), progress)
-        plot(results, args.plot)
-        progress(f"plot written to {args.plot}")
-        return 0
+        progress(f"{sc.key}: measuring two raw pairs at once ({mp.files.settings.processes} OpenVPN server processes)")
+        out["two_pairs_multi"] = {"processes": mp.files.settings.processes,
+                                  **two_pairs(m_pairs[0], m_pairs[1], runs, seconds)}
+        out["fragments_dropped"] = sum(box.dropped() for box in boxes)
+        med = {k: v["tcp_1_mbit"]["median"] for k, v in out["paths"].items()}
+        out["ratios"] = {"c/b tcp 1 stream": med["c"] / med["b"], "c/d tcp 1 stream": med["c"] / med["d"],
+                         "c/d rr p99": (out["paths"]["c"]["rr_p99_ms"]["median"]
+                                        / out["paths"]["d"]["rr_p99_ms"]["median"])}
+        return out
     finally:
         for proc in procs:
             proc.kill()
@@ -419,47 +499,45 @@ def main(argv: list[str] | None = None) -> int:
                 c.remove(force=True)
             except docker.errors.NotFound:
                 pass
+        for box in boxes:
+            box.remove()
         cluster.down()
-        if direct_net is not None:
-            direct_net.remove()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def plot(results: dict, path: Path) -> None:
-    """Throughput (log scale: the direct path is ~10x the rest) and request/response latency
-    by path, medians with min-max whiskers."""
+    """Single-stream throughput and request/response p99 by path, one bar per network
+    scenario (the direct bridge is the same in all), medians with min-max whiskers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(results["paths"])
-    labels = [f"({k}) {results['paths'][k]['label']}" for k in keys]
+    scenarios = list(results["scenarios"])
+    keys = ["a", "b", "c", "d"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
 
-    def bars(ax, fields, names, offset_step):
-        width = 0.8 / len(fields)
-        for j, (field, name) in enumerate(zip(fields, names)):
-            med, lo, hi = [], [], []
-            for k in keys:
-                s = results["paths"][k][field]
-                med.append(s["median"] if s else 0)
-                lo.append(s["median"] - s["min"] if s else 0)
-                hi.append(s["max"] - s["median"] if s else 0)
-            xs = [i + (j - (len(fields) - 1) / 2) * width for i in range(len(keys))]
-            ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, label=name)
+    def stat(scenario: str, key: str, field: str) -> dict | None:
+        return (results["direct"] if key == "a" else results["scenarios"][scenario]["paths"][key]).get(field)
+
+    for ax, field, ylabel in ((ax1, "tcp_1_mbit", "TCP throughput, 1 stream, Mbit/s (log)"),
+                              (ax2, "rr_p99_ms", "1 KiB request/response p99, ms")):
+        width = 0.8 / len(scenarios)
+        for j, sc in enumerate(scenarios):
+            stats = [stat(sc, k, field) for k in keys]
+            med = [s["median"] if s else 0 for s in stats]
+            err = [[s["median"] - s["min"] if s else 0 for s in stats], [s["max"] - s["median"] if s else 0 for s in stats]]
+            xs = [i + (j - (len(scenarios) - 1) / 2) * width for i in range(len(keys))]
+            ax.bar(xs, med, width, yerr=err, capsize=3, label=results["scenarios"][sc]["label"])
         ax.set_xticks(range(len(keys)))
         ax.set_xticklabels([f"({k})" for k in keys])
-        ax.legend()
-
-    bars(ax1, ["tcp_1_mbit", "tcp_4_mbit"], ["1 stream", "4 streams"], 0)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
     ax1.set_yscale("log")
-    ax1.set_ylabel("TCP throughput, Mbit/s (log)")
-    ax1.set_title("Throughput by path")
-    bars(ax2, ["rr_p50_ms", "rr_p99_ms"], ["p50", "p99"], 0)
-    ax2.set_ylabel("1 KiB request/response, ms")
-    ax2.set_title("Latency by path")
-    fig.text(0.01, 0.01, "   ".join(labels), fontsize=8)
+    ax1.set_title("Throughput by path and network")
+    ax2.set_title("Latency by path and network")
+    fig.text(0.01, 0.01, "(a) direct bridge   (b) raw OpenVPN client-to-client   (c) vpnagent   (d) vantage6 4.x "
+                         "defaults", fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -468,24 +546,31 @@ def plot(results: dict, path: Path) -> None:
 
 def table(results: dict) -> str:
     cols = ["tcp_1_mbit", "tcp_4_mbit", "ping_ms", "rr_p50_ms", "rr_p99_ms", "cpu_s_per_gb", "machine_cpu_s_per_gb"]
-    lines = [f"{'path':<34}" + "".join(f"{c:>26}" for c in cols), f"{'':<34}" + "".join(f"{'min/median/max':>26}" for _ in cols)]
-    for key, v in results["paths"].items():
-        cells = []
-        for c in cols:
-            s = v.get(c)
-            cells.append(f"{'n/a':>26}" if s is None else f" {s['min']:.1f}/{s['median']:.1f}/{s['max']:.1f}".rjust(26))
-        lines.append(f"({key}) {v['label']:<30}" + "".join(cells))
-    lines.append("")
-    lines += [f"{k:<24} {v:6.3f}" for k, v in results["ratios"].items()]
-    for key, what in (("two_pairs", "1 OpenVPN server process"), ("two_pairs_multi", "processes")):
-        tp = results.get(key)
-        if tp:
-            if key == "two_pairs_multi":
-                what = f"{tp['processes']} OpenVPN server processes"
-            lines.append(f"two raw pairs at once: {tp['two_pairs_mbit']:.0f} Mbit/s vs one pair "
-                         f"{tp['one_pair_mbit']:.0f} (x{tp['ratio']:.2f}; {what}); CPUs busy "
-                         f"{tp.get('cpu_busy_one_pair', 0):.0%} with one pair, {tp.get('cpu_busy_two_pairs', 0):.0%} "
-                         "with two")
+
+    def row(key: str, v: dict) -> str:
+        cells = [f"{'n/a':>26}" if v.get(c) is None else
+                 f" {v[c]['min']:.1f}/{v[c]['median']:.1f}/{v[c]['max']:.1f}".rjust(26) for c in cols]
+        return f"({key}) {v['label']:<30}" + "".join(cells)
+
+    lines = [f"{'path':<34}" + "".join(f"{c:>26}" for c in cols),
+             f"{'':<34}" + "".join(f"{'min/median/max':>26}" for _ in cols), row("a", results["direct"])]
+    for key, sc in results["scenarios"].items():
+        mtu = sc["mtu"]
+        head = "HEADLINE " if key == results.get("headline") else ""
+        lines += ["", f"{head}{key}: {sc['label']}; link MTU {mtu['link']}, fragments {mtu['fragments']}, server "
+                      f"tun-mtu {mtu['server_tun_mtu']}, (c) tunnel MTU {mtu['tunnel_c']} ({mtu['tunnel_c_source']}); "
+                      f"fragments dropped by the middlebox: {sc['fragments_dropped']}"]
+        lines += [row(k, v) for k, v in sc["paths"].items()]
+        lines += [f"  {k:<22} {v:6.3f}" for k, v in sc["ratios"].items()]
+        for tp_key in ("two_pairs", "two_pairs_multi"):
+            tp = sc.get(tp_key)
+            if tp:
+                what = (f"{tp['processes']} OpenVPN server processes" if tp_key == "two_pairs_multi"
+                        else "1 OpenVPN server process")
+                lines.append(f"  two raw pairs at once: {tp['two_pairs_mbit']:.0f} Mbit/s vs one pair "
+                             f"{tp['one_pair_mbit']:.0f} (x{tp['ratio']:.2f}; {what}); CPUs busy "
+                             f"{tp.get('cpu_busy_one_pair', 0):.0%} with one pair, {tp.get('cpu_busy_two_pairs', 0):.0%} "
+                             "with two")
     return "\n".join(lines)
 
 

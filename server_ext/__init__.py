@@ -57,7 +57,7 @@ class VPNExtension:
             remote_host=cfg.get("VPNAGENT_OPENVPN_REMOTE_HOST", "127.0.0.1"),
             remote_port=int(cfg.get("VPNAGENT_OPENVPN_REMOTE_PORT", 1194)),
             proto=cfg.get("VPNAGENT_OPENVPN_PROTO", "udp"),
-            profile=_profile(cfg.get("VPNAGENT_OPENVPN_PROFILE")),
+            profile=profile_from_config(cfg.get("VPNAGENT_OPENVPN_PROFILE")),
             processes=int(cfg.get("VPNAGENT_OPENVPN_PROCESSES", 1)),
             port_share=_host_port(cfg.get("VPNAGENT_OPENVPN_PORT_SHARE")),
         )
@@ -87,7 +87,7 @@ def _http_error(exc: HTTPException):
     return jsonify(msg=msg.get(exc.code, exc.description)), exc.code
 
 
-def _profile(raw: dict | None) -> Profile:
+def profile_from_config(raw: dict | None) -> Profile:
     """The data-plane profile: the tuned default, with any field overridden by config."""
     if not raw:
         return DEFAULT_PROFILE

@@ -30,19 +30,27 @@ def test_wiring_benchmark_smoke(docker_client, tmp_path):
 def test_dataplane_benchmark_smoke(docker_client, tmp_path):
     out = tmp_path / "dataplane.json"
     png = tmp_path / "dataplane.png"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dataplane.py"), "--quick", "--json", str(out),
-                           "--plot", str(png)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dataplane.py"), "--quick", "--scenario",
+                           "wan_1500", "--json", str(out), "--plot", str(png)], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["paths"]) == {"a", "b", "c", "d"}
-    for key, path in report["paths"].items():
+    assert report["headline"] == "wan_1500" and set(report["scenarios"]) == {"wan_1500"}
+    wan = report["scenarios"]["wan_1500"]
+    # the figures say what they were measured over: a 1500-byte link dropping fragments, and
+    # the tunnel MTU the agent probed there (smaller than the link: the encapsulation fits)
+    assert wan["mtu"]["link"] == 1500 and wan["mtu"]["fragments"] == "dropped"
+    assert wan["mtu"]["tunnel_c_source"] == "probed" and 1280 <= wan["mtu"]["tunnel_c"] < 1500
+    paths = {"a": report["direct"], **wan["paths"]}
+    assert set(paths) == {"a", "b", "c", "d"}
+    for key, path in paths.items():
         assert path["tcp_1_mbit"]["median"] > 0 and path["tcp_4_mbit"]["median"] > 0
         assert path["rr_p99_ms"]["median"] >= path["rr_p50_ms"]["median"] > 0
         assert (path["ping_ms"] is None) == (key == "c")
         assert (path["cpu_s_per_gb"] is None) == (key == "a")
-    assert set(report["ratios"]) == {"c/a tcp 1 stream", "c/b tcp 1 stream", "c/d tcp 1 stream"}
+    assert set(wan["ratios"]) == {"c/b tcp 1 stream", "c/d tcp 1 stream", "c/d rr p99"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert report["two_pairs"]["two_pairs_mbit"] > 0 and report["two_pairs"]["one_pair_mbit"] > 0
+    assert wan["two_pairs"]["two_pairs_mbit"] > 0 and wan["two_pairs"]["one_pair_mbit"] > 0
 
 
 @pytest.mark.docker

@@ -17,7 +17,7 @@ from test_algorithms.send_echo import SendEchoError, format_matrix, send_echo
 from tests.waiting import wait_for
 from vpnagent.images import tar_context
 
-from .middlebox import FragmentDropper, host_veth
+from test_algorithms.middlebox import FragmentDropper, host_veth
 from .util import kill_run, live_run, wait_task_done
 
 pytestmark = pytest.mark.docker
