@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -282,6 +283,25 @@ def rerender_for(server, ovpn: str, node: dict, vpn_ip: str | None = None) -> st
                          index=server.files.settings.process_of(ip))
 
 
+def free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def via_relay(ovpn: str, relay_host: str | None, relay_port: dict[int, int]) -> str:
+    """A client config whose `remote` is the relay in front of its server (unchanged without)."""
+    if relay_host is None:
+        return ovpn
+    lines = []
+    for line in ovpn.splitlines():
+        if line.startswith("remote "):
+            port = int(line.split()[2])
+            line = f"remote {relay_host} {relay_port[port]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 V6_FLAGS = ["--connect-retry-max", "1", "--ping-exit", "30", "--pull-filter", "ignore", "ifconfig-ipv6",
             "--pull-filter", "ignore", "route-ipv6"]
 
@@ -296,11 +316,17 @@ class Scenario:
     drops_fragments: bool  # a middlebox in front of every OpenVPN server (test_algorithms/middlebox.py)
     profile: dict | None  # server openvpn_profile for (b), (c) and the multi-process server; None: the default
     node_extra: dict
+    delay_ms: float = 0.0  # one way, between every node and its OpenVPN server (test_algorithms/wanrelay.py)
+    loss: float = 0.0  # per datagram, each direction
 
 
 SCENARIOS = {
     # the headline: an internet path as it often is (1500 bytes, fragments dropped), defaults
     "wan_1500": Scenario("wan_1500", "1500-byte WAN dropping IP fragments, default profile", 1500, True, None, {}),
+    # the same between hospitals: 20 ms round trip to the server and 0.1 % loss each way (a
+    # userspace relay: this kernel has no netem)
+    "wan_20ms": Scenario("wan_20ms", "1500-byte WAN dropping fragments, 20 ms RTT to the server, 0.1 % loss",
+                         1500, True, None, {}, delay_ms=10.0, loss=0.001),
     # where a LAN carries jumbo datagrams (fragments pass): the tuned jumbo profile
     "lan_jumbo": Scenario("lan_jumbo", "LAN bridge (fragments pass), jumbo profile tun-mtu 9000", 1500, False,
                           {"tun_mtu": 9000, "mssfix": 0, "sndbuf": 524288, "rcvbuf": 524288, "fast_io": True},
@@ -381,21 +407,44 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
     and OpenVPN servers of its own, removed afterwards."""
     progress(f"scenario {sc.key}: {sc.label}")
     workdir = Path(tempfile.mkdtemp(prefix=f"vpnagent-dataplane-{sc.key}-"))
-    cluster = LocalCluster(workdir=workdir, prefix=f"vdp{int(time.time()) % 10000}", n_nodes=2,
-                           vpn_subnet="10.79.0.0/16", progress=progress, wan_mtu=sc.link_mtu,
-                           server_extra={"openvpn_profile": sc.profile} if sc.profile else {}, node_extra=sc.node_extra)
+    prefix = f"vdp{int(time.time()) % 10000}"
+    # made here, before the cluster: with a relay the nodes' `remote` is its address on it
+    wan = client.networks.create(f"{prefix}-wan", driver="bridge", internal=True, labels={"vpnagent.demo": prefix},
+                                 options={"com.docker.network.driver.mtu": str(sc.link_mtu)})
+    gateway = wan.attrs["IPAM"]["Config"][0]["Gateway"]
+    relays: list[subprocess.Popen] = []
+    server_extra = {"openvpn_profile": sc.profile} if sc.profile else {}
+    if sc.delay_ms:
+        server_extra["openvpn_remote_host"] = gateway
+    cluster = LocalCluster(workdir=workdir, prefix=prefix, n_nodes=2, vpn_subnet="10.79.0.0/16", progress=progress,
+                           wan_mtu=sc.link_mtu, server_extra=server_extra, node_extra=sc.node_extra)
     procs: list[subprocess.Popen] = []
     extra_containers = []
     boxes: list[FragmentDropper] = []
 
-    def behind_middlebox(container_name: str) -> None:
+    def on_the_path(container_name: str, ports: list[int]) -> dict[int, int]:
+        """Put an OpenVPN server behind the scenario's network: the middlebox on its veth,
+        and a relay on the host per port (relay port -> server port; equal for the cluster's
+        own server, whose config names the relay)."""
+        c = client.containers.get(container_name)
         if sc.drops_fragments:
-            pid = int(client.containers.get(container_name).attrs["State"]["Pid"])
-            boxes.append(FragmentDropper(host_veth(pid)).install())
+            boxes.append(FragmentDropper(host_veth(int(c.attrs["State"]["Pid"]))).install())
+        if not sc.delay_ms:
+            return {p: p for p in ports}
+        ip = c.attrs["NetworkSettings"]["Networks"][wan.name]["IPAddress"]
+        mapping = {}
+        for p in ports:
+            listen = p if container_name == cluster.openvpn_container else free_udp_port(gateway)
+            relays.append(subprocess.Popen([sys.executable, "-m", "test_algorithms.wanrelay", "--listen",
+                                            f"{gateway}:{listen}", "--upstream", f"{ip}:{p}", "--delay-ms",
+                                            str(sc.delay_ms), "--loss", str(sc.loss)], cwd=ROOT,
+                                           stdout=subprocess.PIPE, text=True))
+            mapping[listen] = p
+        return mapping
 
     try:
         cluster.up(start=[])  # the middlebox goes in before any node connects (and probes its path)
-        behind_middlebox(cluster.openvpn_container)
+        on_the_path(cluster.openvpn_container, [1194])
         for node in cluster.nodes:
             cluster.start_node(node)
         cluster.wait_connected()
@@ -405,12 +454,13 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
         # the baseline whatever vpnagent's default profile becomes
         v6 = vantage6_server(client, cluster, workdir)
         extra_containers.append(client.containers.get(v6.name))
-        behind_middlebox(v6.name)
+        v6_relay = {server: relay for relay, server in on_the_path(v6.name, [1194]).items()}
 
         # the same profile with one OpenVPN process per core, for the aggregate figure
         mp = multi_server(client, cluster, workdir, max(2, os.cpu_count() or 2), sc.profile)
         extra_containers.append(client.containers.get(mp.name))
-        behind_middlebox(mp.name)
+        mp_relay = {server: relay for relay, server in
+                    on_the_path(mp.name, [1194 + i for i in range(mp.files.settings.processes)]).items()}
         mp_ends = []
 
         # b and d: raw OpenVPN clients with certificates issued by server_ext
@@ -422,10 +472,12 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
                 api = cluster.node_api(node)
                 ovpn = api.get_vpn_config()
                 if key == "d":
-                    ovpn = rerender_for(v6, ovpn, api.node_self())
+                    ovpn = via_relay(rerender_for(v6, ovpn, api.node_self()), gateway if sc.delay_ms else None,
+                                     v6_relay)
                 if key == "m":  # spread as the server's allocator does: node i on process i % n
                     net = mp.files.settings.slices[i % mp.files.settings.processes]
-                    ovpn = rerender_for(mp, ovpn, api.node_self(), str(net.network_address + 2 + i))
+                    ovpn = via_relay(rerender_for(mp, ovpn, api.node_self(), str(net.network_address + 2 + i)),
+                                     gateway if sc.delay_ms else None, mp_relay)
                 c, pid, ip = raw_client(client, cluster, f"{key}{i}", ovpn, workdir, flags)
                 extra_containers.append(c)
                 ends.append((pid, ip))
@@ -462,6 +514,8 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
 
         vpn = cluster.nodes[0].status()["vpn"]
         out = {"label": sc.label, "profile": sc.profile or "default",
+               "path": {"rtt_to_server_ms": 2 * sc.delay_ms, "loss_each_way": sc.loss,
+                        "how": "userspace UDP relay (no netem on this kernel)" if sc.delay_ms else "none"},
                "mtu": {"link": sc.link_mtu, "fragments": "dropped" if sc.drops_fragments else "pass",
                        "tunnel_c": vpn.get("tunnel_mtu"), "tunnel_c_source": vpn.get("tunnel_mtu_source"),
                        "server_tun_mtu": (sc.profile or {}).get("tun_mtu", 1500)},
@@ -501,7 +555,10 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
                 pass
         for box in boxes:
             box.remove()
-        cluster.down()
+        for proc in relays:
+            proc.terminate()
+            proc.wait(10)
+        cluster.down()  # removes the wan network too
         shutil.rmtree(workdir, ignore_errors=True)
 
 
