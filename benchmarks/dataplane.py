@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "dataplane.png",
                     help="PNG of throughput and latency by path")
     ap.add_argument("--plot-only", type=Path, metavar="JSON", help="only draw the plot of an earlier report")
+    ap.add_argument("--no-pairs", action="store_true", help="skip the two-pairs-at-once figures (profile sweeps)")
     ap.add_argument("--profile", type=json.loads, default=None,
                     help='override vpnagent\'s profile for (b), (c) in every scenario, e.g. \'{"sndbuf": 0}\'')
     args = ap.parse_args(argv)
@@ -368,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             sc = Scenario(sc.key, f"{sc.label} + {args.profile}", sc.link_mtu, sc.drops_fragments,
                           {**(sc.profile or {}), **args.profile}, sc.node_extra)
-        results["scenarios"][key] = measure_scenario(client, sc, progress, runs, seconds, messages)
+        results["scenarios"][key] = measure_scenario(client, sc, progress, runs, seconds, messages,
+                                                     pairs=not args.no_pairs)
     report(args.json, results, table(results), progress)
     plot(results, args.plot)
     progress(f"plot written to {args.plot}")
@@ -402,7 +404,7 @@ def direct_bridge(client: docker.DockerClient, progress, runs: int, seconds: int
 
 
 def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: int, seconds: int,
-                     messages: int) -> dict:
+                     messages: int, pairs: bool = True) -> dict:
     """(b), (c), (d) and the aggregate figures over one network scenario, each on a cluster
     and OpenVPN servers of its own, removed afterwards."""
     progress(f"scenario {sc.key}: {sc.label}")
@@ -526,6 +528,13 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
         for p in paths:
             progress(f"{sc.key}: measuring ({p.key}) {p.label}")
             out["paths"][p.key] = {"label": p.label, **measure(p, runs, seconds, messages)}
+        out["fragments_dropped"] = sum(box.dropped() for box in boxes)
+        med = {k: v["tcp_1_mbit"]["median"] for k, v in out["paths"].items()}
+        out["ratios"] = {"c/b tcp 1 stream": med["c"] / med["b"], "c/d tcp 1 stream": med["c"] / med["d"],
+                         "c/d rr p99": (out["paths"]["c"]["rr_p99_ms"]["median"]
+                                        / out["paths"]["d"]["rr_p99_ms"]["median"])}
+        if not pairs:
+            return out
         start_servers(second_pair.dst_pid, procs)
         time.sleep(0.3)
         progress(f"{sc.key}: measuring two raw pairs at once (one OpenVPN server process)")
@@ -538,11 +547,6 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
         progress(f"{sc.key}: measuring two raw pairs at once ({mp.files.settings.processes} OpenVPN server processes)")
         out["two_pairs_multi"] = {"processes": mp.files.settings.processes,
                                   **two_pairs(m_pairs[0], m_pairs[1], runs, seconds)}
-        out["fragments_dropped"] = sum(box.dropped() for box in boxes)
-        med = {k: v["tcp_1_mbit"]["median"] for k, v in out["paths"].items()}
-        out["ratios"] = {"c/b tcp 1 stream": med["c"] / med["b"], "c/d tcp 1 stream": med["c"] / med["d"],
-                         "c/d rr p99": (out["paths"]["c"]["rr_p99_ms"]["median"]
-                                        / out["paths"]["d"]["rr_p99_ms"]["median"])}
         return out
     finally:
         for proc in procs:
