@@ -127,8 +127,9 @@ VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "i
 # python3, not python3-minimal: the minimal one has no http.server.
 ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping"))
 # What the agent shells out to (iptables-restore, nsenter, ip, ping for the path MTU probe)
-# plus a venv-capable python3 and the CA bundle for a server whose certificate a public CA signed. Debian 12's iptables is the
-# nf_tables backend, like the host's: the agent's rules must land in the tables the host uses.
+# plus a venv-capable python3 and the CA bundle for a server whose certificate a public CA
+# signed. Debian 12's iptables is the nf_tables backend, like the host's: the agent's rules
+# must land in the tables the host uses.
 AGENT_BASE_RECIPE = DebootstrapRecipe(AGENT_BASE_IMAGE, ("python3", "python3-venv", "iptables", "iproute2",
                                                          "util-linux", "ca-certificates", "iputils-ping"))
 

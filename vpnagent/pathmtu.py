@@ -92,7 +92,7 @@ def probe(ns: Netns, tun_if: str = "tun0") -> PathMTU:
 
 
 def settle(ns: Netns, configured: int | None, tun_if: str = "tun0") -> PathMTU:
-    """The configured tunnel MTU, else the probed one (never above tun0's own MTU)."""
+    """The configured tunnel MTU, else the probed one (which never exceeds tun0's MTU)."""
     if configured is not None:
         return PathMTU(configured, "configured", f"tunnel_mtu {configured} from the node config")
     try:
