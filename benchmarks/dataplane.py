@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="PNG of throughput and latency by path")
     ap.add_argument("--plot-only", type=Path, metavar="JSON", help="only draw the plot of an earlier report")
     ap.add_argument("--no-pairs", action="store_true", help="skip the two-pairs-at-once figures (profile sweeps)")
+    ap.add_argument("--node-extra", type=json.loads, default=None,
+                    help='more node config keys for (c) in every scenario, e.g. \'{"isolated_mtu": 9000}\'')
     ap.add_argument("--profile", type=json.loads, default=None,
                     help='override vpnagent\'s profile for (b), (c) in every scenario, e.g. \'{"sndbuf": 0}\'')
     args = ap.parse_args(argv)
@@ -366,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
                "direct": direct_bridge(client, progress, runs, seconds, messages), "scenarios": {}}
     for key in args.scenario or list(SCENARIOS):
         sc = SCENARIOS[key]
-        if args.profile:
-            sc = Scenario(sc.key, f"{sc.label} + {args.profile}", sc.link_mtu, sc.drops_fragments,
-                          {**(sc.profile or {}), **args.profile}, sc.node_extra)
+        if args.profile or args.node_extra:
+            sc = Scenario(sc.key, f"{sc.label} + {args.profile or {}} {args.node_extra or ''}".rstrip(), sc.link_mtu,
+                          sc.drops_fragments, {**(sc.profile or {}), **(args.profile or {})} or None,
+                          {**sc.node_extra, **(args.node_extra or {})}, sc.delay_ms, sc.loss)
         results["scenarios"][key] = measure_scenario(client, sc, progress, runs, seconds, messages,
                                                      pairs=not args.no_pairs)
     report(args.json, results, table(results), progress)
@@ -408,6 +411,8 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
     """(b), (c), (d) and the aggregate figures over one network scenario, each on a cluster
     and OpenVPN servers of its own, removed afterwards."""
     progress(f"scenario {sc.key}: {sc.label}")
+    if sc.delay_ms:  # each request waits two round trips to the server: keep a run to about 15 s
+        messages = min(messages, max(100, int(15_000 / (4 * sc.delay_ms))))
     workdir = Path(tempfile.mkdtemp(prefix=f"vpnagent-dataplane-{sc.key}-"))
     prefix = f"vdp{int(time.time()) % 10000}"
     # made here, before the cluster: with a relay the nodes' `remote` is its address on it
@@ -516,6 +521,7 @@ def measure_scenario(client: docker.DockerClient, sc: Scenario, progress, runs: 
 
         vpn = cluster.nodes[0].status()["vpn"]
         out = {"label": sc.label, "profile": sc.profile or "default",
+               "messages": messages,
                "path": {"rtt_to_server_ms": 2 * sc.delay_ms, "loss_each_way": sc.loss,
                         "how": "userspace UDP relay (no netem on this kernel)" if sc.delay_ms else "none"},
                "mtu": {"link": sc.link_mtu, "fragments": "dropped" if sc.drops_fragments else "pass",

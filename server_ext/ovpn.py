@@ -27,6 +27,7 @@ class Profile:
     rcvbuf: int | None = None
     txqueuelen: int | None = None
     fast_io: bool = False
+    fragment: int | None = None  # OpenVPN's own fragmentation of big tunnel packets (UDP only)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(CIPHERS, self.cipher):
@@ -41,6 +42,8 @@ class Profile:
                 out.append(f"{key} {int(value)}")
         if self.fast_io and proto == "udp":
             out.append("fast-io")
+        if self.fragment is not None and proto == "udp":
+            out.append(f"fragment {int(self.fragment)}")
         return out
 
 

@@ -65,6 +65,7 @@ DIRECTIVES: dict[str, Directive] = {
     "sndbuf": _number("sndbuf"),
     "rcvbuf": _number("rcvbuf"),
     "txqueuelen": _number("txqueuelen"),
+    "fragment": _number("fragment"),
     "fast-io": _flag("fast-io"),
     "explicit-exit-notify": Directive("(?:[0-9]{1,2})?", "explicit-exit-notify [NUMBER]"),
 }
