@@ -588,7 +588,7 @@ def plot(results: dict, path: Path) -> None:
         return (results["direct"] if key == "a" else results["scenarios"][scenario]["paths"][key]).get(field)
 
     for ax, field, ylabel in ((ax1, "tcp_1_mbit", "TCP throughput, 1 stream, Mbit/s (log)"),
-                              (ax2, "rr_p99_ms", "1 KiB request/response p99, ms")):
+                              (ax2, "rr_p99_ms", "1 KiB request/response p99, ms (log)")):
         width = 0.8 / len(scenarios)
         for j, sc in enumerate(scenarios):
             stats = [stat(sc, k, field) for k in keys]
@@ -601,6 +601,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     ax1.set_yscale("log")
+    ax2.set_yscale("log")  # a 20 ms path next to sub-millisecond ones
     ax1.set_title("Throughput by path and network")
     ax2.set_title("Latency by path and network")
     fig.text(0.01, 0.01, "(a) direct bridge   (b) raw OpenVPN client-to-client   (c) vpnagent   (d) vantage6 4.x "
