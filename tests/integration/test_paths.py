@@ -113,7 +113,8 @@ def test_iperf3_between_two_runs_crosses_the_path(path, docker_client, iperf_ima
                 ["nsenter", f"--net=/proc/{pid[src_node.name]}/ns/net", "--", "iperf3", "-c",
                  dst_node.status()["vpn"]["vpn_ip"], "-p", str(port), "-t", "3", "-J", "--connect-timeout", "3000"],
                 capture_output=True, text=True, timeout=60), "iperf3 to connect (the family rules settle first)",
-                30, 0.5, until=lambda p: p.returncode == 0 or "Connection refused" not in p.stdout)
+                # iperf3 -J exits 0 even when it could not connect: the refusal is only in the JSON
+                30, 0.5, until=lambda p: "Connection refused" not in p.stdout + p.stderr)
         finally:
             server.kill()
             server.wait(10)
