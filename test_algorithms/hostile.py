@@ -37,8 +37,14 @@ from vpnagent.algorithm_client import AlgorithmClient, AlgorithmClientError
 
 HOSTILE_IMAGE = "vpnagent/hostile:latest"
 # Built like the echo image (vpnagent.images.build_algorithm_image): these files under /app.
-FILES: tuple[str, ...] = ("vpnagent/__init__.py", "vpnagent/algorithm_client.py", "test_algorithms/__init__.py",
-                          "test_algorithms/echo.py", "test_algorithms/hostile.py")
+# vpnagent/algorithm_client.py finds the client package in /app/clients/python (PYTHONPATH is /app).
+FILES: tuple[str, ...] = ("vpnagent/__init__.py", "vpnagent/algorithm_client.py",
+                          "clients/python/vpnagent_algorithm/__init__.py",
+                          "clients/python/vpnagent_algorithm/client.py",
+                          "clients/python/vpnagent_algorithm/environment.py",
+                          "clients/python/vpnagent_algorithm/errors.py",
+                          "clients/python/vpnagent_algorithm/mock.py",
+                          "test_algorithms/__init__.py", "test_algorithms/echo.py", "test_algorithms/hostile.py")
 DOCKERFILE = """\
 FROM vpnagent/algo-base:latest
 COPY app/ /app/
@@ -370,7 +376,8 @@ def run_attack(client: AlgorithmClient, hints: dict | None = None, child_orgs: l
     server = EchoServer("0.0.0.0", ECHO_PORT).start()  # the own address control reaches this
     try:
         if child_orgs:
-            sub = client.task.create(child_orgs, {"method": "serve", "kwargs": {"timeout": timeout}}, name="hostile children")
+            sub = client.task.create(input_={"method": "serve", "kwargs": {"timeout": timeout}},
+                                     organizations=child_orgs, name="hostile children")
             got = wait_for_org_addresses(
                 lambda: [a for a in client.vpn.get_child_addresses() if a.get("task_id") == sub["id"]],
                 child_orgs, timeout=timeout)

@@ -64,7 +64,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Files copied into the echo image, as (path relative to the repo root) = path under /app.
 ECHO_FILES: tuple[str, ...] = (
     "vpnagent/__init__.py",
-    "vpnagent/algorithm_client.py",
+    "vpnagent/algorithm_client.py",  # finds the package below in /app/clients/python
+    "clients/python/vpnagent_algorithm/__init__.py",
+    "clients/python/vpnagent_algorithm/client.py",
+    "clients/python/vpnagent_algorithm/environment.py",
+    "clients/python/vpnagent_algorithm/errors.py",
+    "clients/python/vpnagent_algorithm/mock.py",
     "test_algorithms/__init__.py",
     "test_algorithms/echo.py",
 )
