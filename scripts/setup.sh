@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up for `make demo` / `make test` on Debian 12 as root:
-# Debian packages, a running dockerd, the virtualenv with vpnagent, the vantage6 client's
-# virtualenv (scripts/v6-wheels.sh) and the local images.
+# Debian packages, a running dockerd, the virtualenv with vpnagent and the local images.
+# (`make test` adds the vantage6 client's virtualenv and wheels: scripts/v6-wheels.sh.)
 # A second run only checks and reuses what the first one built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,9 +55,5 @@ else
   say "virtualenv up to date"
 fi
 
-# 4. the real vantage6 algorithm client in .venv-v6, for its compatibility test (it pins
-#    releases that cannot share .venv; wheels are cached in .cache/v6-wheels)
-PYTHON="$PY" bash scripts/v6-wheels.sh
-
-# 5. images (each rebuilt only when its recipe changes)
+# 4. images (each rebuilt only when its recipe changes)
 .venv/bin/vpnagent images build

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The real vantage6 algorithm client (vantage6-algorithm-tools 4.13.7) in a virtualenv of
-# its own, .venv-v6, for tests/server/test_vantage6_client.py. It cannot share .venv: it pins
+# its own, .venv-v6, for tests/server/test_vantage6_client.py, and the wheels the vantage6
+# example image installs offline (examples/ring_sum/build_v6.py; pip's own wheel with them,
+# as the algorithm base image has no pip). It cannot share .venv: it pins
 # SQLAlchemy 1.4 and other old releases. Wheels are kept in .cache/v6-wheels (qrcode 7.3.1
 # is published only as an sdist, so `pip wheel` builds it once), and the virtualenv is
 # installed from them without an index. Idempotent: a second run reuses both.
@@ -31,13 +33,13 @@ if [ "$(minor "$PIP_PY")" != "$py_minor" ]; then
 fi
 
 # 1. wheels (the stamp is written only after a complete `pip wheel`)
-stamp="$WHEELS/.complete-$VERSION-py$py_minor"
+stamp="$WHEELS/.complete-$VERSION-py$py_minor-pip"
 if [ -f "$stamp" ]; then
   say "wheels present in $WHEELS"
 else
   say "building wheels of $REQ and its dependencies into $WHEELS (with $PIP_PY -m pip)"
   mkdir -p "$WHEELS"
-  "$PIP_PY" -m pip wheel -q --disable-pip-version-check -w "$WHEELS" "$REQ"
+  "$PIP_PY" -m pip wheel -q --disable-pip-version-check -w "$WHEELS" "$REQ" pip
   touch "$stamp"
 fi
 

@@ -1,17 +1,12 @@
-"""clients/python as a package: it installs offline into a fresh virtualenv that has none of
-the server's or node's dependencies, its build backend writes correct wheels and sdists,
-and every algorithm image's file list carries all of its modules."""
+"""clients/python as a package: `pip install ./clients/python` puts it into a fresh
+virtualenv that has none of the server's or node's dependencies, and every algorithm
+image's file list carries all of its modules."""
 from __future__ import annotations
 
-import base64
-import hashlib
-import importlib.util
 import os
 import subprocess
 import sys
-import tarfile
 import tomllib
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,13 +14,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CLIENT = REPO / "clients" / "python"
 MODULES = sorted(p.relative_to(REPO).as_posix() for p in (CLIENT / "vpnagent_algorithm").glob("*.py"))
-
-
-def _backend():
-    spec = importlib.util.spec_from_file_location("vpnagent_client_build_backend", CLIENT / "build_backend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -49,12 +37,13 @@ print(json.dumps({"file": vpnagent_algorithm.__file__, "version": vpnagent_algor
 
 
 def test_installs_into_a_fresh_venv_without_the_projects_dependencies(tmp_path):
+    """`pip install ./clients/python` as a user runs it (setuptools, the build tool, comes from
+    the package index): the package installs and imports where flask, docker and sqlalchemy
+    are absent."""
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
-    # offline: --no-index, and the in-tree build backend needs nothing (requires = [])
-    _run([str(python), "-m", "pip", "install", "--quiet", "--no-index", "--no-build-isolation", str(CLIENT)],
-         cwd=tmp_path)
+    _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(CLIENT)], cwd=tmp_path)
     out = _run([str(python), "-c", CHECK_IN_VENV], cwd=tmp_path).stdout  # cwd outside the repo
     import json
 
@@ -63,59 +52,14 @@ def test_installs_into_a_fresh_venv_without_the_projects_dependencies(tmp_path):
     assert got["absent"] == {"flask": True, "docker": True, "sqlalchemy": True}
     assert got["version"] == tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["version"]
     assert got["url"] == "http://127.0.0.1:9/api" and got["orgs"] == [0, 1]
+    listed = _run([str(python), "-m", "pip", "show", "-f", "vpnagent-algorithm-client"], cwd=tmp_path).stdout
+    assert all(f"vpnagent_algorithm/{Path(m).name}" in listed for m in MODULES), listed
 
 
-def test_project_metadata_is_read_like_tomllib_reads_it():
+def test_project_metadata():
     project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
-    meta = _backend().project()
-    assert meta == {k: v for k, v in project.items() if isinstance(v, str)}
     assert project["name"] == "vpnagent-algorithm-client" and project["dependencies"] == []
     assert project["requires-python"] == ">=3.9"
-    assert tomllib.loads((CLIENT / "pyproject.toml").read_text())["build-system"]["requires"] == []
-
-
-def _check_record(whl: zipfile.ZipFile, dist_info: str) -> None:
-    lines = whl.read(f"{dist_info}/RECORD").decode().splitlines()
-    assert f"{dist_info}/RECORD,," in lines
-    for line in lines:
-        name, digest, size = line.rsplit(",", 2)
-        if name.endswith("RECORD"):
-            continue
-        data = whl.read(name)
-        expect = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        assert digest == f"sha256={expect}" and int(size) == len(data), name
-    assert len(lines) == len(whl.namelist())
-
-
-def test_wheel_editable_and_sdist(tmp_path):
-    backend = _backend()
-    dist_info = "vpnagent_algorithm_client-0.1.0.dist-info"
-    name = backend.build_wheel(str(tmp_path))
-    assert name == "vpnagent_algorithm_client-0.1.0-py3-none-any.whl"
-    with zipfile.ZipFile(tmp_path / name) as whl:
-        modules = sorted(n for n in whl.namelist() if n.endswith(".py"))
-        assert modules == [m.removeprefix("clients/python/") for m in MODULES]
-        metadata = whl.read(f"{dist_info}/METADATA").decode()
-        assert "Name: vpnagent-algorithm-client\n" in metadata and "Requires-Python: >=3.9\n" in metadata
-        assert "Requires-Dist" not in metadata
-        assert "Tag: py3-none-any" in whl.read(f"{dist_info}/WHEEL").decode()
-        _check_record(whl, dist_info)
-    first = (tmp_path / name).read_bytes()
-    (tmp_path / "again").mkdir()
-    assert (tmp_path / "again" / backend.build_wheel(str(tmp_path / "again"))).read_bytes() == first  # reproducible
-
-    editable = backend.build_editable(str(tmp_path / "again"))
-    with zipfile.ZipFile(tmp_path / "again" / editable) as whl:
-        assert whl.read("vpnagent_algorithm_client.pth").decode().strip() == str(CLIENT)
-        assert not [n for n in whl.namelist() if n.endswith(".py")]
-        _check_record(whl, dist_info)
-
-    sdist = backend.build_sdist(str(tmp_path))
-    with tarfile.open(tmp_path / sdist) as tar:
-        names = set(tar.getnames())
-    base = "vpnagent_algorithm_client-0.1.0"
-    assert {f"{base}/pyproject.toml", f"{base}/build_backend.py", f"{base}/PKG-INFO"} <= names
-    assert {f"{base}/{m.removeprefix('clients/python/')}" for m in MODULES} <= names
 
 
 def test_every_algorithm_image_carries_the_whole_package():

@@ -7,20 +7,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from examples.ring_sum import build as ring_sum_build
 from vpnagent.images import REPO_ROOT, ImageBuildError, build_algorithm_image
 
 TAG = "vpnagent/ring-sum-v6:latest"
 V6_TOOLS = "vantage6-algorithm-tools==4.13.7"
 WHEEL_DIR = REPO_ROOT / ".cache" / "v6-wheels"
-# Copied to /app/<path> in the image; PYTHONPATH=/app.
-FILES: tuple[str, ...] = (
-    "vpnagent/__init__.py",
-    "vpnagent/algorithm_client.py",
-    "examples/__init__.py",
-    "examples/ring_sum/__init__.py",
-    "examples/ring_sum/ring_sum.py",
-    "examples/ring_sum/v6.py",
-)
+# ring_sum's files (the ring mechanics and vpnagent's client it imports) plus the vantage6
+# module, copied to /app/<path>; PYTHONPATH as in ring_sum's Dockerfile.
+FILES: tuple[str, ...] = (*ring_sum_build.FILES, "examples/ring_sum/v6.py")
 # pip runs from its own wheel (the base image has python3 and no pip); --break-system-packages:
 # the image is this one algorithm's, Debian's marker would only make us add a venv for nothing.
 DOCKERFILE = f"""\
@@ -29,7 +24,7 @@ COPY wheels/ /tmp/wheels/
 RUN python3 "$(ls /tmp/wheels/pip-*.whl)/pip" install --quiet --no-index --find-links /tmp/wheels \\
       --break-system-packages --no-warn-script-location '{V6_TOOLS}' && rm -rf /tmp/wheels /root/.cache
 COPY app/ /app/
-ENV PYTHONPATH=/app PYTHONUNBUFFERED=1 PKG_NAME=examples.ring_sum.v6
+ENV PYTHONPATH=/app:/app/clients/python PYTHONUNBUFFERED=1 PKG_NAME=examples.ring_sum.v6
 WORKDIR /app
 EXPOSE 7777
 LABEL p7777=ring
