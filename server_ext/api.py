@@ -4,7 +4,6 @@ changes the store."""
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import functools
 import json
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from .addresses import FLAGS, AddressQuery, AddressQueryError, flag_is_set, select_runs
 from .inputs import InputError, check_id, check_text, parse_id, parse_json
+from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node,
@@ -459,75 +459,6 @@ def _visible_run(s: Session, ident: Identity, run_id: int) -> Run:
     return run
 
 
-MAX_DATABASES = 100
-V6_INPUT_HINT = ("vantage6's per-organisation input is the base64 of the input's UTF-8 JSON bytes; encrypted input "
-                 "is not supported (this server keeps no organisation keys: its collaborations are unencrypted)")
-
-
-def _v6_input(org_id: int, raw: Any) -> Any:
-    """One organisation's input in vantage6's body, decoded to JSON."""
-    if not isinstance(raw, str):
-        raise ApiError(400, f"organisation {org_id}: 'input' must be a string; {V6_INPUT_HINT}")
-    try:
-        data = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"organisation {org_id}: 'input' is not base64; {V6_INPUT_HINT}") from None
-    try:
-        return parse_json(data, what=f"input of organisation {org_id}")
-    except InputError as exc:
-        raise ApiError(400, f"organisation {org_id}: {exc}; {V6_INPUT_HINT}") from None
-
-
-def _task_organizations(data: dict) -> tuple[list[int], dict[int, Any] | None]:
-    """The organisations of a new task, and their own inputs when the body is vantage6's
-    ([{"id", "input"}]) rather than ours ([id] with one top-level input)."""
-    orgs = data["organizations"]
-    ids = [isinstance(o, int) and not isinstance(o, bool) for o in orgs]
-    objects = [isinstance(o, dict) for o in orgs]
-    if not orgs or len(orgs) > 1000 or not all(i or o for i, o in zip(ids, objects)):
-        raise ApiError(400, "organizations must be a non-empty list (at most 1000) of organisation ids, or of "
-                            "vantage6's {\"id\", \"input\"} objects")
-    if all(ids):
-        for org_id in orgs:
-            check_id("field 'organizations'", org_id)
-        return list(dict.fromkeys(orgs)), None
-    if not all(objects):
-        raise ApiError(400, "organizations mixes shapes: give a list of organisation ids (with a top-level 'input') "
-                            "or a list of vantage6's {\"id\", \"input\"} objects, not both")
-    if data.get("input") is not None:
-        raise ApiError(400, "mixed shapes: with vantage6's organizations [{\"id\", \"input\"}] each organisation "
-                            "carries its own input; leave out the top-level 'input'")
-    inputs: dict[int, Any] = {}
-    for o in orgs:
-        unknown = sorted(set(o) - {"id", "input"})
-        if unknown:
-            raise ApiError(400, f"organizations: unknown key(s) {', '.join(map(repr, unknown))}; each is "
-                                "{\"id\": int, \"input\": str}")
-        org_id = o.get("id")
-        if not isinstance(org_id, int) or isinstance(org_id, bool):
-            raise ApiError(400, "organizations: each object needs an integer 'id'")
-        check_id("field 'organizations[].id'", org_id)
-        if org_id in inputs:
-            raise ApiError(400, f"organisation {org_id} appears twice in organizations")
-        inputs[org_id] = _v6_input(org_id, o.get("input"))
-    return list(inputs), inputs
-
-
-def _task_databases(raw: list | None) -> list[dict]:
-    """vantage6's databases: [{"label": str, ...}]; only the label is kept."""
-    if raw is None:
-        return []
-    if len(raw) > MAX_DATABASES:
-        raise ApiError(400, f"databases: at most {MAX_DATABASES} entries")
-    out = []
-    for db in raw:
-        label = db.get("label") if isinstance(db, dict) else None
-        if not isinstance(label, str) or not 0 < len(label) <= 128:
-            raise ApiError(400, "databases must be a list of {\"label\": str} objects (label 1-128 characters)")
-        out.append({"label": label})
-    return out
-
-
 @bp.post("/task")
 @requires("user", "container")
 def task_create(s: Session, ident: Identity):
@@ -536,7 +467,7 @@ def task_create(s: Session, ident: Identity):
     data = body(collaboration_id=(int, True), organizations=(list, True), image=(str, True),
                 input=(object, False), name=(str, False), description=(str, False), databases=(list, False),
                 contract=(str, False), study_id=(int, False), store_id=(int, False))
-    orgs, inputs = _task_organizations(data)
+    orgs, inputs = task_organizations(data)
     if len(data["image"]) > 512 or len(data.get("name") or "") > 256:
         raise ApiError(400, "image or name too long (image at most 512, name at most 256 characters)")
     if len(data.get("description") or "") > 10_000:
@@ -544,7 +475,7 @@ def task_create(s: Session, ident: Identity):
     contract = data.get("contract")
     if contract is not None and contract not in CONTRACTS:
         raise ApiError(400, f"contract must be one of {', '.join(CONTRACTS)}")
-    databases = _task_databases(data.get("databases"))
+    databases = task_databases(data.get("databases"))
     collab = s.get(Collaboration, data["collaboration_id"])
     if collab is None:
         raise ApiError(404, f"collaboration {data['collaboration_id']} does not exist")
