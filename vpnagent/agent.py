@@ -476,7 +476,9 @@ class Agent:
             log.error("run %s: could not update rules: %s", run_id, exc)
         self.ports.release(run_id)
         self._quiet(self.api.delete_ports, run_id)
-        ids = [i for i in (live.container_id if live else None, holder_id) if i]
+        # the live run's holder too: a start that failed after wiring passes holder_id=None
+        ids = list(dict.fromkeys(i for i in (live.container_id if live else None, live.holder_id if live else None,
+                                             holder_id) if i))
         for cid in ids:
             try:
                 self.docker.containers.get(cid).remove(force=True)
