@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up for `make demo` / `make test` on Debian 12 as root:
-# Debian packages, a running dockerd, the virtualenv with vpnagent, and the local images.
+# Debian packages, a running dockerd, the virtualenv with vpnagent and the local images.
+# (`make test` adds the vantage6 client's virtualenv and wheels: scripts/v6-wheels.sh.)
 # A second run only checks and reuses what the first one built.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,6 +15,7 @@ shift
 [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 100 ] || usage
 
 bash scripts/setup.sh >/dev/null
+bash scripts/v6-wheels.sh >/dev/null  # the vantage6 image test installs from these wheels
 out=".stress/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 echo "[stress] $n run(s) of pytest -m docker $*; logs in $out/"

@@ -3,20 +3,24 @@ input is validated first and any error rolls everything back, so a rejected requ
 changes the store."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
+import json
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .addresses import FLAGS, AddressQuery, AddressQueryError, TaskFamily, parse_flag, selected_task_ids
+from .addresses import FLAGS, AddressQuery, AddressQueryError, flag_is_set, select_runs
 from .inputs import InputError, check_id, check_text, parse_id, parse_json
+from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
-from .store import (ACTIVE_STATES, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node, Port,
-                    Run, Task, User, hash_key)
+from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node,
+                    Organization, Port, Run, Task, User, hash_key)
 from .tokens import Identity, TokenError
 
 bp = Blueprint("vpnagent", __name__)
@@ -179,7 +183,7 @@ def token_container(s: Session, ident: Identity):
     task = run.task
     sub = {"client_type": "container", "node_id": run.node_id, "organization_id": run.organization_id,
            "collaboration_id": task.collaboration_id, "task_id": task.id, "run_id": run.id,
-           "image": task.image, "databases": []}
+           "image": task.image, "databases": list(task.databases or [])}
     return jsonify(container_token=ext().tokens.issue("container", sub))
 
 
@@ -251,20 +255,33 @@ def vpn_update(s: Session, ident: Identity):
 
 # ---------------------------------------------------------------- runs and ports
 def _run_json(run: Run) -> dict:
+    """A run as its node sees it: what to start, with which input, under which contract."""
     task = run.task
     return {"id": run.id, "task_id": run.task_id, "organization_id": run.organization_id, "node_id": run.node_id,
-            "status": run.status, "image": task.image, "input": task.input, "parent_id": task.parent_id,
-            "collaboration_id": task.collaboration_id}
+            "status": run.status, "image": task.image, "input": run.input if run.input is not None else task.input,
+            "parent_id": task.parent_id, "collaboration_id": task.collaboration_id, "contract": task.contract,
+            "databases": list(task.databases or [])}
 
 
 @bp.get("/run")
-@requires("node")
+@requires("node", "user", "container")
 def runs_list(s: Session, ident: Identity):
+    """Nodes: their runs in a state (what to start). Researchers and algorithms: the runs of
+    a task, in vantage6's paginated shape."""
+    if ident.kind != "node":
+        task = _visible_task(s, ident, int_arg("task_id"))
+        return _paginated([_run_object(r) for r in task.runs])
     state = request.args.get("state", "pending")
     if state not in RUN_STATES:
         raise ApiError(400, f"state must be one of {', '.join(RUN_STATES)}")
     runs = s.scalars(select(Run).where(Run.node_id == ident["node_id"], Run.status == state).order_by(Run.id))
     return jsonify(runs=[_run_json(r) for r in runs])
+
+
+@bp.get("/run/<int:run_id>")
+@requires("user", "container")
+def run_get(s: Session, ident: Identity, run_id: int):
+    return jsonify(_run_object(_visible_run(s, ident, run_id)))
 
 
 @bp.patch("/run/<int:run_id>")
@@ -322,14 +339,14 @@ def port_delete(s: Session, ident: Identity):
 
 # ---------------------------------------------------------------- isolation
 def family_task_ids(s: Session, task: Task) -> set[int]:
-    """The tasks whose runs may talk to `task`'s runs: itself, its parent, its children and
-    its siblings — exactly what GET /vpn/algorithm/addresses can return to it. The relation
-    is symmetric, so the same set says who may send to it and whom it may reach."""
+    """The tasks whose runs may talk to `task`'s runs: itself, its parent and its children —
+    exactly what GET /vpn/algorithm/addresses can return to it (vantage6's "siblings" are
+    the runs of the same task at other organisations, not other tasks). The relation is
+    symmetric, so the same set says who may send to it and whom it may reach."""
     ids = {task.id}
     ids |= set(s.scalars(select(Task.id).where(Task.parent_id == task.id)))
     if task.parent_id is not None:
         ids.add(task.parent_id)
-        ids |= set(s.scalars(select(Task.id).where(Task.parent_id == task.parent_id)))
     return ids
 
 
@@ -358,20 +375,21 @@ def node_peers(s: Session, ident: Identity):
 @bp.get("/vpn/algorithm/addresses")
 @requires("container")
 def addresses(s: Session, ident: Identity):
+    """vantage6 4.13.7's rules (server_ext/addresses.py)."""
     try:
-        flags = {f: parse_flag(f, request.args.get(f)) for f in FLAGS}
-        q = AddressQuery(**flags, label=text_arg("label")).validate()
+        flags = {f: flag_is_set(text_arg(f)) for f in FLAGS}
+        q = AddressQuery(**flags, label=text_arg("label") or None).validate()
     except AddressQueryError as exc:
         raise ApiError(400, str(exc)) from None
     task = s.get(Task, ident["task_id"])
-    children = tuple(s.scalars(select(Task.id).where(Task.parent_id == task.id)))
-    siblings = ()
-    if task.parent_id is not None:
-        siblings = tuple(s.scalars(select(Task.id).where(Task.parent_id == task.parent_id, Task.id != task.id)))
-    ids = selected_task_ids(q, TaskFamily(task.id, task.parent_id, children, siblings))
+    sel = select_runs(q, task.id, task.parent_id,
+                      lambda: list(s.scalars(select(Task.id).where(Task.parent_id == task.id).order_by(Task.id))))
     stmt = (select(Port, Run, Task, Node).join(Run, Port.run_id == Run.id).join(Task, Run.task_id == Task.id)
-            .join(Node, Run.node_id == Node.id).where(Run.status.in_(ACTIVE_STATES)))
-    stmt = stmt.where(Run.id == ident["run_id"]) if ids is None else stmt.where(Task.id.in_(ids or [-1]))
+            .join(Node, Run.node_id == Node.id).where(Run.status.in_(ACTIVE_STATES), Task.id.in_(sel.task_ids)))
+    if sel.organizations == "own":
+        stmt = stmt.where(Run.organization_id == ident["organization_id"])
+    elif sel.organizations == "others":
+        stmt = stmt.where(Run.organization_id != ident["organization_id"])
     if q.label is not None:
         stmt = stmt.where(Port.label == q.label)
     out = [{"ip": node.vpn_ip, "port": port.port, "label": port.label, "organization_id": run.organization_id,
@@ -381,18 +399,21 @@ def addresses(s: Session, ident: Identity):
 
 
 # ---------------------------------------------------------------- tasks
-def _task_json(task: Task) -> dict:
+def _task_status(task: Task) -> str:
     statuses = [r.status for r in task.runs]
     if statuses and all(st == "completed" for st in statuses):
-        status = "completed"
-    elif "failed" in statuses:
-        status = "failed"
-    elif any(st in ("initializing", "active") for st in statuses):
-        status = "active"
-    else:
-        status = "pending"
+        return "completed"
+    if "failed" in statuses:
+        return "failed"
+    if any(st in ("initializing", "active") for st in statuses):
+        return "active"
+    return "pending"
+
+
+def _task_json(task: Task) -> dict:
     return {"id": task.id, "name": task.name, "image": task.image, "collaboration_id": task.collaboration_id,
-            "parent_id": task.parent_id, "status": status,
+            "parent_id": task.parent_id, "status": _task_status(task), "contract": task.contract,
+            "description": task.description, "databases": list(task.databases or []),
             "runs": [{"id": r.id, "organization_id": r.organization_id, "node_id": r.node_id, "status": r.status,
                       "result": r.result, "log": r.log} for r in task.runs]}
 
@@ -403,40 +424,83 @@ def _may_see_collaboration(s: Session, ident: Identity, collab: Collaboration) -
     return any(o.id == ident["organization_id"] for o in collab.organizations)
 
 
+def _job_of(s: Session, task: Task) -> int:
+    """The top-level task above `task`: vantage6's job, everything an algorithm started."""
+    for _ in range(10_000):  # parents are created before their children: no cycles, but stay bounded
+        if task.parent_id is None:
+            break
+        task = s.get(Task, task.parent_id)
+    return task.id
+
+
+def _visible_task(s: Session, ident: Identity, task_id: int) -> Task:
+    """A task the caller may read: an algorithm those of its own job, a researcher those of
+    the collaborations of their organisation."""
+    task = s.get(Task, task_id)
+    if task is None:
+        raise ApiError(404, f"task {task_id} does not exist")
+    if ident.kind == "container":
+        if _job_of(s, task) != _job_of(s, s.get(Task, ident["task_id"])):
+            raise ApiError(403, f"task {task_id} is not part of this algorithm's job; an algorithm sees only the "
+                                "tasks under its own top-level task")
+    elif not _may_see_collaboration(s, ident, s.get(Collaboration, task.collaboration_id)):
+        raise ApiError(403, f"task {task_id} belongs to a collaboration you are not in")
+    return task
+
+
+def _visible_run(s: Session, ident: Identity, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise ApiError(404, f"run {run_id} does not exist")
+    try:
+        _visible_task(s, ident, run.task_id)
+    except ApiError as exc:
+        raise ApiError(exc.status, f"run {run_id}: {exc.msg}") from None
+    return run
+
+
 @bp.post("/task")
 @requires("user", "container")
 def task_create(s: Session, ident: Identity):
+    """Our body (organizations: [id], one input) or vantage6's (organizations: [{"id",
+    "input": base64 JSON}], description, databases); study_id and store_id are ignored."""
     data = body(collaboration_id=(int, True), organizations=(list, True), image=(str, True),
-                input=(object, False), name=(str, False))
-    orgs = data["organizations"]
-    if not orgs or len(orgs) > 1000 or not all(isinstance(o, int) and not isinstance(o, bool) for o in orgs):
-        raise ApiError(400, "organizations must be a non-empty list of organisation ids")
-    for org_id in orgs:
-        check_id("field 'organizations'", org_id)
+                input=(object, False), name=(str, False), description=(str, False), databases=(list, False),
+                contract=(str, False), study_id=(int, False), store_id=(int, False))
+    orgs, inputs = task_organizations(data)
     if len(data["image"]) > 512 or len(data.get("name") or "") > 256:
-        raise ApiError(400, "image or name too long")
+        raise ApiError(400, "image or name too long (image at most 512, name at most 256 characters)")
+    if len(data.get("description") or "") > 10_000:
+        raise ApiError(400, "description too long (at most 10000 characters)")
+    contract = data.get("contract")
+    if contract is not None and contract not in CONTRACTS:
+        raise ApiError(400, f"contract must be one of {', '.join(CONTRACTS)}")
+    databases = task_databases(data.get("databases"))
     collab = s.get(Collaboration, data["collaboration_id"])
     if collab is None:
         raise ApiError(404, f"collaboration {data['collaboration_id']} does not exist")
     if not _may_see_collaboration(s, ident, collab):
         raise ApiError(403, f"you may not create tasks in collaboration {collab.id}")
-    parent_id = None
+    parent = None
     if ident.kind == "container":
         if data["image"] != ident["image"]:
             raise ApiError(403, "an algorithm may only create subtasks with its own image")
-        parent_id = ident["task_id"]
+        parent = s.get(Task, ident["task_id"])
     members = {o.id for o in collab.organizations}
     task = Task(name=data.get("name") or "", image=data["image"], collaboration_id=collab.id,
-                parent_id=parent_id, input=data.get("input"))
+                parent_id=parent.id if parent else None, input=data.get("input"),
+                contract=contract or (parent.contract if parent else "vpnagent"),
+                description=data.get("description"), databases=databases)
     s.add(task)
     s.flush()
-    for org_id in dict.fromkeys(orgs):
+    for org_id in orgs:
         if org_id not in members:
             raise ApiError(400, f"organisation {org_id} is not in collaboration {collab.id}")
         node = s.scalar(select(Node).where(Node.organization_id == org_id, Node.collaboration_id == collab.id))
         if node is None:
             raise ApiError(400, f"organisation {org_id} has no node in collaboration {collab.id}")
-        s.add(Run(task_id=task.id, organization_id=org_id, node_id=node.id))
+        s.add(Run(task_id=task.id, organization_id=org_id, node_id=node.id,
+                  input=inputs[org_id] if inputs is not None else None))
     s.flush()
     s.refresh(task)
     return jsonify(_task_json(task)), 201
@@ -445,21 +509,116 @@ def task_create(s: Session, ident: Identity):
 @bp.get("/task/<int:task_id>")
 @requires("user", "container")
 def task_get(s: Session, ident: Identity, task_id: int):
-    task = s.get(Task, task_id)
-    if task is None:
-        raise ApiError(404, f"task {task_id} does not exist")
-    if not _may_see_collaboration(s, ident, s.get(Collaboration, task.collaboration_id)):
-        raise ApiError(403, f"task {task_id} belongs to a collaboration you are not in")
-    return jsonify(_task_json(task))
+    return jsonify(_task_json(_visible_task(s, ident, task_id)))
+
+
+@bp.get("/task/<int:task_id>/status")
+@requires("user", "container")
+def task_status(s: Session, ident: Identity, task_id: int):
+    """What vantage6's wait_for_results polls."""
+    return jsonify(id=task_id, status=_task_status(_visible_task(s, ident, task_id)))
+
+
+# ---------------------------------------------------------------- results and runs (vantage6's shapes)
+def _iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _run_object(run: Run) -> dict:
+    """A run in vantage6's shape. `result` is what its client base64-decodes and json-loads:
+    set for completed runs, null for the others (the client skips those)."""
+    result = None
+    if run.status == "completed":
+        result = base64.b64encode(json.dumps(run.result).encode()).decode("ascii")
+    return {"id": run.id, "run_id": run.id, "task": {"id": run.task_id}, "organization": {"id": run.organization_id},
+            "task_id": run.task_id, "organization_id": run.organization_id, "node_id": run.node_id,
+            "status": run.status, "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+            "log": run.log, "result": result}
+
+
+def _page_url(page: int) -> str:
+    args = [(k, v) for k, v in request.args.items(multi=True) if k != "page"] + [("page", str(page))]
+    return f"{request.path}?{urlencode(args)}"
+
+
+def _paginated(items: list, **extra: Any):
+    """vantage6's list shape. One page holds everything: page 1 has the data, later pages
+    none, and there is never a next page (its client stops there)."""
+    page = int_arg("page", required=False)
+    if page is None:
+        page = 1
+    if page < 1:
+        raise ApiError(400, "query parameter 'page' must be 1 or more")
+    links = {"first": _page_url(1), "self": _page_url(page), "previous": None, "next": None, "last": _page_url(1)}
+    return jsonify(**extra, data=items if page == 1 else [], links=links)
+
+
+@bp.get("/result")
+@requires("user", "container")
+def results_list(s: Session, ident: Identity):
+    task = _visible_task(s, ident, int_arg("task_id"))
+    return _paginated([_run_object(r) for r in task.runs])
+
+
+@bp.get("/result/<int:run_id>")
+@requires("user", "container")
+def result_get(s: Session, ident: Identity, run_id: int):
+    return jsonify(_run_object(_visible_run(s, ident, run_id)))
+
+
+# ---------------------------------------------------------------- organisations and collaborations
+def _org_json(org: Organization) -> dict:
+    return {"id": org.id, "name": org.name, "public_key": ""}  # no encryption: no keys
+
+
+def _shares_collaboration(ident: Identity, org: Organization) -> bool:
+    if ident.kind == "container":
+        return any(c.id == ident["collaboration_id"] for c in org.collaborations)
+    return org.id == ident["organization_id"] or any(
+        o.id == ident["organization_id"] for c in org.collaborations for o in c.organizations)
 
 
 @bp.get("/organization")
 @requires("user", "container")
 def organizations(s: Session, ident: Identity):
-    collab_id = int_arg("collaboration_id")
+    """A collaboration's organisations; an algorithm's own collaboration by default."""
+    collab_id = int_arg("collaboration_id", required=ident.kind != "container")
+    if collab_id is None:
+        collab_id = ident["collaboration_id"]
     collab = s.get(Collaboration, collab_id)
     if collab is None:
         raise ApiError(404, f"collaboration {collab_id} does not exist")
     if not _may_see_collaboration(s, ident, collab):
         raise ApiError(403, f"you are not in collaboration {collab_id}")
-    return jsonify(organizations=[{"id": o.id, "name": o.name} for o in sorted(collab.organizations, key=lambda o: o.id)])
+    orgs = [_org_json(o) for o in sorted(collab.organizations, key=lambda o: o.id)]
+    return _paginated(orgs, organizations=orgs)
+
+
+@bp.get("/organization/<int:organization_id>")
+@requires("user", "container")
+def organization_get(s: Session, ident: Identity, organization_id: int):
+    org = s.get(Organization, organization_id)
+    if org is None:
+        raise ApiError(404, f"organisation {organization_id} does not exist")
+    if not _shares_collaboration(ident, org):
+        raise ApiError(403, f"organisation {organization_id} shares no collaboration with you")
+    return jsonify(_org_json(org))
+
+
+@bp.get("/collaboration/<int:collaboration_id>")
+@requires("user", "container")
+def collaboration_get(s: Session, ident: Identity, collaboration_id: int):
+    collab = s.get(Collaboration, collaboration_id)
+    if collab is None:
+        raise ApiError(404, f"collaboration {collaboration_id} does not exist")
+    if not _may_see_collaboration(s, ident, collab):
+        raise ApiError(403, f"you are not in collaboration {collaboration_id}")
+    return jsonify(id=collab.id, name=collab.name, encrypted=False,
+                   organizations=[{"id": o.id} for o in sorted(collab.organizations, key=lambda o: o.id)])
+
+
+@bp.get("/blobstream/status")
+@requires("node", "user", "container")
+def blobstream_status(s: Session, ident: Identity):
+    """vantage6's client asks before creating a task; inputs and results travel inline here."""
+    return jsonify(blob_store_enabled=False)

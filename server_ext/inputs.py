@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 MAX_ID = 2**31 - 1  # PostgreSQL `integer`, the type of every id column
 MAX_DEPTH = 32  # task input and run results are shallow; 32 levels is room to spare
@@ -23,23 +23,25 @@ class InputError(ValueError):
     """A request value the server refuses (HTTP 400); the message names it and says why."""
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes, what: str = "request body") -> Any:
     """The JSON document in `raw`, refused when nested deeper than MAX_DEPTH (checked
     before parsing, so a 30,000-deep document costs one linear scan), when it holds NaN or
-    an infinite number, or a string with a NUL character."""
+    an infinite number, or a string with a NUL character. `what` names the document in
+    the messages (the request body, or a value decoded from it)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError("request body is not UTF-8") from None
+        raise InputError(f"{what} is not UTF-8") from None
     if nesting_depth(text) > MAX_DEPTH:
-        raise InputError(f"request body is nested deeper than {MAX_DEPTH} levels")
+        raise InputError(f"{what} is nested deeper than {MAX_DEPTH} levels")
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_refuse_constant(what), parse_float=_finite_float(what))
     except InputError:
         raise
     except ValueError as exc:
-        raise InputError(f"request body must be a JSON object and is not valid JSON: {exc}") from None
-    _refuse_nul(value)
+        must = " must be a JSON object and" if what == "request body" else ""
+        raise InputError(f"{what}{must} is not valid JSON: {exc}") from None
+    _refuse_nul(value, what)
     return value
 
 
@@ -56,24 +58,28 @@ def nesting_depth(text: str) -> int:
     return deepest
 
 
-def _refuse_constant(name: str) -> float:
-    raise InputError(f"request body holds {name}, which JSON does not allow; send a number or null")
+def _refuse_constant(what: str) -> Callable[[str], float]:
+    def refuse(name: str) -> float:
+        raise InputError(f"{what} holds {name}, which JSON does not allow; send a number or null")
+    return refuse
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise InputError(f"request body holds the number {text[:20]}, too large for a float; send a smaller one")
-    return value
+def _finite_float(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise InputError(f"{what} holds the number {text[:20]}, too large for a float; send a smaller one")
+        return value
+    return parse
 
 
-def _refuse_nul(value: Any) -> None:
+def _refuse_nul(value: Any, what: str) -> None:
     """Walks the (depth-bounded) document without recursion."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            check_text("a string in the request body", item)
+            check_text(f"a string in the {what}", item)
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())

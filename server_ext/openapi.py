@@ -34,9 +34,22 @@ def _q(name: str, schema: dict, required: bool = False) -> dict:
 
 
 INT = {"type": "integer", "minimum": 0}
-BOOL_Q = {"type": "string", "enum": ["true", "false", "1", "0"]}
-RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": INT}
-TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": INT}
+# vantage6's reading: any non-empty value turns a flag on ("false" and "0" too).
+FLAG_Q = {"type": "string", "description": "on when non-empty, whatever the value; absent or empty: off"}
+PAGE = _q("page", {"type": "integer", "minimum": 1})
+
+
+def _path_id(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": INT}
+
+
+RUN_ID, TASK_ID = _path_id("run_id"), _path_id("task_id")
+CONTRACT = {"type": "string", "enum": ["vpnagent", "vantage6"]}
+V6_ORG = _obj({"id": INT, "input": {"type": "string", "contentEncoding": "base64",
+                                    "description": "base64 of the UTF-8 JSON input (unencrypted)"}}, ["id", "input"])
+DATABASES = {"type": "array", "maxItems": 100, "items": {
+    "type": "object", "properties": {"label": {"type": "string", "minLength": 1, "maxLength": 128}},
+    "required": ["label"]}}
 
 
 def spec(prefix: str = "/api") -> dict:
@@ -55,14 +68,23 @@ def spec(prefix: str = "/api") -> dict:
                                     _obj({"vpn_config": {"type": "string", "maxLength": 65536}}, ["vpn_config"]))},
         "/vpn/algorithm/addresses": {"get": _op(
             "VPN addresses of the caller's task family (vantage6 flags)", "container",
-            params=[_q("label", {"type": "string"})] + [_q(f, BOOL_Q) for f in (
+            params=[_q("label", {"type": "string"})] + [_q(f, FLAG_Q) for f in (
                 "only_children", "only_parent", "only_siblings", "only_self", "include_children", "include_parent")])},
-        "/run": {"get": _op("This node's runs in a state", "node", params=[_q("state", {
-            "type": "string", "enum": ["pending", "initializing", "active", "completed", "failed"]})])},
-        "/run/{run_id}": {"patch": _op("Report a run's state and result", "node", _obj({
-            "status": {"type": "string", "enum": ["initializing", "active", "completed", "failed"]},
-            "result": {}, "log": {"type": "string"}}, ["status"]), params=[RUN_ID],
-            errors=("400", "401", "403", "404", "409", "413"))},
+        "/run": {"get": _op("Node: this node's runs in a state. User or container: a task's runs (vantage6's "
+                            "paginated shape)", "node, user or container", params=[_q("state", {
+                                "type": "string", "enum": ["pending", "initializing", "active", "completed", "failed"]}),
+                                _q("task_id", INT), PAGE])},
+        "/run/{run_id}": {
+            "get": _op("One run (vantage6's shape)", "user or container", params=[RUN_ID]),
+            "patch": _op("Report a run's state and result", "node", _obj({
+                "status": {"type": "string", "enum": ["initializing", "active", "completed", "failed"]},
+                "result": {}, "log": {"type": "string"}}, ["status"]), params=[RUN_ID],
+                errors=("400", "401", "403", "404", "409", "413")),
+        },
+        "/result": {"get": _op("The runs of a task with their results, base64 JSON (vantage6's paginated shape)",
+                               "user or container", params=[_q("task_id", INT, True), PAGE])},
+        "/result/{run_id}": {"get": _op("One run with its result, base64 JSON (vantage6's shape)", "user or container",
+                                        params=[RUN_ID])},
         "/port": {
             "post": _op("Register a port of an active run", "node", _obj({
                 "run_id": INT, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
@@ -70,13 +92,26 @@ def spec(prefix: str = "/api") -> dict:
                 ok="201", errors=("400", "401", "403", "404", "409", "413")),
             "delete": _op("Delete all ports of a run", "node", params=[_q("run_id", INT, True)]),
         },
-        "/task": {"post": _op("Create a task: one run per organisation", "user or container", _obj({
-            "collaboration_id": INT, "organizations": {"type": "array", "items": INT, "minItems": 1, "maxItems": 1000},
-            "image": {"type": "string", "maxLength": 512}, "input": {}, "name": {"type": "string", "maxLength": 256}},
+        "/task": {"post": _op("Create a task: one run per organisation (our body, or vantage6's with one base64 "
+                              "input per organisation)", "user or container", _obj({
+            "collaboration_id": INT,
+            "organizations": {"type": "array", "minItems": 1, "maxItems": 1000,
+                              "items": {"oneOf": [INT, V6_ORG]}},
+            "image": {"type": "string", "maxLength": 512}, "input": {}, "name": {"type": "string", "maxLength": 256},
+            "description": {"type": "string", "maxLength": 10000}, "databases": DATABASES, "contract": CONTRACT,
+            "study_id": INT, "store_id": INT},
             ["collaboration_id", "organizations", "image"]), ok="201")},
         "/task/{task_id}": {"get": _op("A task with its runs and results", "user or container", params=[TASK_ID])},
-        "/organization": {"get": _op("Organisations of a collaboration", "user or container",
-                                     params=[_q("collaboration_id", INT, True)])},
+        "/task/{task_id}/status": {"get": _op("A task's status", "user or container", params=[TASK_ID])},
+        "/organization": {"get": _op("Organisations of a collaboration (collaboration_id: required for users, a "
+                                     "container's own by default)", "user or container",
+                                     params=[_q("collaboration_id", INT), PAGE])},
+        "/organization/{organization_id}": {"get": _op("An organisation that shares a collaboration with the caller",
+                                                       "user or container", params=[_path_id("organization_id")])},
+        "/collaboration/{collaboration_id}": {"get": _op("A collaboration of the caller", "user or container",
+                                                         params=[_path_id("collaboration_id")])},
+        "/blobstream/status": {"get": _op("Whether blob storage is on (never: inputs and results travel inline)",
+                                          "node, user or container", errors=("401",))},
     }
     return {
         "openapi": "3.1.0",

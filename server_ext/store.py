@@ -18,6 +18,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.pool import StaticPool
 
 ACTIVE_STATES = ("pending", "initializing", "active")
+# What an algorithm of a task expects from its node (docs/api.md): our own contract, or
+# vantage6 4.x's algorithm wrapper.
+CONTRACTS = ("vpnagent", "vantage6")
 FINAL_STATES = ("completed", "failed")
 RUN_STATES = ACTIVE_STATES + FINAL_STATES
 
@@ -98,6 +101,10 @@ class Task(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("task.id"))
     input: Mapped[Any] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    contract: Mapped[str] = mapped_column(String(16), default="vpnagent", server_default="vpnagent")
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # [{"label": str}], vantage6's shape: which of a node's databases the algorithm uses.
+    databases: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     runs: Mapped[list["Run"]] = relationship(back_populates="task", order_by="Run.id")
 
 
@@ -108,6 +115,8 @@ class Run(Base):
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
     node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    # This organisation's own input (vantage6 sends one per organisation); None: the task's.
+    input: Mapped[Any] = mapped_column(JSON, nullable=True)
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
     log: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

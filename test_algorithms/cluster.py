@@ -211,6 +211,18 @@ class LocalCluster:
         return NodeHandle(name, org_id, node_id, key, cfg_path, data_dir, self.workdir / "logs" / f"{name}.log",
                           metrics_port=metrics_port)
 
+    def reconfigure_nodes(self, changes: Callable[[NodeHandle], dict], timeout: float = 90) -> None:
+        """Stop every node agent, merge changes(node) into its node.yaml, start them again and
+        wait until they are connected (the agent reads its config at start only)."""
+        for node in self.nodes:
+            self.stop_node(node)
+        for node in self.nodes:
+            cfg = yaml.safe_load(node.config_path.read_text())
+            node.config_path.write_text(yaml.safe_dump({**cfg, **changes(node)}))
+        for node in self.nodes:
+            self.start_node(node)
+        self.wait_connected(timeout)
+
     def stop_node(self, node: NodeHandle) -> None:
         _stop(node.proc, 20)
         node.proc = None

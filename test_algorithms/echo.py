@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any, Callable
 
+# Through the old import path on purpose: it finds the vpnagent_algorithm package in
+# /app/clients/python of the echo image, whose PYTHONPATH is /app only.
 from vpnagent.algorithm_client import AlgorithmClient, AlgorithmClientError
 
 ECHO_PORT = 8888
@@ -196,9 +198,9 @@ def central(client: AlgorithmClient, timeout: float = 90, payload_size: int = 10
     if not orgs:
         raise EchoTimeout("the collaboration has no organisations")
     _log(f"{me}: creating the peer task for organisations {orgs}")
-    sub = client.task.create(orgs, {"method": "peer", "kwargs": {"timeout": timeout, "n_peers": len(orgs),
-                                                                 "payload_size": payload_size}},
-                             name="echo peers")
+    sub = client.task.create(input_={"method": "peer", "kwargs": {"timeout": timeout, "n_peers": len(orgs),
+                                                                  "payload_size": payload_size}},
+                             organizations=orgs, name="echo peers")
     sub_id = int(sub["id"])
 
     def children() -> list[dict]:
@@ -211,8 +213,9 @@ def central(client: AlgorithmClient, timeout: float = 90, payload_size: int = 10
 
     errors: list[str] = []
     try:
-        results = client.task.wait_for_results(sub_id, timeout=max(1.0, t_end - time.monotonic() + 15),
-                                               interval=POLL_S)
+        results = client.wait_for_results(sub_id, interval=POLL_S, timeout=max(1.0, t_end - time.monotonic() + 15))
+        if len(results) < len(orgs):  # a failed run has no result: say which and why
+            errors.extend(failed_runs(client, sub_id))
     except AlgorithmClientError as exc:
         errors.append(f"peer task {sub_id}: {exc}")
         results = []
@@ -227,6 +230,16 @@ def central(client: AlgorithmClient, timeout: float = 90, payload_size: int = 10
         errors.append(f"expected {expected} pairs, got {len(pairs)}")
     return {"organizations": orgs, "pairs": pairs, "errors": errors,
             "ok": bool(pairs) and all(p.get("ok") for p in pairs) and not errors and len(pairs) == expected}
+
+
+def failed_runs(client: AlgorithmClient, task_id: int) -> list[str]:
+    """One line per run of the task that did not complete: organisation, status, log tail."""
+    try:
+        runs = client.run.from_task(task_id)
+    except AlgorithmClientError as exc:
+        return [f"peer task {task_id}: cannot list its runs: {exc}"]
+    return [f"peer task {task_id}: run {r.get('id')} (org{r.get('organization_id')}) is {r.get('status')}: "
+            f"{(r.get('log') or '')[-300:]}" for r in runs if r.get("status") != "completed"]
 
 
 def peer(client: AlgorithmClient, timeout: float = 90, n_peers: int | None = None,

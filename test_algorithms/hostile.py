@@ -37,8 +37,14 @@ from vpnagent.algorithm_client import AlgorithmClient, AlgorithmClientError
 
 HOSTILE_IMAGE = "vpnagent/hostile:latest"
 # Built like the echo image (vpnagent.images.build_algorithm_image): these files under /app.
-FILES: tuple[str, ...] = ("vpnagent/__init__.py", "vpnagent/algorithm_client.py", "test_algorithms/__init__.py",
-                          "test_algorithms/echo.py", "test_algorithms/hostile.py")
+# vpnagent/algorithm_client.py finds the client package in /app/clients/python (PYTHONPATH is /app).
+FILES: tuple[str, ...] = ("vpnagent/__init__.py", "vpnagent/algorithm_client.py",
+                          "clients/python/vpnagent_algorithm/__init__.py",
+                          "clients/python/vpnagent_algorithm/client.py",
+                          "clients/python/vpnagent_algorithm/environment.py",
+                          "clients/python/vpnagent_algorithm/errors.py",
+                          "clients/python/vpnagent_algorithm/mock.py",
+                          "test_algorithms/__init__.py", "test_algorithms/echo.py", "test_algorithms/hostile.py")
 DOCKERFILE = """\
 FROM vpnagent/algo-base:latest
 COPY app/ /app/
@@ -220,9 +226,23 @@ def server_api_beyond_the_token(ctx: Context) -> list[Attempt]:
     other_task = ctx.hints.get("foreign_task_id", 999999)
     body = json.dumps({"collaboration_id": ctx.client.collaboration_id, "organizations": [ctx.client.organization_id],
                        "image": "some/other-image:latest", "input": {}}).encode()
+    other_job, other_run = ctx.hints.get("other_job_task_id", 999998), ctx.hints.get("other_job_run_id", 999998)
+    foreign_org = ctx.hints.get("foreign_organization_id", 999997)
+    foreign_collab = ctx.hints.get("foreign_collaboration_id", 999997)
     tries = [("GET", f"/api/task/{other_task}", None), ("GET", "/api/vpn", None), ("GET", "/api/node/self", None),
              ("POST", "/api/vpn/update", b'{"vpn_config": "x"}'), ("POST", "/api/task", body),
-             ("GET", "/api/run", None), ("GET", "/api/node/peers", None)]
+             ("GET", "/api/run", None), ("GET", "/api/node/peers", None),
+             # vantage6's read calls: another job of the same collaboration, another collaboration
+             ("GET", f"/api/task/{other_job}", None), ("GET", f"/api/task/{other_job}/status", None),
+             ("GET", f"/api/result?task_id={other_job}", None), ("GET", f"/api/run?task_id={other_job}", None),
+             ("GET", f"/api/result/{other_run}", None), ("GET", f"/api/run/{other_run}", None),
+             ("GET", f"/api/result?task_id={other_task}", None), ("GET", f"/api/organization/{foreign_org}", None),
+             ("GET", f"/api/collaboration/{foreign_collab}", None),
+             ("GET", f"/api/organization?collaboration_id={foreign_collab}", None)]
+    # positive controls: the same calls for the own job answer
+    own = [f"/api/task/{ctx.client.task_id}/status", f"/api/run?task_id={ctx.client.task_id}",
+           f"/api/result?task_id={ctx.client.task_id}", f"/api/collaboration/{ctx.client.collaboration_id}",
+           f"/api/organization/{ctx.client.organization_id}"]
     traversal = ["/api/../metrics", "/api/%2e%2e/metrics", "/api/..%2fmetrics", "/api/.%2e/metrics",
                  "/api//../metrics", "/api/%2E%2E/metrics", "/api/..\\metrics", "http://127.0.0.1/metrics",
                  "/api/health/../../metrics"]
@@ -230,6 +250,10 @@ def server_api_beyond_the_token(ctx: Context) -> list[Attempt]:
     for method, path, data in tries:
         status, text = _http(ctx, method, path, data)
         out.append(_attempt("server_api_beyond_the_token", f"{method} {path}", "blocked", 200 <= status < 300,
+                            f"HTTP {status} {text[:120]}"))
+    for path in own:
+        status, text = _http(ctx, "GET", path)
+        out.append(_attempt("control: own job through the proxy", f"GET {path}", "ok", 200 <= status < 300,
                             f"HTTP {status} {text[:120]}"))
     for path in traversal:
         status, text = _http(ctx, "GET", path)
@@ -370,7 +394,8 @@ def run_attack(client: AlgorithmClient, hints: dict | None = None, child_orgs: l
     server = EchoServer("0.0.0.0", ECHO_PORT).start()  # the own address control reaches this
     try:
         if child_orgs:
-            sub = client.task.create(child_orgs, {"method": "serve", "kwargs": {"timeout": timeout}}, name="hostile children")
+            sub = client.task.create(input_={"method": "serve", "kwargs": {"timeout": timeout}},
+                                     organizations=child_orgs, name="hostile children")
             got = wait_for_org_addresses(
                 lambda: [a for a in client.vpn.get_child_addresses() if a.get("task_id") == sub["id"]],
                 child_orgs, timeout=timeout)

@@ -131,6 +131,7 @@ class FakeClient:
         self.vpn = self
         self.task = self
         self.organization = self
+        self.run = self
 
     # organization.list
     def list(self):
@@ -143,8 +144,8 @@ class FakeClient:
     def get_child_addresses(self):
         return [a for a in self.world.addresses if a["parent_id"] == self.task_id]
 
-    # task
-    def create(self, organizations, input_, name=None):
+    # task (vantage6's order: input_ first)
+    def create(self, input_, organizations=None, name="subtask", description=None):
         sub = 100
         for org in organizations:
             port = free_port()
@@ -159,10 +160,15 @@ class FakeClient:
                                          "organization_id": org, "task_id": sub, "parent_id": self.task_id})
         return {"id": sub}
 
-    def wait_for_results(self, task_id, timeout, interval):
+    def wait_for_results(self, task_id, interval=1, timeout=None):
         for t in self.world.threads:
             t.join(timeout)
         return [self.world.results[o] for o in sorted(self.world.results)]
+
+    # run.from_task: the broken organisation's run failed
+    def from_task(self, task_id):
+        return [{"id": 200 + o, "organization_id": o, "status": "failed" if o == self.world.broken_org else "completed",
+                 "log": "no echo server" if o == self.world.broken_org else ""} for o in self.world.orgs]
 
 
 def test_central_and_peers_all_pairs_ok():
@@ -181,6 +187,8 @@ def test_central_reports_a_dead_peer_per_pair():
     assert result["ok"] is False
     bad = {(p["from"], p["to"]) for p in result["pairs"] if not p["ok"]}
     assert bad == {("central@org1", "org3"), ("org1", "org3"), ("org2", "org3")}
+    # the run without a result is named with its status and log
+    assert any("run 203 (org3) is failed: no echo server" in e for e in result["errors"]), result["errors"]
     good = [p for p in result["pairs"] if p["ok"]]
     assert len(good) == 2 * 2 + 2
 

@@ -109,13 +109,9 @@ def test_central_creates_the_node_task_and_returns_the_total():
     created: list[tuple] = []
 
     class Task:
-        def create(self, organizations, input_, name=None):
+        def create(self, input_, organizations=None, name="subtask", description=None):
             created.append((organizations, input_, name))
             return {"id": 42}
-
-        def wait_for_results(self, task_id, timeout, interval):
-            assert task_id == 42
-            return [{"organization_id": 1, "position": 0, "total": 17}, {"organization_id": 2, "position": 1}]
 
     class Org:
         def list(self):
@@ -124,11 +120,35 @@ def test_central_creates_the_node_task_and_returns_the_total():
     class Client:
         task, organization = Task(), Org()
 
+        def wait_for_results(self, task_id, interval=1, timeout=None):
+            assert task_id == 42
+            return [{"organization_id": 1, "position": 0, "total": 17}, {"organization_id": 2, "position": 1}]
+
     out = central(Client(), values={"1": 7, "2": 10}, timeout=5)
     assert out == {"organizations": [1, 2], "total": 17}
     (orgs, input_, _), = created
     assert orgs == [1, 2] and input_["method"] == "node"
     assert input_["kwargs"]["n_nodes"] == 2 and input_["kwargs"]["values"] == {"1": 7, "2": 10}
+
+
+def test_central_names_the_failed_runs():
+    class Task:
+        def create(self, input_, organizations=None, name="subtask", description=None):
+            return {"id": 42}
+
+    class Run:
+        def from_task(self, task_id):
+            return [{"id": 1, "organization_id": 1, "status": "completed", "log": ""},
+                    {"id": 2, "organization_id": 2, "status": "failed", "log": "Traceback ...\nRingError: boom"}]
+
+    class Client:
+        task, run = Task(), Run()
+
+        def wait_for_results(self, task_id, interval=1, timeout=None):
+            return [{"organization_id": 2, "position": 1}]  # the first node failed: no total
+
+    with pytest.raises(RingError, match=r"(?s)got 0: .*run 2 \(org 2\) failed: Traceback .*RingError: boom"):
+        central(Client(), values={"1": 7, "2": 10}, organizations=[1, 2], timeout=5)
 
 
 def test_main_reads_input_and_writes_output(tmp_path, monkeypatch):

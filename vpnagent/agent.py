@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import docker
 import docker.errors
 
-from . import admission, firewall, runfiles
+from . import admission, contract, firewall, runfiles
 from . import metrics as m
 from .config import NodeConfig
 from .netns import Netns, NetnsError
@@ -68,6 +68,7 @@ class LiveRun:
     destinations: tuple[tuple[str, int], ...] = ()
     wired_ms: float | None = None  # holder running → rules, route and ports in place (local work)
     registered_ms: float | None = None  # the HTTP calls that register the ports at the server
+    output_name: str = "output.json"  # where its container contract puts the result
 
 
 class Agent:
@@ -367,6 +368,10 @@ class Agent:
             raise RunError(str(exc)) from None
         specs = exposed_ports(found.attrs.get("Config") or {})
         token = self.api.container_token(run_id)
+        container = contract.plan(
+            run.get("contract"), contract.RunIdentity(run_id, int(run["task_id"]), run.get("organization_id"),
+                                                      run.get("collaboration_id"), image),
+            run.get("input"), token, self.proxy.url if self.proxy else "", run.get("databases"), self.cfg.databases)
         family = next((r["peers"] for r in self.api.node_peers(run_id) if r["run_id"] == run_id), [])
         holder = self.start_holder(run_id)
         try:
@@ -374,7 +379,7 @@ class Agent:
             if FAULT_PAUSE_S:
                 time.sleep(FAULT_PAUSE_S)  # fault injection for the crash tests: rules in, ports not yet registered
             self.register_ports(live)
-            live.container_id = self._start_algorithm(run, live, token).id
+            live.container_id = self._start_algorithm(live, container).id
         except Exception:
             self._teardown(run_id, holder_id=holder.id)
             raise
@@ -421,28 +426,20 @@ class Agent:
             self.api.register_port(live.run_id, p.vpn_port, p.label)
         live.registered_ms = (time.perf_counter() - t0) * 1e3
 
-    def _start_algorithm(self, run: dict, live: LiveRun, token: str):
+    def _start_algorithm(self, live: LiveRun, plan: contract.ContainerPlan):
         run_dir = self._run_dir(live.run_id)
-        runfiles.prepare(run_dir, run.get("input"))
+        runfiles.prepare(run_dir, plan.files, tuple(sub for sub, _ in plan.run_mounts if sub))
+        live.output_name = plan.output_name
+        volumes = {str(run_dir / sub): {"bind": inside, "mode": "rw"} for sub, inside in plan.run_mounts}
+        volumes.update({host: {"bind": inside, "mode": "ro" if ro else "rw"}
+                        for host, (inside, ro) in plan.binds.items()})
         memory, cpus, pids = self.cfg.run_limits()
-        env = {
-            "VPNAGENT_SERVER_URL": self.proxy.url if self.proxy else "",
-            "VPNAGENT_TOKEN": token,
-            "VPNAGENT_RUN_ID": str(live.run_id),
-            "VPNAGENT_TASK_ID": str(live.task_id),
-            "VPNAGENT_ORGANIZATION_ID": str(run.get("organization_id", "")),
-            "VPNAGENT_COLLABORATION_ID": str(run.get("collaboration_id", "")),
-            "VPNAGENT_IMAGE": live.image,
-            "VPNAGENT_INPUT_FILE": "/mnt/run/input.json",
-            "VPNAGENT_OUTPUT_FILE": "/mnt/run/output.json",
-        }
         return self.docker.containers.run(
             live.image, detach=True, name=f"vpnagent-{self.cfg.name}-run{live.run_id}",
             # no raw sockets: an algorithm cannot forge another container's source address
-            network_mode=f"container:{live.holder_id}", environment=env, cap_drop=["NET_RAW"],
+            network_mode=f"container:{live.holder_id}", environment=plan.env, cap_drop=["NET_RAW"],
             mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpus * 1e9), pids_limit=pids,
-            security_opt=["no-new-privileges"], log_config=ALGO_LOG_CONFIG,
-            volumes={str(run_dir): {"bind": "/mnt/run", "mode": "rw"}},
+            security_opt=["no-new-privileges"], log_config=ALGO_LOG_CONFIG, volumes=volumes,
             labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_ALGORITHM, "vpnagent.run": str(live.run_id)},
         )
 
@@ -453,7 +450,7 @@ class Agent:
         code = container.wait(timeout=timeout)["StatusCode"]
         logs = _tail(container.logs(stream=True, follow=False), LOG_TAIL_BYTES)
         try:
-            result = runfiles.read_output(self._run_dir(run_id) / "output.json", self.cfg.max_output_bytes)
+            result = runfiles.read_output(self._run_dir(run_id) / live.output_name, self.cfg.max_output_bytes)
         except runfiles.OutputRefused as exc:
             log.warning("run %s: %s", run_id, exc)
             return "failed", None, f"{logs}\nvpnagent: {exc}"
@@ -479,7 +476,9 @@ class Agent:
             log.error("run %s: could not update rules: %s", run_id, exc)
         self.ports.release(run_id)
         self._quiet(self.api.delete_ports, run_id)
-        ids = [i for i in (live.container_id if live else None, holder_id) if i]
+        # the live run's holder too: a start that failed after wiring passes holder_id=None
+        ids = list(dict.fromkeys(i for i in (live.container_id if live else None, live.holder_id if live else None,
+                                             holder_id) if i))
         for cid in ids:
             try:
                 self.docker.containers.get(cid).remove(force=True)

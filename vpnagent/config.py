@@ -22,6 +22,21 @@ class ConfigError(ValueError):
     """The node configuration is invalid; the message names the key and the fix."""
 
 
+DB_LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DB_TYPES = ("csv", "excel", "parquet", "sql", "sparql", "omop", "other")
+
+
+@dataclass(frozen=True)
+class Database:
+    """A data source the node offers runs of the vantage6 contract (by label). `kind`: a
+    host `file` or `dir` (mounted read-only), or a `uri` passed as is (a database server)."""
+    label: str
+    uri: str
+    type: str
+    kind: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
@@ -52,6 +67,7 @@ class NodeConfig:
     algorithm_pids: int = 1024
     allowed_images: tuple[str, ...] | None = None  # None: any image present on the node
     max_output_bytes: int = 48 * 1024
+    databases: tuple[Database, ...] = ()
 
     def run_limits(self) -> tuple[int, float, int]:
         """(memory bytes, CPUs, pids) of one algorithm container: as configured, else half
@@ -142,6 +158,11 @@ SCHEMA: dict[str, Key] = {
                                 "(vpnagent/*, registry.example.org/fl/*:1.*) or a digest (sha256:<image id>, "
                                 "name@sha256:<repo digest>). A run of any other image is refused and reported "
                                 "failed. Absent: every image present on the node may run (the agent warns)."),
+    "databases": Key(list, "Data sources runs of the vantage6 contract may ask for by label: a list of "
+                           "{label, uri, type, env}. `uri` is a file or directory on this host (mounted "
+                           "read-only, only into runs whose task asks for that label) or a URI like "
+                           "postgresql://...; `type` is one of " + ", ".join(DB_TYPES) + "; `env` (optional) "
+                           "becomes <LABEL>_DB_PARAM_<KEY> variables."),
     "max_output_bytes": Key(int, "Largest result file an algorithm may leave; a bigger one (or a link, FIFO or "
                                  "directory in its place) fails the run with the reason.", "49152"),
 }
@@ -235,7 +256,42 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
     if raw.get("labels"):
         kwargs["labels"] = {str(k): str(v) for k, v in raw["labels"].items()}
     kwargs.update(_run_limits(raw))
+    if raw.get("databases") is not None:
+        kwargs["databases"] = _databases(raw["databases"], base_dir)
     return NodeConfig(**kwargs)
+
+
+def _databases(value: list, base_dir: Path | None) -> tuple[Database, ...]:
+    out: list[Database] = []
+    for i, entry in enumerate(value):
+        where = f"'databases' entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping with label, uri and type")
+        unknown = sorted(set(entry) - {"label", "uri", "type", "env"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: label, uri, type, env")
+        label, uri, kind = entry.get("label"), entry.get("uri"), entry.get("type")
+        if not isinstance(label, str) or not DB_LABEL_RE.match(label):
+            raise ConfigError(f"{where}: label {label!r} must be 1-32 of a-z, 0-9 and _, starting with a letter "
+                              "(it becomes <LABEL>_DATABASE_URI)")
+        if any(db.label == label for db in out):
+            raise ConfigError(f"{where}: label {label!r} is used twice")
+        if kind not in DB_TYPES:
+            raise ConfigError(f"{where} ({label}): type {kind!r} must be one of {', '.join(DB_TYPES)}")
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"{where} ({label}): uri must be a path on this host or a URI like postgresql://...")
+        env = entry.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and k.isidentifier() for k in env):
+            raise ConfigError(f"{where} ({label}): env must map names (letters, digits, _) to values")
+        if "://" in uri:
+            out.append(Database(label, uri, kind, "uri", {k: str(v) for k, v in env.items()}))
+            continue
+        path = _path(uri, base_dir)
+        if not path.exists():
+            raise ConfigError(f"{where} ({label}): {path} does not exist")
+        out.append(Database(label, str(path), kind, "dir" if path.is_dir() else "file",
+                            {k: str(v) for k, v in env.items()}))
+    return tuple(out)
 
 
 def _run_limits(raw: dict) -> dict[str, Any]:

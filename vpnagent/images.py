@@ -64,7 +64,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Files copied into the echo image, as (path relative to the repo root) = path under /app.
 ECHO_FILES: tuple[str, ...] = (
     "vpnagent/__init__.py",
-    "vpnagent/algorithm_client.py",
+    "vpnagent/algorithm_client.py",  # finds the package below in /app/clients/python
+    "clients/python/vpnagent_algorithm/__init__.py",
+    "clients/python/vpnagent_algorithm/client.py",
+    "clients/python/vpnagent_algorithm/environment.py",
+    "clients/python/vpnagent_algorithm/errors.py",
+    "clients/python/vpnagent_algorithm/mock.py",
     "test_algorithms/__init__.py",
     "test_algorithms/echo.py",
 )
@@ -143,14 +148,17 @@ class EchoRecipe:
     files: tuple[str, ...] = ECHO_FILES
     dockerfile: str = ECHO_DOCKERFILE
     estimate_s: int = 3
+    # More build-context files from outside the repo (context path -> host file), e.g. wheels.
+    extra: dict[str, Path] = field(default_factory=dict)
     _contents: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def contents(self) -> dict[str, bytes]:
+        """Build-context path -> bytes: app/<file> for the repo files, then the extra files."""
         if not self._contents:
-            for rel in self.files:
-                path = self.root / rel
+            wanted = {f"app/{rel}": self.root / rel for rel in self.files} | dict(self.extra)
+            for name, path in wanted.items():
                 try:
-                    self._contents[rel] = path.read_bytes()
+                    self._contents[name] = path.read_bytes()
                 except OSError as exc:
                     raise ImageBuildError(f"{self.tag}: cannot read {path} ({exc}); run from a complete "
                                           "vpnagent checkout") from None
@@ -165,9 +173,8 @@ class EchoRecipe:
         return h.hexdigest()[:16]
 
     def context(self) -> io.BytesIO:
-        """An in-memory tar build context: the Dockerfile and app/<files>."""
-        return tar_context({"Dockerfile": self.dockerfile.encode(),
-                            **{f"app/{rel}": data for rel, data in sorted(self.contents().items())}})
+        """An in-memory tar build context: the Dockerfile, app/<files> and the extra files."""
+        return tar_context({"Dockerfile": self.dockerfile.encode(), **dict(sorted(self.contents().items()))})
 
 
 # What the vpnagent wheel is built from: these files and every file under these packages.
@@ -417,18 +424,21 @@ def build_images(client: docker.DockerClient | None = None, progress: Progress =
 
 def build_algorithm_image(tag: str, files: tuple[str, ...], dockerfile: str,
                           client: docker.DockerClient | None = None, progress: Progress = print,
-                          force: bool = False) -> str:
+                          force: bool = False, extra: dict[str, Path] | None = None,
+                          estimate_s: int = 3) -> str:
     """An algorithm image built like the echo image: `files` of this repository (under /app)
-    on top of the algorithm base image, skipped while files, Dockerfile and base are
-    unchanged. Returns the image id. The base image must exist (`vpnagent images build`)."""
+    and `extra` host files (at their context paths) on top of the algorithm base image,
+    skipped while files, Dockerfile and base are unchanged. Returns the image id. The base
+    image must exist (`vpnagent images build`)."""
     own_client = client is None
     client = client or docker.from_env(timeout=300)
     try:
         _, base_id = _label(client, ALGO_BASE_IMAGE)
         if base_id is None:
             raise ImageBuildError(f"{tag}: the base image {ALGO_BASE_IMAGE} is missing; fix: vpnagent images build")
-        return _build_echo(client, EchoRecipe(tag=tag, files=files, dockerfile=dockerfile), base_id, progress,
-                           force)
+        recipe = EchoRecipe(tag=tag, files=files, dockerfile=dockerfile, extra=dict(extra or {}),
+                            estimate_s=estimate_s)
+        return _build_echo(client, recipe, base_id, progress, force)
     finally:
         if own_client:
             client.close()

@@ -53,14 +53,18 @@ def _kind(mode: int) -> str:
     return "not a file"
 
 
-def prepare(run_dir: Path, task_input: Any) -> None:
-    """A fresh run directory holding only the input. Whatever an earlier container of the
-    same run left there (links included) is removed first, never followed."""
+def prepare(run_dir: Path, files: dict[str, bytes], subdirs: tuple[str, ...] = ()) -> None:
+    """A fresh run directory holding only `files` (the input, for vantage6 runs also the
+    token) and empty `subdirs`. Whatever an earlier container of the same run left there
+    (links included) is removed first, never followed."""
     remove(run_dir)
     run_dir.mkdir(parents=True, mode=0o700)
-    fd = os.open(run_dir / "input.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(task_input, f)
+    for name in subdirs:
+        (run_dir / name).mkdir(mode=0o700)
+    for name, content in files.items():
+        fd = os.open(run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
 
 
 def remove(run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 renews it on a 401, so callers never see an expired-token error."""
 from __future__ import annotations
 
+import http.client
 import threading
 from typing import Any
 
@@ -17,6 +18,21 @@ class ServerError(RuntimeError):
         super().__init__(f"server said {status}: {msg}" if status else msg)
         self.status = status
         self.msg = msg
+
+
+# Sent again once when the server closed the connection without answering (a kept-alive
+# connection it closed as idle just as we reused it): these change nothing when repeated.
+# POST /port is not among them (it would register the port twice), nor POST /vpn/update
+# (the first one may have revoked the certificate the second presents).
+REPEATABLE = {"GET", "PATCH", "DELETE", "PUT"}
+REPEATABLE_POSTS = ("/token/node", "/token/container")
+
+
+def _closed_without_answer(exc: requests.RequestException) -> bool:
+    cause = exc.args[0] if exc.args else None
+    reasons = cause.args if isinstance(cause, Exception) else ()
+    return any(isinstance(r, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+               for r in (cause, *reasons))
 
 
 class ServerAPI:
@@ -37,7 +53,9 @@ class ServerAPI:
 
     def _send(self, method: str, path: str, auth: bool = True, **kwargs: Any) -> Any:
         url = f"{self.base_url}{path}"
-        for attempt in range(2):
+        repeatable = method in REPEATABLE or path in REPEATABLE_POSTS
+        renewed = resent = False
+        while True:
             headers = {}
             if auth:
                 with self._lock:
@@ -50,8 +68,12 @@ class ServerAPI:
                 raise ServerError(None, f"the server at {self.base_url} failed the TLS check ({short_reason(exc)}); "
                                         "check server_ca_file / server_fingerprint in the node config") from exc
             except requests.RequestException as exc:
+                if repeatable and not resent and _closed_without_answer(exc):
+                    resent = True
+                    continue
                 raise ServerError(None, f"cannot reach the server at {self.base_url}: {exc}") from exc
-            if resp.status_code == 401 and auth and attempt == 0:
+            if resp.status_code == 401 and auth and not renewed:
+                renewed = True
                 with self._lock:
                     self._token = None  # expired: get a fresh node token and retry once
                 continue
@@ -62,7 +84,6 @@ class ServerAPI:
                     msg = resp.text[:200]
                 raise ServerError(resp.status_code, f"{method} {path}: {msg}")
             return resp.json() if resp.content else None
-        raise ServerError(401, f"{method} {path}: the node API key was not accepted")
 
     # --- node identity and VPN configuration
     def node_self(self) -> dict:

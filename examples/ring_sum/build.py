@@ -8,10 +8,14 @@ from pathlib import Path
 from vpnagent.images import ImageBuildError, build_algorithm_image
 
 TAG = "vpnagent/ring-sum:latest"
-# Copied to /app/<path> in the image; PYTHONPATH=/app.
+# Copied to /app/<path> in the image; the Dockerfile's PYTHONPATH=/app:/app/clients/python
+# makes both the example (examples.ring_sum) and the client (vpnagent_algorithm) importable.
 FILES: tuple[str, ...] = (
-    "vpnagent/__init__.py",
-    "vpnagent/algorithm_client.py",
+    "clients/python/vpnagent_algorithm/__init__.py",
+    "clients/python/vpnagent_algorithm/client.py",
+    "clients/python/vpnagent_algorithm/environment.py",
+    "clients/python/vpnagent_algorithm/errors.py",
+    "clients/python/vpnagent_algorithm/mock.py",
     "examples/__init__.py",
     "examples/ring_sum/__init__.py",
     "examples/ring_sum/ring_sum.py",

@@ -11,7 +11,8 @@ partial sum, and the traffic goes node to node, not through the server.
         ▲                        ▲   (mask + v1)  (+ v2)    (+ v3) │
         └── results ◀── total ───┴────────────── over the VPN ─────┘
 
-Standard library only, plus vpnagent's algorithm client (copied into the image).
+Standard library only, plus vpnagent's algorithm client `vpnagent_algorithm` (copied into
+the image from clients/python).
 Input (VPNAGENT_INPUT_FILE): {"method": "central"|"node", "kwargs": {...}}; the result goes
 to VPNAGENT_OUTPUT_FILE as JSON.
 """
@@ -28,7 +29,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from vpnagent.algorithm_client import AlgorithmClient, AlgorithmClientError
+from vpnagent_algorithm import AlgorithmClient, AlgorithmClientError
 
 RING_PORT = 7777          # matches EXPOSE 7777 in the Dockerfile
 RING_LABEL = "ring"       # matches LABEL p7777=ring
@@ -153,13 +154,17 @@ def central(client: AlgorithmClient, values: dict[str, int], organizations: list
     sum. `values` stands in for each organisation's local data in this example."""
     orgs = sorted(int(o) for o in organizations) if organizations else \
         sorted(int(o["id"]) for o in client.organization.list())
-    task = client.task.create(orgs, {"method": "node", "kwargs": {"values": values, "n_nodes": len(orgs),
-                                                                  "timeout": timeout}},
-                              name="ring_sum nodes")
-    results = client.task.wait_for_results(int(task["id"]), timeout=timeout + 30, interval=POLL_S)
+    task = client.task.create(input_={"method": "node", "kwargs": {"values": values, "n_nodes": len(orgs),
+                                                                   "timeout": timeout}},
+                              organizations=orgs, name="ring_sum nodes")
+    results = client.wait_for_results(int(task["id"]), interval=POLL_S, timeout=timeout + 30)
     totals = [r["total"] for r in results if isinstance(r, dict) and "total" in r]
     if len(totals) != 1:
-        raise RingError(f"expected one total from the ring, got {len(totals)}: {results}")
+        # a run that failed has no result; its status and log say why
+        failed = [f"run {r.get('id')} (org {r.get('organization_id')}) {r.get('status')}: {(r.get('log') or '')[-200:]}"
+                  for r in client.run.from_task(int(task["id"])) if r.get("status") != "completed"]
+        raise RingError(f"expected one total from the ring, got {len(totals)}: {results}"
+                        + (f"; {'; '.join(failed)}" if failed else ""))
     return {"organizations": orgs, "total": totals[0]}
 
 

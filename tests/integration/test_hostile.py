@@ -50,18 +50,20 @@ def _attempts(done: dict) -> list[dict]:
     return attempts
 
 
-def _foreign_task_id(cluster) -> int:
-    """A real task of another collaboration (its node never runs: the task just exists)."""
+def _foreign(cluster) -> dict:
+    """A real task of another collaboration (its node never runs: the task just exists),
+    with that collaboration's and organisation's ids."""
     node = cluster.add_node(f"{cluster.prefix}fo")
     http, collab = _outsider_session(cluster, node)
     r = http.post(f"{cluster.server_url}/task", timeout=10, json={
         "collaboration_id": collab, "organizations": [node.organization_id], "image": "vpnagent/echo:latest",
         "input": {"method": "peer", "kwargs": {}}})
     assert r.status_code == 201, r.text
-    return r.json()["id"]
+    return {"foreign_task_id": r.json()["id"], "foreign_collaboration_id": collab,
+            "foreign_organization_id": node.organization_id}
 
 
-def _hints(cluster, docker_client, node, echo_runs: dict, host_port: int) -> dict:
+def _hints(cluster, docker_client, node, echo_task: dict, echo_runs: dict, host_port: int) -> dict:
     others = [n for n in cluster.nodes if n is not node]
     openvpn = docker_client.containers.get(cluster.openvpn_container)
     vpn_client = docker_client.containers.get(f"vpnagent-{node.name}-vpn")
@@ -79,7 +81,9 @@ def _hints(cluster, docker_client, node, echo_runs: dict, host_port: int) -> dic
         "openvpn_ips": [str(next(ipaddress.IPv4Network(cluster.vpn_subnet).hosts())),
                         openvpn.attrs["NetworkSettings"]["Networks"][cluster.wan_network]["IPAddress"]],
         "vpn_client_iso_ip": vpn_client.attrs["NetworkSettings"]["Networks"][f"vpnagent-{node.name}-net"]["IPAddress"],
-        "foreign_task_id": _foreign_task_id(cluster),
+        **_foreign(cluster),
+        # the victims' task: same collaboration, another job (a container sees its own job only)
+        "other_job_task_id": echo_task["id"], "other_job_run_id": echo_runs[node.name]["run_id"],
     }
 
 
@@ -103,7 +107,7 @@ def test_hostile_algorithm_escapes_nowhere_and_its_controls_pass(cluster, docker
     node, other = cluster.nodes[0], cluster.nodes[1]
     echo_task, echo_runs = _echo_everywhere(cluster, http)
     try:
-        hints = _hints(cluster, docker_client, node, echo_runs, host_listener)
+        hints = _hints(cluster, docker_client, node, echo_task, echo_runs, host_listener)
         task = _hostile_task(cluster, http, node.organization_id, hints=hints,
                              child_orgs=[node.organization_id, other.organization_id], timeout=60)
         attempts = _attempts(wait_task_done(cluster, http, task["id"], timeout=240))

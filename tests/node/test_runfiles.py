@@ -12,7 +12,7 @@ from vpnagent.runfiles import OutputRefused, prepare, read_output, remove
 @pytest.fixture
 def run_dir(tmp_path):
     d = tmp_path / "runs" / "7"
-    prepare(d, {"method": "x"})
+    prepare(d, {"input.json": b'{"method": "x"}'})
     return d
 
 
@@ -81,7 +81,7 @@ def test_prepare_replaces_what_an_earlier_container_left_without_following_it(ru
     (run_dir / "input.json").unlink()
     os.symlink(target, run_dir / "input.json")  # a trap for the next write of the input
     os.symlink(target, run_dir / "output.json")
-    prepare(run_dir, {"method": "y"})
+    prepare(run_dir, {"input.json": b'{"method": "y"}'})
     assert target.read_text() == "keep me"
     assert not (run_dir / "input.json").is_symlink()
     assert json.loads((run_dir / "input.json").read_text()) == {"method": "y"}

@@ -57,8 +57,9 @@ class World:
         """Everything a rejected request must leave untouched."""
         with self.store.session() as s:
             return (
-                [(t.id, t.parent_id, t.image, repr(t.input)) for t in s.scalars(select(Task))],
-                [(r.id, r.status, repr(r.result), r.log) for r in s.scalars(select(Run))],
+                [(t.id, t.parent_id, t.image, repr(t.input), t.contract, t.description, repr(t.databases))
+                 for t in s.scalars(select(Task))],
+                [(r.id, r.status, repr(r.result), r.log, repr(r.input)) for r in s.scalars(select(Run))],
                 [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port))],
                 [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate))],
                 [(n.id, n.vpn_ip, n.api_key_hash, n.removed_at) for n in s.scalars(select(Node))],

@@ -45,7 +45,12 @@ def test_each_token_kind_only_opens_its_own_endpoints(world, task):
     rejected(world, "get", "/api/vpn", 403, "user token", headers=world.user_headers())
     # a container cannot register ports (or read the run queue) even for its own run
     rejected(world, "post", "/api/port", 403, "container token", headers=ch, json={"run_id": run1, "port": 6000})
-    rejected(world, "get", "/api/run", 403, "container token", headers=ch)
+    # GET /run is the node's run queue only for node tokens: others get a task's runs in
+    # vantage6's shape, without input or image
+    rejected(world, "get", "/api/run", 400, "task_id", headers=ch)
+    runs = world.client.get(f"/api/run?task_id={task['id']}", headers=ch).json["data"]
+    assert [r["id"] for r in runs] == [r["id"] for r in task["runs"]]
+    assert not {"input", "image"} & set(runs[0])
     rejected(world, "post", "/api/token/container", 403, "container token", headers=ch, json={"run_id": run1})
 
 
@@ -296,12 +301,17 @@ def test_huge_ids_in_the_path_are_400_naming_the_parameter(world, task):
         rejected(world, "patch", f"/api/run/{number}", 400, "path parameter 'run_id'", headers=n1,
                  json={"status": "active"})
         rejected(world, "get", f"/api/task/{number}", 400, "path parameter 'task_id'", headers=user)
+        for path, name in ((f"/api/task/{number}/status", "task_id"), (f"/api/result/{number}", "run_id"),
+                           (f"/api/run/{number}", "run_id"), (f"/api/organization/{number}", "organization_id"),
+                           (f"/api/collaboration/{number}", "collaboration_id")):
+            rejected(world, "get", path, 400, f"path parameter '{name}'", headers=user)
     assert world.client.get(f"/api/task/{2**31 - 1}", headers=user).status_code == 404  # the largest id is an id
 
 
 @pytest.mark.parametrize("url, who", [
     ("/api/port?run_id={}", "node"), ("/api/node/peers?run_id={}", "node"),
-    ("/api/organization?collaboration_id={}", "user"),
+    ("/api/organization?collaboration_id={}", "user"), ("/api/result?task_id={}", "user"),
+    ("/api/run?task_id={}", "user"), ("/api/result?page={}&task_id=1", "user"), ("/api/run?page={}&task_id=1", "user"),
 ])
 def test_huge_or_non_ascii_ids_in_the_query_are_400_naming_the_parameter(world, task, url, who):
     method = "delete" if url.startswith("/api/port") else "get"
@@ -363,3 +373,5 @@ def test_json_nested_up_to_the_limit_is_accepted(world, task):
 def test_nul_in_a_query_string_is_400(world, task):
     ch = world.container_headers(0, task["runs"][0]["id"])
     rejected(world, "get", "/api/vpn/algorithm/addresses?label=a%00b", 400, "query parameter 'label'", headers=ch)
+    rejected(world, "get", "/api/vpn/algorithm/addresses?only_self=a%00b", 400, "query parameter 'only_self'",
+             headers=ch)

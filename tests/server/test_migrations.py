@@ -52,7 +52,7 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
             command.downgrade(schema.alembic_config(conn), "base")
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
-        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003"]
         with store.engine.connect() as conn:
             assert schema_differences(conn) == []
     finally:
@@ -226,3 +226,40 @@ def test_upgrading_to_0002_keeps_users_their_keys_and_their_tokens(database_url,
         assert client.get("/api/task/1", headers={"Authorization": f"Bearer {old}"}).status_code == 404
     finally:
         state.store.close()
+
+
+def test_upgrading_to_0003_keeps_tasks_and_runs_and_their_input(database_url, tmp_path):
+    """Tasks from before 0003 become "vpnagent" tasks without description or databases; their
+    runs have no input of their own, so a node still gets the task's input."""
+    from server_ext import create_app
+    from server_ext.store import Run, Task
+
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url})
+    state = app.extensions["vpnagent"]
+    store = state.store
+    try:
+        org = store.create_organization("hospital-a").id
+        collab = store.create_collaboration("study", [org]).id
+        node, key = store.create_node(org, collab, "node-a")
+        with store.engine.begin() as conn:
+            command.downgrade(schema.alembic_config(conn), "0002")
+            assert "contract" not in {c["name"] for c in inspect(conn).get_columns("task")}
+            assert "input" not in {c["name"] for c in inspect(conn).get_columns("run")}
+            conn.execute(text("INSERT INTO task (name, image, collaboration_id, input, created_at) "
+                              "VALUES ('old', 'img:1', :c, :i, :t)"),
+                         {"c": collab, "i": '{"method": "old"}', "t": dt.datetime(2026, 11, 1)})
+            conn.execute(text("INSERT INTO run (task_id, organization_id, node_id, status) VALUES (1, :o, :n, 'pending')"),
+                         {"o": org, "n": node.id})
+        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003"]
+        with store.session() as s:
+            task, run = s.get(Task, 1), s.get(Run, 1)
+            assert (task.contract, task.description, task.databases, task.input) == \
+                ("vpnagent", None, [], {"method": "old"})
+            assert run.input is None
+        client = app.test_client()
+        token = client.post("/api/token/node", json={"api_key": key}).json["access_token"]
+        runs = client.get("/api/run", headers={"Authorization": f"Bearer {token}"}).json["runs"]
+        assert [(r["id"], r["input"], r["contract"], r["databases"]) for r in runs] == \
+            [(1, {"method": "old"}, "vpnagent", [])]
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 bounded property-based fuzz run against the app finds no 5xx, only JSON errors that
 change nothing — also with integers past every column's range (path, query and body),
 NaN/Infinity, NUL characters and bodies nested tens of thousands of levels deep."""
+import base64
 import json
 import re
 from pathlib import Path
@@ -38,16 +39,29 @@ JSON = st.recursive(st.none() | st.booleans() | INTEGERS | st.floats() | st.text
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
                     max_leaves=12)
 FIELDS = ["api_key", "run_id", "vpn_config", "status", "result", "log", "port", "label", "collaboration_id",
-          "organizations", "image", "input", "name"]
+          "organizations", "image", "input", "name", "description", "databases", "contract", "study_id", "store_id"]
 # Nesting past the parser's recursion limit, alone or as a field's value (sent as raw text).
 DEEP = st.one_of(st.integers(1, 30000).map(lambda d: "[" * d + "]" * d),
                  st.tuples(st.sampled_from(FIELDS), st.integers(1, 30000))
                  .map(lambda fd: f'{{"{fd[0]}": {"[" * fd[1] + "]" * fd[1]}}}'))
-BODY = st.one_of(JSON.map(lambda v: {"json": v}),
+# vantage6's task body: per-organisation input as base64 of JSON, of other bytes, or not base64 at all.
+B64 = st.one_of(JSON.map(lambda v: base64.b64encode(json.dumps(v).encode()).decode()),
+                st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+                st.text(max_size=20))
+V6_BODY = st.fixed_dictionaries(
+    {"collaboration_id": st.sampled_from([1, 2]) | INTEGERS,
+     "organizations": st.lists(st.fixed_dictionaries({"id": st.sampled_from([1, 2, 3, 4]) | INTEGERS, "input": B64},
+                                                     optional={"extra": JSON}), max_size=3),
+     "image": st.sampled_from(["img:1", "other"])},
+    optional={"databases": JSON | st.lists(st.fixed_dictionaries({"label": st.text(max_size=5)}), max_size=2),
+              "contract": st.sampled_from(["vpnagent", "vantage6", "x"]), "input": JSON, "description": JSON,
+              "study_id": INTEGERS, "name": JSON})
+BODY = st.one_of(JSON.map(lambda v: {"json": v}), V6_BODY.map(lambda v: {"json": v}),
                  st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=5).map(lambda v: {"json": v}),
                  DEEP.map(lambda text: {"data": text, "content_type": "application/json"}))
 QUERY = st.dictionaries(st.sampled_from(["run_id", "state", "label", "only_children", "only_parent", "only_self",
-                                         "only_siblings", "include_children", "include_parent", "collaboration_id"]),
+                                         "only_siblings", "include_children", "include_parent", "collaboration_id",
+                                         "task_id", "page"]),
                         st.text(max_size=8) | st.sampled_from(["1", "true", "0", "-1", "99999999999999", "\u00b2",
                                                                "a\x00b", *map(str, EDGES)]), max_size=4)
 PATHS = [(p, m) for p, ops in spec()["paths"].items() for m in ops]
@@ -60,7 +74,7 @@ PATHS = [(p, m) for p, ops in spec()["paths"].items() for m in ops]
 def test_fuzz_finds_no_server_error(fuzz_world, target, who, body, query, path_id):
     world, headers = fuzz_world
     path, method = target
-    url = "/api" + path.replace("{run_id}", str(path_id)).replace("{task_id}", str(path_id))
+    url = "/api" + re.sub(r"\{\w+\}", str(path_id), path)
     before = world.snapshot()
     r = getattr(world.client, method)(url, query_string=query, headers=headers[who], **body)
     assert r.status_code < 500, (method, url, r.status_code, r.get_data(as_text=True)[:300])
