@@ -129,8 +129,9 @@ class DebootstrapRecipe:
 
 
 VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "iputils-ping", "procps"))
-# python3, not python3-minimal: the minimal one has no http.server.
-ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping"))
+# python3, not python3-minimal: the minimal one has no http.server. libstdc++6: the C++
+# runtime compiled Python wheels link (numpy, pandas: every vantage6 algorithm has them).
+ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping", "libstdc++6"))
 # What the agent shells out to (iptables-restore, nsenter, ip, ping for the path MTU probe)
 # plus a venv-capable python3 and the CA bundle for a server whose certificate a public CA
 # signed. Debian 12's iptables is the nf_tables backend, like the host's: the agent's rules

@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
 ENV_URL = "VPNAGENT_TEST_POSTGRES_URL"
 ENV_REQUIRE = "VPNAGENT_REQUIRE_POSTGRES"
@@ -54,8 +55,22 @@ class PostgresDatabases:
     def drop(self, url: str) -> None:
         name = make_url(url).database
         assert name and name.startswith(PREFIX), name
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._drop(name)
+
+    def _drop(self, name: str, timeout: float = 15.0) -> None:
+        """DROP ... WITH (FORCE) ends the tests' own sessions; it is refused (insufficient
+        privilege) while an autovacuum worker, a superuser's session, is in the fresh
+        database, which lasts a moment: try again until it is gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                return
+            except ProgrammingError as exc:
+                if "pg_signal_backend" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def drop_leftovers(self) -> None:
         """Databases of test runs that were killed before their teardown."""
@@ -65,7 +80,7 @@ class PostgresDatabases:
             for name in names:
                 m = re.fullmatch(rf"{PREFIX}(\d+)_\d+", name)
                 if m and not _alive(int(m.group(1))):
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                    self._drop(name)
 
     def close(self) -> None:
         self.admin.dispose()
