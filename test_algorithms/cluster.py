@@ -223,9 +223,36 @@ class LocalCluster:
             self.start_node(node)
         self.wait_connected(timeout)
 
-    def stop_node(self, node: NodeHandle) -> None:
+    def stop_node(self, node: NodeHandle, clean: bool = True) -> None:
+        """SIGTERM the agent. It leaves its runs and VPN client for the next agent to adopt;
+        with `clean` they are removed too (`vpnagent cleanup`), so the next start is fresh."""
         _stop(node.proc, 20)
         node.proc = None
+        if clean:
+            self.clean_node(node, docker.from_env())
+
+    def clean_node(self, node: NodeHandle, client: docker.DockerClient) -> None:
+        from vpnagent.agent import cleanup
+        from vpnagent.config import parse_config
+
+        if node.config_path.exists():
+            raw = yaml.safe_load(node.config_path.read_text())
+            raw.pop("server_ca_file", None)  # absent when the server never started; cleanup needs no TLS
+            cleanup(parse_config(raw, node.config_path.parent), client)
+
+    def kill_server(self) -> None:
+        """SIGKILL the API server (its OpenVPN server container keeps running, as after a crash)."""
+        if self.server_proc is not None and self.server_proc.poll() is None:
+            os.killpg(self.server_proc.pid, signal.SIGKILL)
+            self.server_proc.wait(10)
+        self.server_proc = None
+
+    def restart_server(self, **extra) -> None:
+        """Start the API server again, with `extra` server.yaml keys from now on. It is killed
+        first: a clean stop would take its OpenVPN server down and every tunnel with it."""
+        self.kill_server()
+        self.server_extra = {**self.server_extra, **extra}
+        self._start_server()
 
     def _start_server(self) -> None:
         server_dir = self.workdir / "server"
@@ -290,15 +317,9 @@ class LocalCluster:
         every = self.nodes + self.extra_nodes
         for node in every:
             _stop(node.proc, 20)
-        from vpnagent.agent import cleanup
-        from vpnagent.config import parse_config
-
         client = docker.from_env()
         for node in every:
-            if node.config_path.exists():
-                raw = yaml.safe_load(node.config_path.read_text())
-                raw.pop("server_ca_file", None)  # absent when the server never started; cleanup needs no TLS
-                cleanup(parse_config(raw, node.config_path.parent), client)
+            self.clean_node(node, client)
         _stop(self.server_proc, 20)
         for c in client.containers.list(all=True, filters={"name": self.openvpn_container}):
             if c.name == self.openvpn_container:

@@ -318,7 +318,22 @@ def reach(client: AlgorithmClient, targets: list[dict], delay: float = 0.0, conn
     return {"probes": results}
 
 
-METHODS: dict[str, Callable[..., dict]] = {"central": central, "peer": peer, "reach": reach}
+def poll_api(client: AlgorithmClient, seconds: float = 10.0, interval: float = 0.5) -> dict:
+    """Ask the server for this task's addresses through the node proxy every `interval` s
+    for `seconds`: shows a run keeps its API access (past its first token's lifetime)."""
+    t_end = time.monotonic() + seconds
+    calls, errors = 0, []
+    while time.monotonic() < t_end:
+        calls += 1
+        try:
+            client.vpn.get_addresses(only_self=True)
+        except AlgorithmClientError as exc:
+            errors.append(f"{time.monotonic() - t_end + seconds:.1f} s: {exc}"[:300])
+        time.sleep(interval)
+    return {"calls": calls, "errors": errors}
+
+
+METHODS: dict[str, Callable[..., dict]] = {"central": central, "peer": peer, "reach": reach, "poll_api": poll_api}
 
 
 def main() -> int:

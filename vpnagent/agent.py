@@ -4,12 +4,15 @@ kernel match it. Run start, run end, start-up and a replaced VPN client all end 
 reconcile, so there is one code path that touches the firewall."""
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import logging
 import os
+import random
 import threading
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +23,7 @@ import docker.errors
 from . import admission, contract, firewall, runfiles
 from . import metrics as m
 from .config import NodeConfig
+from .journal import DONE, RUNNING, Journal, RunRecord
 from .netns import Netns, NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy
@@ -38,6 +42,7 @@ LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
 # Docker keeps an algorithm's log on the node's disk: bounded, so a run cannot fill it.
 ALGO_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 # Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
+SERVER_BACKOFF_MAX_S = 30.0
 FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
 
@@ -69,6 +74,8 @@ class LiveRun:
     wired_ms: float | None = None  # holder running → rules, route and ports in place (local work)
     registered_ms: float | None = None  # the HTTP calls that register the ports at the server
     output_name: str = "output.json"  # where its container contract puts the result
+    parent_id: int | None = None  # of its task: a subtask
+    lost: str | None = None  # why the run cannot go on (its holder is gone); reported with it
 
 
 class Agent:
@@ -82,6 +89,15 @@ class Agent:
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ports = PortAllocator(*cfg.port_range, cfg.data_dir / "ports.json")
         self.runs: dict[int, LiveRun] = {}
+        self.journal = Journal(cfg.data_dir / "journal")
+        self._records: dict[int, RunRecord] = {}  # runs with a journal record, this process's view
+        self._admitted: dict[int, bool] = {}  # runs taken and not finished -> is a subtask
+        self._tokens: dict[int, tuple[str, float, float]] = {}  # run -> (container token, iat, exp)
+        self._report_lock = threading.Lock()
+        self.adopted: list[int] = []  # live runs taken over from an earlier agent process
+        self.adopted_at: float | None = None  # when start-up had adopted them and applied their rules
+        self.server: dict[str, Any] = {"state": "ok", "since": None, "error": None}
+        self.stopped = False
         self.proxy: NodeProxy | None = None
         self.iso_subnet: ipaddress.IPv4Network | None = None
         self.iso_gateway: str | None = None
@@ -112,14 +128,70 @@ class Agent:
         log.info("node %s (server id %s, organisation %s)", self.cfg.name, self.node.get("id"),
                  self.node.get("organization_id"))
         self._ensure_network()
-        self._remove_orphans()
         self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url,
                                session=make_session(self.cfg.tls_verify, self.cfg.server_fingerprint),
-                               on_addresses=self.allow_addresses).start()
+                               on_addresses=self.allow_addresses, fresh_token=self.token_for).start()
         log.info("node proxy listening on %s", self.proxy.url)
         self._last_vpn_attempt = time.monotonic()
-        self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
+        # a client left running by the previous agent keeps its session: every tunnel stays up
+        if self.vpn.adopt(self.cfg.isolated_network, self.iso_subnet) is None:
+            self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
+        self._adopt_runs()
         self.reconcile()
+        self.adopted_at = time.time()
+        self._tell_server()
+        self._write_status()
+
+    def _adopt_runs(self) -> None:
+        """Compare what the journal says this node owns with the containers that exist:
+        a run that was running keeps running and is watched again; what is left of a run
+        whose start was interrupted (or whose containers are gone) is removed and the run
+        reported failed; reports the server never confirmed are kept for delivery."""
+        records = self.journal.load()
+        found: dict[int, dict[str, Any]] = defaultdict(dict)
+        for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"}):
+            role, run = c.labels.get("vpnagent.role"), c.labels.get("vpnagent.run", "")
+            if role in (ROLE_HOLDER, ROLE_ALGORITHM) and run.isdigit():
+                found[int(run)][role] = c
+        for run_id in sorted(set(records) | set(found) | self.ports.runs()):
+            rec = records.get(run_id) or RunRecord(run_id, 0, "")
+            holder, algo = found[run_id].get(ROLE_HOLDER), found[run_id].get(ROLE_ALGORITHM)
+            if rec.phase == RUNNING and holder is not None and holder.status == "running" and algo is not None:
+                self._adopt(rec, holder, algo)
+                continue
+            for c in found[run_id].values():
+                c.remove(force=True)
+                self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
+            if self.ports.release(run_id):
+                self._quiet(self.api.delete_ports, run_id)
+                self._record_fix(f"released the ports of interrupted run {run_id}", m.FIX_ORPHAN)
+            runfiles.remove(self._run_dir(run_id))
+            if rec.phase != DONE:
+                why = ("its containers were gone when the node agent restarted" if rec.phase == RUNNING
+                       else "node agent restarted during the run's start")
+                rec.phase, rec.report = DONE, {"status": "failed", "log": f"vpnagent: {why}"}
+                self.journal.save(rec)
+            self._records[run_id] = rec
+        if self.runs:  # their rules are rewritten next: with the family they had, not an empty one
+            try:
+                self._set_families({int(r["run_id"]): r["peers"] for r in self.api.node_peers()})
+            except ServerError as exc:
+                log.warning("adopted runs: could not fetch their task families yet (%s)", exc)
+        self._deliver_reports()
+
+    def _adopt(self, rec: RunRecord, holder: Any, algo: Any) -> None:
+        net = holder.attrs["NetworkSettings"]["Networks"].get(self.cfg.isolated_network) or {}
+        live = LiveRun(rec.run_id, rec.task_id, rec.image, holder.id, net.get("IPAddress", ""),
+                       int(holder.attrs["State"]["Pid"]), ports=[PortMap(**p) for p in rec.ports],
+                       container_id=algo.id, output_name=rec.output_name, parent_id=rec.parent_id)
+        with self._lock:
+            self.runs[rec.run_id] = live
+            self._records[rec.run_id] = rec
+            self._admitted[rec.run_id] = rec.parent_id is not None
+        self.adopted.append(rec.run_id)
+        log.info("run %s: adopted (algorithm container %s, ports %s)", rec.run_id, algo.status,
+                 [p.vpn_port for p in live.ports])
+        self._spawn(rec.run_id, self._watch, rec.run_id)
 
     def _ensure_network(self) -> None:
         """The node's isolated (internal) network: algorithm containers have no way out but
@@ -145,24 +217,6 @@ class Agent:
         self.iso_subnet = ipaddress.IPv4Network(conf["Subnet"])
         self.iso_gateway = conf.get("Gateway") or str(next(self.iso_subnet.hosts()))
 
-    def _remove_orphans(self) -> None:
-        """Containers and ports of runs a previous agent process left behind: report the
-        runs failed and give everything back, so nothing is held by a run nobody watches."""
-        interrupted: set[int] = set()
-        for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"}):
-            if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM):
-                c.remove(force=True)
-                self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
-                if c.labels.get("vpnagent.run", "").isdigit():
-                    interrupted.add(int(c.labels["vpnagent.run"]))
-        for run_id in sorted(self.ports.runs()):
-            self.ports.release(run_id)
-            self._quiet(self.api.delete_ports, run_id)
-            self._record_fix(f"released the ports of interrupted run {run_id}", m.FIX_ORPHAN)
-            interrupted.add(run_id)
-        for run_id in sorted(interrupted):
-            self._quiet(self.api.update_run, run_id, "failed", None, "node agent restarted during the run")
-
     # ------------------------------------------------------------------ reconcile
     def desired_rules(self) -> firewall.VpnClientRules | None:
         st = self.vpn.state
@@ -183,14 +237,8 @@ class Agent:
         runs; a run whose family changed gets its filter chain rewritten."""
         if not self.runs or self.vpn.state is None:
             return
-        families = {int(r["run_id"]): r["peers"] for r in self.api.node_peers()}
-        changed = []
+        changed = self._set_families({int(r["run_id"]): r["peers"] for r in self.api.node_peers()})
         with self._lock:
-            for run_id, live in self.runs.items():
-                new = family_fields(families.get(run_id, []))
-                if new != (live.peer_ips, live.peer_run_ids, live.destinations):
-                    live.peer_ips, live.peer_run_ids, live.destinations = new
-                    changed.append(run_id)
             if not changed:
                 return
             desired = self.desired_rules()
@@ -205,6 +253,17 @@ class Agent:
                     log.warning("peers: fast refresh failed (%s); full reconcile", exc)
                     self._synced_pid = None
             self.reconcile()
+
+    def _set_families(self, families: dict[int, list[dict]]) -> list[int]:
+        """Store each live run's task family; returns the runs whose family changed."""
+        changed = []
+        with self._lock:
+            for run_id, live in self.runs.items():
+                new = family_fields(families.get(run_id, []))
+                if new != (live.peer_ips, live.peer_run_ids, live.destinations):
+                    live.peer_ips, live.peer_run_ids, live.destinations = new
+                    changed.append(run_id)
+        return changed
 
     def allow_addresses(self, addresses: list[dict]) -> None:
         """An algorithm is about to connect to `addresses`: make sure the sending-side rules
@@ -367,7 +426,7 @@ class Agent:
         except admission.ImageRefused as exc:
             raise RunError(str(exc)) from None
         specs = exposed_ports(found.attrs.get("Config") or {})
-        token = self.api.container_token(run_id)
+        token = self._fetch_token(run_id)
         container = contract.plan(
             run.get("contract"), contract.RunIdentity(run_id, int(run["task_id"]), run.get("organization_id"),
                                                       run.get("collaboration_id"), image),
@@ -379,7 +438,14 @@ class Agent:
             if FAULT_PAUSE_S:
                 time.sleep(FAULT_PAUSE_S)  # fault injection for the crash tests: rules in, ports not yet registered
             self.register_ports(live)
+            rec = self._records.get(run_id)
+            if rec is not None:  # wired: a crash from here on leaves a run to remove, not to adopt
+                rec.holder_id, rec.ports = holder.id, [asdict(p) for p in live.ports]
+                self.journal.save(rec)
             live.container_id = self._start_algorithm(live, container).id
+            if rec is not None:  # from here on a restarted agent adopts it
+                rec.phase, rec.container_id, rec.output_name = RUNNING, live.container_id, live.output_name
+                self.journal.save(rec)
         except Exception:
             self._teardown(run_id, holder_id=holder.id)
             raise
@@ -408,7 +474,8 @@ class Agent:
         holder.reload()
         live = LiveRun(run_id, task_id, image, holder.id,
                        holder.attrs["NetworkSettings"]["Networks"][self.cfg.isolated_network]["IPAddress"],
-                       int(holder.attrs["State"]["Pid"]))
+                       int(holder.attrs["State"]["Pid"]),
+                       parent_id=self._records[run_id].parent_id if run_id in self._records else None)
         live.peer_ips, live.peer_run_ids, live.destinations = family_fields(family or [])
         if self.vpn.state is not None:
             vpn_ports = self.ports.allocate(run_id, len(specs))
@@ -469,6 +536,7 @@ class Agent:
     def _teardown(self, run_id: int, holder_id: str | None) -> None:
         with self._lock:
             live = self.runs.pop(run_id, None)
+            self._tokens.pop(run_id, None)
         try:
             if live is not None:
                 self._apply_run_removed(run_id)
@@ -488,38 +556,184 @@ class Agent:
         self._write_status()
 
     def _handle(self, run: dict) -> None:
+        """One new run, start to report. Every state change goes through the journal, so
+        neither an agent restart nor a server outage loses it."""
         run_id = int(run["id"])
+        rec = RunRecord(run_id, int(run["task_id"]), run["image"], run.get("parent_id"))
+        with self._lock:
+            self._records[run_id] = rec
+        self._report(rec, {"status": "initializing"})
         try:
-            self.api.update_run(run_id, "initializing")
             self.start_run(run)
-            self.api.update_run(run_id, "active")
-            status, result, logs = self.wait_run(run_id)
         except (RunError, PortError, ServerError, docker.errors.APIError, NetnsError, ValueError) as exc:
             log.error("run %s: failed to start: %s", run_id, exc)
             self._teardown(run_id, holder_id=None)
-            self._quiet(self.api.update_run, run_id, "failed", None, f"vpnagent: {exc}")
+            rec.phase = DONE
+            self._report(rec, {"status": "failed", "log": f"vpnagent: {exc}"})
             return
+        self._report(rec, {"status": "active"})
+        self._watch(run_id)
+
+    def _watch(self, run_id: int) -> None:
+        """Wait for a run's algorithm (started by this process or adopted), then journal its
+        result before anything is removed, give everything back and report it."""
+        rec = self._records[run_id]
+        try:
+            status, result, logs = self.wait_run(run_id)
+        except (docker.errors.APIError, OSError) as exc:  # the container was removed under us
+            status, result, logs = "failed", None, f"vpnagent: lost the run's container: {exc}"
+        live = self.runs.get(run_id)
+        if live is not None and live.lost:
+            status, logs = "failed", f"{logs}\nvpnagent: {live.lost}"
+        rec.phase, rec.report = DONE, {"status": status, "result": result, "log": logs}
+        self.journal.save(rec)
         self.finish_run(run_id)
-        self._quiet(self.api.update_run, run_id, status, result, logs)
+        self._deliver(rec)
         log.info("run %s: %s", run_id, status)
 
-    # ------------------------------------------------------------------ loop
-    def serve_forever(self) -> None:
-        """Poll for work and keep the VPN healthy until stop() is called."""
-        busy: set[int] = set()
-        last_check = last_verify = time.monotonic()
-        while not self._stop.is_set():
+    def _spawn(self, run_id: int, target: Any, *args: Any) -> None:
+        def body() -> None:
             try:
-                for run in self.api.pending_runs():
-                    rid = int(run["id"])
-                    if rid in busy:
-                        continue
-                    if sum(t.is_alive() for t in self._threads) >= self.cfg.max_concurrent_runs:
-                        break  # the rest stay pending at the server until a slot frees
-                    busy.add(rid)
-                    t = threading.Thread(target=self._handle, args=(run,), name=f"run-{rid}", daemon=True)
-                    self._threads.append(t)
-                    t.start()
+                target(*args)
+            except Exception:  # noqa: BLE001 - a run's failure must not pass silently
+                log.exception("run %s: unexpected error", run_id)
+            finally:
+                with self._lock:
+                    self._admitted.pop(run_id, None)
+        t = threading.Thread(target=body, name=f"run-{run_id}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    # ------------------------------------------------------------------ reports
+    def _report(self, rec: RunRecord, report: dict[str, Any]) -> None:
+        """Journal the run's newest state, then try to tell the server (retried later)."""
+        with self._report_lock:
+            rec.report = report
+            self.journal.save(rec)
+        self._deliver(rec)
+
+    def _deliver(self, rec: RunRecord) -> bool:
+        """At least once: the server takes a repeated final report as a no-op, and a 409
+        means it already holds a final state, so the report is done either way."""
+        with self._report_lock:
+            report = rec.report
+            if report is None:
+                return True
+            try:
+                self.api.update_run(rec.run_id, report["status"], report.get("result"), report.get("log"))
+            except ServerError as exc:
+                if exc.status not in (403, 404, 409):
+                    log.warning("run %s: report %r kept for later delivery (%s)", rec.run_id, report["status"], exc)
+                    return False
+                log.warning("run %s: report %r not taken (%s); dropped", rec.run_id, report["status"], exc)
+            if rec.report is report:
+                rec.report, rec.reported = None, report["status"]
+            if rec.phase == DONE:
+                self.journal.remove(rec.run_id)
+                with self._lock:
+                    self._records.pop(rec.run_id, None)
+            else:
+                self.journal.save(rec)
+            return True
+
+    def _deliver_reports(self) -> None:
+        with self._lock:
+            waiting = [r for r in self._records.values() if r.report is not None]
+        for rec in waiting:
+            if not self._deliver(rec):
+                return  # the server is away: the next pass tries again
+
+    def _tell_server(self) -> None:
+        """The runs this node still has (live, starting, or with a report to deliver): the
+        server marks its other active runs of this node failed, so none stays active forever.
+        Called from the loop thread, which is the only one that admits runs: a run taken
+        after this list was made is taken after the server has read it."""
+        with self._lock:
+            ids = sorted(set(self.runs) | set(self._records) | set(self._admitted))
+        failed = self.api.report_runs(ids)
+        if failed:
+            log.warning("server marked run(s) %s failed: this node no longer has them", failed)
+
+    # ------------------------------------------------------------------ tokens
+    def _fetch_token(self, run_id: int) -> str:
+        token = self.api.container_token(run_id)
+        with self._lock:
+            self._tokens[run_id] = (token, *token_times(token))
+        return token
+
+    def token_for(self, source_ip: str) -> tuple[int, str] | None:
+        """For the node proxy: the run whose holder has this address and its current token,
+        so a run outlives its first token without the container holding a longer one."""
+        with self._lock:
+            for live in self.runs.values():
+                if live.holder_ip == source_ip and live.run_id in self._tokens:
+                    return live.run_id, self._tokens[live.run_id][0]
+        return None
+
+    def _renew_tokens(self) -> None:
+        """Each live run's token is renewed once half its lifetime is gone."""
+        now = time.time()
+        with self._lock:
+            due = [r for r in self.runs if r not in self._tokens
+                   or now > (self._tokens[r][1] + self._tokens[r][2]) / 2]
+        for run_id in due:
+            try:
+                self._fetch_token(run_id)
+            except ServerError as exc:
+                log.warning("run %s: container token not renewed (%s); trying again", run_id, exc)
+
+    # ------------------------------------------------------------------ actual state of runs
+    def _check_runs(self) -> None:
+        """Runs compared with their containers: a run whose holder stopped has lost its
+        network, so its algorithm is stopped and the run reported failed; a labelled
+        container no run owns is removed."""
+        with self._lock:
+            owned = set(self.runs) | set(self._admitted)
+            live = list(self.runs.values())
+        containers = self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"})
+        by_id = {c.id: c for c in containers}
+        for run in live:
+            holder = by_id.get(run.holder_id)
+            if holder is not None and holder.status == "running":
+                continue
+            run.lost = "the run's holder container stopped or was removed: its network is gone"
+            algo = by_id.get(run.container_id or "")
+            if algo is not None and algo.status == "running":
+                algo.kill()
+                self._record_fix(f"stopped run {run.run_id}: {run.lost}", m.FIX_ORPHAN)
+        for c in containers:
+            run = c.labels.get("vpnagent.run", "")
+            if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM) and run.isdigit() \
+                    and int(run) not in owned:
+                c.remove(force=True)
+                self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
+
+    # ------------------------------------------------------------------ loop
+    def _admit(self) -> None:
+        """Take pending runs up to the limits. Subtasks have their own limit and go first:
+        their parents hold run slots while they wait for them, so if subtasks queued behind
+        other parents, a node full of parents would wait for ever."""
+        pending = sorted(self.api.pending_runs(), key=lambda r: r.get("parent_id") is None)
+        for run in pending:
+            rid, sub = int(run["id"]), run.get("parent_id") is not None
+            with self._lock:
+                if rid in self._admitted or rid in self._records:
+                    continue
+                same_kind = sum(1 for s in self._admitted.values() if s == sub)
+                if same_kind >= (self.cfg.subtask_limit if sub else self.cfg.max_concurrent_runs):
+                    continue  # it stays pending at the server until a slot frees
+                self._admitted[rid] = sub
+            self._spawn(rid, self._handle, run)
+
+    def serve_forever(self) -> None:
+        """Take work, keep the VPN healthy and converge runs until stop() is called. While
+        the server is away or refuses this node, ask it less and less often (up to 30 s)."""
+        last_check = last_verify = time.monotonic()
+        failures = 0
+        while not self._stop.is_set():
+            wait = self.cfg.poll_interval
+            try:
+                self._admit()
                 self._threads = [t for t in self._threads if t.is_alive()]
                 self.sync_peers()
                 if time.monotonic() - last_check > 2.0:
@@ -531,14 +745,50 @@ class Agent:
                 if time.monotonic() - last_verify > VERIFY_S:
                     last_verify = time.monotonic()
                     self.reconcile()  # level-triggered: repair whatever drifted meanwhile
+                    self._check_runs()
+                    self._tell_server()
+                self._renew_tokens()
+                self._deliver_reports()
+                if failures:
+                    log.info("server: answering again after %d failed attempt(s)", failures)
+                    failures = 0
+                self._server_ok()
             except ServerError as exc:
-                log.warning("server: %s", exc)
+                failures += 1
+                self._server_failed(exc, failures == 1)
+                wait = min(SERVER_BACKOFF_MAX_S, self.cfg.poll_interval * 2 ** min(failures, 8)) * random.uniform(0.8, 1.2)
             except Exception:  # noqa: BLE001 - the loop must outlive any single failure
                 log.exception("agent loop error")
-            self._stop.wait(self.cfg.poll_interval)
+            self._stop.wait(wait)
+
+    def _server_ok(self) -> None:
+        if self.server["state"] != "ok":
+            self.server = {"state": "ok", "since": time.time(), "error": None}
+            self._write_status()
+
+    def _server_failed(self, exc: ServerError, first: bool) -> None:
+        state = "refused" if exc.status in (401, 403) else "unreachable"
+        if first or self.server["state"] != state:
+            log.warning("server %s: %s; asking again with backoff (up to %.0f s)", state, exc, SERVER_BACKOFF_MAX_S)
+        if self.server["state"] != state:
+            self.server = {"state": state, "since": time.time(), "error": str(exc)[:300]}
+            self._write_status()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def leave(self) -> None:
+        """The agent exits; its runs, VPN client and rules stay for the next agent to adopt
+        (as a kubelet restart leaves pods running). `vpnagent cleanup` removes them."""
+        self.stop()
+        if self.proxy:
+            self.proxy.stop()
+        if self.metrics_server:
+            self.metrics_server.stop()
+        self.stopped = True
+        self._write_status()
+        log.info("node %s: agent stopped; %d run(s) and the VPN client left running for the next agent",
+                 self.cfg.name, len(self.runs))
 
     def shutdown(self) -> None:
         """Stop everything this node made: runs, VPN client, rules, network, proxy."""
@@ -546,6 +796,7 @@ class Agent:
         for run_id in list(self.runs):
             self._teardown(run_id, holder_id=self.runs[run_id].holder_id)
             self._quiet(self.api.update_run, run_id, "failed", None, "node agent stopped")
+            self.journal.remove(run_id)
         cleanup(self.cfg, self.docker)
         self.vpn.state = None
         self._write_status()
@@ -567,7 +818,10 @@ class Agent:
                     "tunnel_mtu_detail": st.path.detail if st else None,
                     "since": st.since if st else None, "error": self.vpn.last_error,
                     "cert_expires": self.vpn.cert_expires, "renewals": self.vpn.renewals},
-            "runs": [asdict(r) for r in self.runs.values()],
+            "runs": [{k: v for k, v in asdict(r).items() if k != "lost"} for r in self.runs.values()],
+            "adopted": self.adopted, "adopted_at": self.adopted_at,
+            "server": self.server, "stopped": self.stopped,
+            "reports_waiting": sorted(r.run_id for r in list(self._records.values()) if r.report is not None),
             "fixes": self.fixes[-50:],
         }
 
@@ -625,6 +879,18 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
         ports.unlink()
         removed.append("port records")
     return removed
+
+
+def token_times(token: str) -> tuple[float, float]:
+    """(iat, exp) of a JWT, read without checking its signature (the node does not hold the
+    server's key; it only needs to know when to ask for a fresh one)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["iat"]), float(claims["exp"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        now = time.time()
+        return now, now + 3600.0  # unknown: renewed half an hour on
 
 
 def _tail(chunks: Iterable[bytes], limit: int) -> str:

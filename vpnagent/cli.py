@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         agent.start()
         agent.serve_forever()
     finally:
-        agent.shutdown()
+        agent.leave()  # runs and the VPN client stay for the next agent; `vpnagent cleanup` removes them
     return 0
 
 

@@ -53,6 +53,7 @@ class NodeConfig:
     proxy_port: int = 8765
     poll_interval: float = 0.5
     max_concurrent_runs: int = 8
+    max_concurrent_subtasks: int | None = None  # None: 4 x max_concurrent_runs
     isolated_mtu: int | None = None  # MTU of the isolated network (None: Docker's, 1500)
     tunnel_mtu: int | None = None  # None: probe the path at connect (pathmtu.py)
     vpn_connect_timeout: float = 30.0
@@ -76,6 +77,10 @@ class NodeConfig:
         memory = self.algorithm_memory or _host_memory() // 2
         cpus = self.algorithm_cpus or float(max(1, (os.cpu_count() or 1) - 1))
         return memory, cpus, self.algorithm_pids
+
+    @property
+    def subtask_limit(self) -> int:
+        return self.max_concurrent_subtasks or 4 * self.max_concurrent_runs
 
     @property
     def isolated_network(self) -> str:
@@ -132,7 +137,13 @@ SCHEMA: dict[str, Key] = {
     "isolated_subnet": Key(str, "Subnet of the node's isolated algorithm network (default: chosen by Docker)."),
     "vpn_client_network": Key(str, "Docker network the VPN client container's outside leg joins.", "bridge"),
     "proxy_port": Key(int, "Port of the node proxy algorithms reach the server through.", "8765"),
-    "max_concurrent_runs": Key(int, "Runs this node executes at the same time (1-1000).", "8"),
+    "max_concurrent_runs": Key(int, "Top-level runs this node executes at the same time (1-1000); more wait at "
+                                    "the server.", "8"),
+    "max_concurrent_subtasks": Key(int, "Subtask runs (created by a running algorithm) this node executes at the "
+                                        "same time besides (1-4000). They have their own limit and are taken "
+                                        "first: their parents hold run slots while they wait for them, so a "
+                                        "shared limit could be filled by parents alone.",
+                                   "4 x max_concurrent_runs"),
     "isolated_mtu": Key(int, "MTU of the isolated network (Docker's default when absent). Raise it only with a "
                              "jumbo server profile on a path that carries it.", "1500"),
     "tunnel_mtu": Key((str, int), "Largest packet the tunnel carries (bytes): `auto` probes the path to the OpenVPN "
@@ -243,6 +254,10 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if not 1 <= raw["max_concurrent_runs"] <= 1000:
             raise ConfigError("'max_concurrent_runs' must be within 1-1000")
         kwargs["max_concurrent_runs"] = raw["max_concurrent_runs"]
+    if raw.get("max_concurrent_subtasks") is not None:
+        if not 1 <= raw["max_concurrent_subtasks"] <= 4000:
+            raise ConfigError(f"'max_concurrent_subtasks' {raw['max_concurrent_subtasks']} must be within 1-4000")
+        kwargs["max_concurrent_subtasks"] = raw["max_concurrent_subtasks"]
     for key in ("poll_interval", "vpn_connect_timeout", "cert_renew_days"):
         if raw.get(key) is not None:
             if raw[key] <= 0:

@@ -25,7 +25,7 @@ class ServerError(RuntimeError):
 # POST /port is not among them (it would register the port twice), nor POST /vpn/update
 # (the first one may have revoked the certificate the second presents).
 REPEATABLE = {"GET", "PATCH", "DELETE", "PUT"}
-REPEATABLE_POSTS = ("/token/node", "/token/container")
+REPEATABLE_POSTS = ("/token/node", "/token/container", "/node/runs")
 
 
 def _closed_without_answer(exc: requests.RequestException) -> bool:
@@ -110,6 +110,10 @@ class ServerAPI:
         if log is not None:
             body["log"] = log[-20000:]
         return self._send("PATCH", f"/run/{run_id}", json=body)
+
+    def report_runs(self, run_ids: list[int]) -> list[int]:
+        """Tell the server which runs this node still has; returns those it then marked failed."""
+        return self._send("POST", "/node/runs", json={"runs": run_ids})["failed"]
 
     def container_token(self, run_id: int) -> str:
         return self._send("POST", "/token/container", json={"run_id": run_id})["container_token"]

@@ -1,11 +1,14 @@
 """The node agent's own image: it builds, its CLI works, and the run line of
 docs/operator-guide.md ("Running the agent in a container") runs a real node of the session
-cluster: the containerised agent connects its VPN, `vpnagent status` works inside it, and
-`docker stop` (SIGTERM) makes it remove its VPN client container, network and host rules."""
+cluster: the containerised agent connects its VPN, `vpnagent status` works inside it,
+`docker stop` (SIGTERM) leaves its VPN client for the next agent and `vpnagent cleanup` in the
+same image removes everything; and `docker restart` of the agent's container keeps a live
+run answering every request of a peer."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker.errors
@@ -106,13 +109,21 @@ def test_documented_run_line_runs_a_node(cluster, docker_client, agent_image):
         assert stop.returncode == 0, stop.stderr
         exit_code = docker_client.containers.get(name).attrs["State"]["ExitCode"]
         assert exit_code == 0, f"agent exited {exit_code} (137 = killed after the 20 s):\n{_logs(name)}"
+        # a stopped agent leaves the node as it is, for the next agent to adopt ...
+        assert docker_client.containers.get(cfg.vpn_container).status == "running"
+        assert node.status()["stopped"] is True
+        # ... and cleanup, run from the same image, removes everything
+        cleaned = subprocess.run(["docker", "run", "--rm", *RUN_FLAGS, "-v", f"{node.config_path}:{node.config_path}:ro",
+                                  "-v", f"{node.data_dir}:{node.data_dir}", AGENT_IMAGE, "vpnagent", "cleanup",
+                                  "--config", str(node.config_path)], capture_output=True, text=True, timeout=120,
+                                 check=False)
+        assert cleaned.returncode == 0, cleaned.stderr
         with pytest.raises(docker.errors.NotFound):
             docker_client.containers.get(cfg.vpn_container)
         with pytest.raises(docker.errors.NotFound):
             docker_client.networks.get(cfg.isolated_network)
         assert f":{cfg.host_chain} " not in _host_chains()
         assert docker_client.containers.list(all=True, filters={"label": f"vpnagent.node={node.name}"}) == []
-        assert node.status()["vpn"]["connected"] is False
     finally:
         try:
             docker_client.containers.get(name).remove(force=True)
@@ -121,3 +132,55 @@ def test_documented_run_line_runs_a_node(cluster, docker_client, agent_image):
         # whatever the agent did not remove (a failed start, a kill): the host's cleanup does it
         subprocess.run([sys.executable, "-m", "vpnagent.cli", "cleanup", "--config", str(node.config_path)],
                        capture_output=True, timeout=120, check=False)
+
+
+def test_docker_restart_of_the_containerised_agent_keeps_a_live_run(cluster, docker_client, agent_image):
+    """A node of the collaboration moves from its host agent into the agent container (which
+    adopts its VPN client and runs), then the container is restarted with `docker restart`
+    while a peer sends a request every 50 ms to a live run: none fails, and the run's
+    result reaches the server."""
+    from .test_survive import _family_run, prober_result, start_prober
+    from .util import user_session, vpn_container, wait_task_done
+
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    http = user_session(cluster)
+    name = f"{cluster.prefix}-agent-{b.name}"
+    ca_dir = cluster.ca_file.parent
+    cluster.stop_node(b, clean=False)  # the host agent leaves; the containerised one adopts
+    argv = ["docker", "run", "-d", "--name", name, *RUN_FLAGS, "-v", f"{b.config_path}:{b.config_path}:ro",
+            "-v", f"{ca_dir}:{ca_dir}:ro", "-v", f"{b.data_dir}:{b.data_dir}",
+            AGENT_IMAGE, "vpnagent", "run", "--config", str(b.config_path)]
+    try:
+        (b.data_dir / "status.json").unlink(missing_ok=True)
+        started = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        assert started.returncode == 0, started.stderr
+        wait_for(b.status, "the containerised agent to take over", 90, 0.2,
+                 until=lambda st: st and st["vpn"]["connected"] and st.get("adopted_at"))
+        task, run_id, ip, port = _family_run(cluster, http, a, b, seconds=40)
+        vpn_before = vpn_container(docker_client, b.name).id
+        prober = start_prober(docker_client, a.name, ip, port, seconds=15)
+        try:
+            time.sleep(2)
+            restarted = subprocess.run(["docker", "restart", "-t", "20", name], capture_output=True, text=True,
+                                       timeout=60, check=False)
+            assert restarted.returncode == 0, restarted.stderr
+            wait_for(b.status, "the restarted agent to adopt the run", 60, 0.1,
+                     until=lambda st: st and not st.get("stopped") and run_id in (st.get("adopted") or []))
+            result = prober_result(prober, 40)
+        finally:
+            if prober.poll() is None:
+                prober.kill()
+        print(f"prober: {result['sent']} requests, {len(result['failures'])} failed")
+        assert result["sent"] >= 200 and result["failures"] == []
+        assert vpn_container(docker_client, b.name).id == vpn_before
+        done = wait_task_done(cluster, http, task["id"], 90)
+        run = next(r for r in done["runs"] if r["id"] == run_id)
+        assert run["status"] == "completed" and run["result"], run["log"]
+    finally:
+        try:
+            docker_client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        if b.proc is None:  # back to the host agent, for the tests after this one
+            cluster.start_node(b)
+            cluster.wait_connected(90, nodes=[b])

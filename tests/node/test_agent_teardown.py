@@ -1,11 +1,13 @@
-"""A run whose start got as far as its holder and then failed (here: the server did not
-take the "active" status) must leave nothing behind. The stress runs caught the agent
-removing the algorithm container but not the holder on that path."""
+"""A run's way from start to report, with the runtime and the server faked: a start that
+failed after its holder was wired leaves nothing behind (the stress runs caught the agent
+removing the algorithm container but not the holder on that path), and a result the server
+could not take is journaled and delivered once it answers again. The real thing is in
+tests/integration/test_survive.py."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from vpnagent.agent import Agent, LiveRun
+from vpnagent.agent import Agent, LiveRun, RunError
 from vpnagent.config import parse_config
 from vpnagent.serverapi import ServerError
 
@@ -29,20 +31,30 @@ class _Docker:
 
 
 class _Api:
+    """A server that is `down` (unreachable) or answers; remembers the reports it took."""
+
     def __init__(self) -> None:
-        self.updates: list[tuple[int, str]] = []
+        self.updates: list[tuple[int, str, object]] = []
+        self.down = False
+        self.final: dict[int, str] = {}
 
     def update_run(self, run_id: int, status: str, result=None, log=None) -> dict:
-        self.updates.append((run_id, status))
-        if status == "active":
-            raise ServerError(None, "cannot reach the server: Connection aborted")
+        if self.down:
+            raise ServerError(None, "cannot reach the server: Connection refused")
+        if run_id in self.final and self.final[run_id] != status:
+            raise ServerError(409, f"run {run_id} is already {self.final[run_id]}")
+        self.updates.append((run_id, status, result))
+        if status in ("completed", "failed"):
+            self.final[run_id] = status
         return {}
 
     def delete_ports(self, run_id: int) -> int:
+        if self.down:
+            raise ServerError(None, "cannot reach the server: Connection refused")
         return 0
 
 
-def test_a_run_that_fails_after_its_holder_started_leaves_no_holder(tmp_path: Path, monkeypatch):
+def _agent(tmp_path: Path, monkeypatch, fail_start: bool = False) -> tuple[Agent, _Docker, _Api]:
     cfg = parse_config({"name": "td1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
     docker, api = _Docker(), _Api()
@@ -52,10 +64,53 @@ def test_a_run_that_fails_after_its_holder_started_leaves_no_holder(tmp_path: Pa
     def start_run(run: dict) -> LiveRun:
         live = LiveRun(run["id"], run["task_id"], "img", "holder-1", "172.30.0.2", 4242, container_id="algo-1")
         agent.runs[live.run_id] = live
+        if fail_start:
+            raise RunError("the algorithm container could not be started")
         return live
 
     monkeypatch.setattr(agent, "start_run", start_run)
-    agent._handle({"id": 7, "task_id": 3})
+    monkeypatch.setattr(agent, "wait_run", lambda run_id: ("completed", {"sum": 42}, "done"))
+    return agent, docker, api
+
+
+RUN = {"id": 7, "task_id": 3, "image": "img"}
+
+
+def test_a_run_that_fails_after_its_holder_started_leaves_no_holder(tmp_path: Path, monkeypatch):
+    agent, docker, api = _agent(tmp_path, monkeypatch, fail_start=True)
+    agent._handle(RUN)
     assert sorted(docker.containers.removed) == ["algo-1", "holder-1"]
-    assert api.updates[-1][0] == 7 and api.updates[-1][1] == "failed"
+    assert api.updates[-1][:2] == (7, "failed")
     assert 7 not in agent.runs
+    assert list((tmp_path / "node" / "journal").iterdir()) == []  # delivered: nothing kept
+
+
+def test_a_result_the_server_cannot_take_is_journaled_and_delivered_later(tmp_path: Path, monkeypatch):
+    agent, docker, api = _agent(tmp_path, monkeypatch)
+    api.down = True
+    agent._handle(RUN)
+    assert sorted(docker.containers.removed) == ["algo-1", "holder-1"]  # resources go back at once
+    assert api.updates == [] and agent.status()["reports_waiting"] == [7]
+    # a new agent process (after a crash) finds the result on disk, not only this one
+    kept = Agent(agent.cfg, docker_client=docker, api=api).journal.load()
+    assert kept[7].report == {"status": "completed", "result": {"sum": 42}, "log": "done"}
+    agent._deliver_reports()  # still down: kept
+    assert agent.status()["reports_waiting"] == [7]
+    api.down = False
+    agent._deliver_reports()
+    assert api.updates == [(7, "completed", {"sum": 42})]
+    assert agent.status()["reports_waiting"] == [] and agent.journal.load() == {}
+
+
+def test_a_report_the_server_already_has_is_not_sent_for_ever(tmp_path: Path, monkeypatch):
+    agent, _, api = _agent(tmp_path, monkeypatch)
+    api.final[7] = "failed"  # e.g. the server marked it failed while the node was away
+    agent._handle(RUN)
+    assert agent.journal.load() == {} and agent.status()["reports_waiting"] == []
+
+
+def test_an_unreadable_journal_record_is_set_aside(tmp_path: Path, monkeypatch):
+    agent, _, _ = _agent(tmp_path, monkeypatch)
+    (agent.journal.dir / "9.json").write_text("{not json")
+    assert agent.journal.load() == {}
+    assert (agent.journal.dir / "9.json.bad").exists()
