@@ -1,6 +1,9 @@
 """The node proxy: algorithm containers sit on an internal network with no route out, so
 they reach the server through this small HTTP forwarder on the isolated bridge's gateway
-address. It passes the container's own Bearer token through and adds no credentials.
+address. It passes the container's own Bearer token through and adds no credentials, with
+one exception: a token of the very run whose holder sent the request may be swapped for
+that run's current token, so a run outlives its first token's 6 h (`NodeProxy.refreshed`).
+Calls that may be repeated are retried through a short server outage (`NodeProxy.forward`).
 
 Its clients may be hostile, so nothing they send is passed on raw. The proxy decides the
 exact path it sends (normalised, under /api), three headers and a body of at most 64 KiB,
@@ -9,10 +12,12 @@ one deadline and a byte budget, and a fixed pool of workers serves them: a flood
 refusal per connection, never a thread."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import queue
+import random
 import re
 import socket
 import socketserver
@@ -43,6 +48,19 @@ DEFAULT_WORKERS = 8
 DEFAULT_WAITING = 32
 DEFAULT_CLIENT_TIMEOUT = 10.0  # s for a whole request (line, headers, body), and again for the reply
 DEFAULT_UPSTREAM_TIMEOUT = (5.0, 30.0)  # s: connect, then each read from the server
+# The algorithm client (clients/python/vpnagent_algorithm/client.py, DEFAULT_TIMEOUT_S = 10 s)
+# gives up 10 s after sending a call. Retrying for 6 s leaves the last attempt about 4 s to be
+# answered, so the algorithm hears the outcome (an answer or our 502) rather than its own timeout.
+DEFAULT_OUTAGE_RETRY_S = 6.0
+_FIRST_BACKOFF_S, _MAX_BACKOFF_S = 0.2, 2.0
+_MIN_CONNECT_S = 0.2  # a retry at the end of the budget still gets a real chance to connect
+# Only these are repeated after a failed attempt: repeating them changes neither the server's
+# state nor the answer. Never POST or PATCH (POST /task twice is two tasks). PUT and DELETE
+# are idempotent in effect but not in answer: a DELETE carried out whose reply was lost comes
+# back 404 on the retry, telling the algorithm the wrong outcome; and a container token may
+# use neither today. (Only GET reaches forward(): the handler serves no HEAD or OPTIONS.)
+RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OUTAGE_STATUSES = frozenset({502, 503, 504})  # a gateway or the server saying "not now"
 
 # The API's paths are words and numbers: anything else in a segment (escapes, '\', ';') is
 # refused rather than interpreted, so no decoding anywhere can turn it into another path.
@@ -139,6 +157,25 @@ def passed_headers(headers: Message) -> dict[str, str]:
     return passed
 
 
+def token_run_id(authorization: str | None) -> int | None:
+    """The run a container token (`Authorization: Bearer <JWT>`) names, or None for anything
+    else (no token, another kind, garbage). Read WITHOUT checking the signature or expiry:
+    the node does not hold the server's secret, and the answer only decides whether the
+    sending run's own current token is sent instead; the server checks whatever is sent."""
+    if not authorization or not authorization.startswith("Bearer "):  # the server's own test
+        return None
+    parts = authorization[len("Bearer "):].strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; '[[[[...' nested too deep
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) and claims.get("kind") == "container" else None
+    run_id = sub.get("run_id") if isinstance(sub, dict) else None
+    return run_id if type(run_id) is int else None  # not True, not 7.0, not "7"
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -211,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.headers.defects:  # e.g. `Content-Length : 5`: the parser drops it and every line after it
                 raise ProxyError(400, "malformed header line (no ':' or a space before it): send `Name: value`")
             length = body_length(self.headers)
-            headers = passed_headers(self.headers)
+            headers = self.server.proxy.refreshed(self.client_address[0], passed_headers(self.headers))
             self._reader.allow(length)
             body = self.rfile.read(length) if length else None
             if body is not None and len(body) < length:
@@ -328,13 +365,19 @@ class _PoolServer(socketserver.TCPServer):
                 worker.join(max(0.0, deadline - time.monotonic()))
 
 
+# (run id, that run's current container token) for a client address, or None
+FreshToken = Callable[[str], tuple[int, str] | None]
+
+
 class NodeProxy:
     def __init__(self, listen_host: str, listen_port: int, server_url: str,
                  session: requests.Session | None = None,
                  on_addresses: Callable[[list[dict]], None] | None = None, *,
                  workers: int = DEFAULT_WORKERS, waiting: int = DEFAULT_WAITING, per_client: int | None = None,
                  client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-                 upstream_timeout: float | tuple[float, float] = DEFAULT_UPSTREAM_TIMEOUT) -> None:
+                 upstream_timeout: float | tuple[float, float] = DEFAULT_UPSTREAM_TIMEOUT,
+                 fresh_token: FreshToken | None = None,
+                 outage_retry_s: float = DEFAULT_OUTAGE_RETRY_S) -> None:
         """`on_addresses` sees every address list an algorithm gets, before the algorithm
         does: the agent opens its sending-side rules for them first, so the algorithm's
         first connection is not dropped while the agent's periodic peer sync catches up.
@@ -343,17 +386,28 @@ class NodeProxy:
         one client address holds at most `per_client` of those (default: half the workers,
         so one hostile run cannot take them all). A client has `client_timeout` s, counted
         from when a worker takes its connection, to send its whole request, and again to
-        take the reply."""
+        take the reply.
+
+        `fresh_token(client_ip)` names the run whose holder container has that address on
+        the isolated network, and that run's current token: see `refreshed`. Calls in
+        RETRIED_METHODS are retried for up to `outage_retry_s` s (0: never) while the server
+        cannot be reached or answers 502/503/504; keep it below the algorithm client's
+        timeout (DEFAULT_OUTAGE_RETRY_S says why). A worker is held while it retries."""
         per_client = max(1, workers // 2) if per_client is None else per_client
-        if workers < 1 or waiting < 0 or per_client < 1 or client_timeout <= 0:
+        if workers < 1 or waiting < 0 or per_client < 1 or client_timeout <= 0 or outage_retry_s < 0:
             raise ValueError(f"node proxy limits out of range (workers={workers}, waiting={waiting}, "
-                             f"per_client={per_client}, client_timeout={client_timeout}): workers and "
-                             "per_client >= 1, waiting >= 0, client_timeout > 0")
+                             f"per_client={per_client}, client_timeout={client_timeout}, "
+                             f"outage_retry_s={outage_retry_s}): workers and per_client >= 1, waiting >= 0, "
+                             "client_timeout > 0, outage_retry_s >= 0")
         self.server_url = server_url.rstrip("/")
         self.session = session or requests.Session()  # carries the node's TLS checks
         self.on_addresses = on_addresses
+        self.fresh_token = fresh_token
         self.client_timeout = client_timeout
         self.upstream_timeout = upstream_timeout
+        self.outage_retry_s = outage_retry_s
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None  # one warning when the server goes away, one when it is back
         self._upstream_prefix = urlsplit(self.server_url).path  # "/api" stands for this on the server
         self.httpd = _PoolServer((listen_host, listen_port), self, workers, waiting, per_client)
         # inherited by accepted sockets: headers and body go out at once, not after a delayed ACK
@@ -366,9 +420,34 @@ class NodeProxy:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/api"
 
+    def refreshed(self, client_ip: str, headers: dict[str, str]) -> dict[str, str]:
+        """`headers` with the run's current token in place of the one sent, when `client_ip`
+        is a run's holder (algorithms cannot forge their source address: no NET_RAW) and the
+        token sent is a container token of that same run, expired or not. A run may last
+        longer than its token; the container itself never gets a longer-lived one. Anything
+        else passes as sent, for the server to judge."""
+        run_id = token_run_id(headers.get("Authorization"))
+        if self.fresh_token is None or run_id is None:
+            return headers
+        try:
+            current = self.fresh_token(client_ip)
+        except Exception:  # noqa: BLE001 - the call still goes out, with the token as sent
+            log.exception("proxy: looking up the current token for %s failed; its own token is sent", client_ip)
+            return headers
+        if current is None or current[0] != run_id:
+            return headers
+        if not current[1] or not _PRINTABLE.fullmatch(current[1]):  # requests would refuse it as "unreachable"
+            log.error("proxy: the current token of run %d is not printable ASCII; its own token is sent", run_id)
+            return headers
+        log.debug("proxy: %s sends run %d's current token", client_ip, run_id)  # never the token itself
+        return {**headers, "Authorization": f"Bearer {current[1]}"}
+
     def forward(self, method: str, target: Target, body: bytes | None, headers: dict[str, str]) -> requests.Response:
         """One checked request to the server, sent with exactly the checked path; redirects
-        go back to the algorithm rather than being followed past the check."""
+        go back to the algorithm rather than being followed past the check. A short server
+        outage (a restart, a deploy) costs a call in RETRIED_METHODS a delay, not a failure;
+        other calls fail at once, as they would have to be repeated by someone who knows
+        whether repeating them is safe: the algorithm."""
         path = self._upstream_prefix + target.path[len(API_PREFIX):]
         url = self.server_url + target.path[len(API_PREFIX):] + (f"?{target.query}" if target.query else "")
         prepared = self.session.prepare_request(requests.Request(method, url, data=body, headers=headers))
@@ -376,20 +455,67 @@ class NodeProxy:
             raise ProxyError(400, f"path {target.path!r} would reach the server as {urlsplit(prepared.url).path!r}: "
                                   "refused")
         settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
-        try:
-            resp = self.session.send(prepared, timeout=self.upstream_timeout, allow_redirects=False, **settings)
-        except requests.Timeout:
-            log.warning("proxy: the server did not answer %s %s in time", method, target.path)
-            raise ProxyError(504, "the server did not answer the node proxy in time") from None
-        except requests.RequestException as exc:
-            log.warning("proxy: server unreachable: %s", exc)
-            raise ProxyError(502, "node proxy cannot reach the server") from None
+        retry_s = self.outage_retry_s if method in RETRIED_METHODS else 0.0
+        deadline, backoff, timeout = time.monotonic() + retry_s, _FIRST_BACKOFF_S, self.upstream_timeout
+        while True:
+            resp: requests.Response | None = None
+            try:
+                resp = self.session.send(prepared.copy(), timeout=timeout, allow_redirects=False, **settings)
+            except requests.ConnectionError as exc:  # nothing answered; ConnectTimeout included
+                if isinstance(exc, requests.exceptions.SSLError):  # not an outage: no retry fixes a certificate
+                    log.warning("proxy: TLS to the server failed: %s", exc)
+                    raise ProxyError(502, "node proxy cannot reach the server (TLS failed)") from None
+                failure: requests.RequestException | None = exc
+            except requests.Timeout:  # the request went out and no answer came in time: never repeated
+                log.warning("proxy: the server did not answer %s %s in time", method, target.path)
+                raise ProxyError(504, "the server did not answer the node proxy in time") from None
+            except requests.RequestException as exc:  # a broken answer: the server is there
+                log.warning("proxy: the server's answer to %s %s was unreadable: %s", method, target.path, exc)
+                raise ProxyError(502, "node proxy cannot reach the server") from None
+            else:
+                failure = None
+                if resp.status_code not in OUTAGE_STATUSES:
+                    self._server_back()
+                    break
+            self._server_gone(failure or f"HTTP {resp.status_code}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if resp is not None:
+                    break  # the algorithm gets the server's (or its gateway's) own 5xx
+                if isinstance(failure, requests.Timeout):
+                    raise ProxyError(504, "the server did not accept the node proxy's connection in time")
+                raise ProxyError(502, "node proxy cannot reach the server")
+            # jitter: the node's runs, retrying together, do not hit a restarting server in step
+            time.sleep(min(left, random.uniform(backoff / 2, backoff)))
+            backoff = min(2 * backoff, _MAX_BACKOFF_S)
+            timeout = self._connect_within(deadline - time.monotonic())
         if self.on_addresses and resp.ok and target.path == ADDRESSES_PATH:
             try:
                 self.on_addresses(resp.json().get("addresses", []))
             except Exception:  # noqa: BLE001 - the reply must go out; the periodic sync still runs
                 log.exception("proxy: address hook failed")
         return resp
+
+    def _connect_within(self, left: float) -> float | tuple[float, float]:
+        """The upstream timeout with the connect part cut to what is left of the retry budget."""
+        connect, read = (self.upstream_timeout if isinstance(self.upstream_timeout, tuple)
+                         else (self.upstream_timeout, self.upstream_timeout))
+        return max(_MIN_CONNECT_S, min(connect, left)), read
+
+    def _server_gone(self, why: object) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
+            self._outage_since = time.monotonic()
+        retried = (f"algorithms' GET calls are retried for up to {self.outage_retry_s:g} s, others fail"
+                   if self.outage_retry_s else "algorithms' calls fail")
+        log.warning("proxy: the server is unavailable (%s); %s until it is back", why, retried)
+
+    def _server_back(self) -> None:
+        with self._outage_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            log.warning("proxy: the server answers again, after %.1f s", time.monotonic() - since)
 
     def start(self) -> NodeProxy:
         self.httpd.start_workers()

@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from tests.waiting import wait_for
-from vpnagent.proxy import MAX_BODY, MAX_HEAD, NodeProxy
+from vpnagent.proxy import DEFAULT_OUTAGE_RETRY_S, MAX_BODY, MAX_HEAD, NodeProxy
+from vpnagent_algorithm.client import DEFAULT_TIMEOUT_S as ALGORITHM_CLIENT_TIMEOUT_S
 
 BIG_REPLY = 16 * 1024 * 1024  # more than loopback's socket buffers hold: a client that does not read blocks the writer
 JUNK = b"x" * (1024 * 1024)  # what a hostile client keeps sending after its headers
@@ -214,10 +215,12 @@ def test_rejects_other_paths_and_oversized_bodies(proxy, upstream):
     assert upstream.seen == []
 
 
-def test_unreachable_server_is_502(make_proxy):
-    p = make_proxy(server_url="http://127.0.0.1:1/api")
+def test_unreachable_server_is_502_at_once_without_retries(make_proxy):
+    p = make_proxy(server_url="http://127.0.0.1:1/api", outage_retry_s=0)
+    start = time.monotonic()
     r = requests.get(f"{p.url}/vpn/algorithm/addresses", timeout=10)
     assert r.status_code == 502 and "cannot reach" in r.json()["msg"]
+    assert time.monotonic() - start < 1.0
 
 
 def test_a_slow_server_is_504_after_the_upstream_timeout(make_proxy, upstream):
@@ -253,6 +256,149 @@ def test_a_failing_address_hook_does_not_cost_the_algorithm_its_answer(make_prox
 
 def test_the_listening_socket_sends_without_delay(proxy):
     assert proxy.httpd.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+# --- server outages: GET waits a short one out, nothing else is repeated --------------------
+
+@dataclass
+class Scripted:
+    """A server on loopback that answers each call with the next status of its method's
+    script (200 once that runs out), counting the calls it got."""
+    port: int
+    script: dict[str, list[int]] = field(default_factory=dict)
+    calls: Counter = field(default_factory=Counter)
+    srv: ThreadingHTTPServer | None = None
+
+    def start(self) -> Scripted:
+        up = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                up.calls[self.command] += 1
+                statuses = up.script.get(self.command, [])
+                status = statuses.pop(0) if statuses else 200
+                out = json.dumps({"msg": f"scripted {status}"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _any
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.srv:
+            self.srv.shutdown()
+            self.srv.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+
+@pytest.fixture
+def scripted():
+    """A Scripted server on a port nothing listens on until a test calls `.start()`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Scripted(port)
+    yield server
+    server.stop()
+
+
+def _timed(method: str, url: str, **kwargs) -> tuple[requests.Response, float]:
+    start = time.monotonic()
+    r = requests.request(method, url, timeout=ALGORITHM_CLIENT_TIMEOUT_S, **kwargs)
+    return r, time.monotonic() - start
+
+
+def _proxy_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [rec.getMessage() for rec in caplog.records if rec.name == "vpnagent.proxy" and rec.levelname == "WARNING"]
+
+
+def test_the_retry_budget_ends_before_the_algorithm_client_gives_up():
+    """The algorithm client waits 10 s for a reply; the proxy's 502 must come before that,
+    with room for the last attempt's answer."""
+    assert DEFAULT_OUTAGE_RETRY_S + 2.0 <= ALGORITHM_CLIENT_TIMEOUT_S
+
+
+def test_a_get_waits_out_a_short_outage(make_proxy, scripted, caplog):
+    p = make_proxy(server_url=scripted.url)
+    start = time.monotonic()
+    threading.Timer(1.0, scripted.start).start()  # the server restarts: its port is closed for 1 s
+    with caplog.at_level("WARNING", logger="vpnagent.proxy"):
+        r = requests.get(f"{p.url}/task/7", timeout=ALGORITHM_CLIENT_TIMEOUT_S)
+    assert r.status_code == 200 and r.json() == {"msg": "scripted 200"}
+    assert 1.0 <= time.monotonic() - start < DEFAULT_OUTAGE_RETRY_S
+    assert scripted.calls == {"GET": 1}
+    warnings = _proxy_warnings(caplog)
+    assert len(warnings) == 2, warnings  # one when it went away (not one per attempt), one when it was back
+    assert "unavailable" in warnings[0] and "answers again" in warnings[1]
+
+
+def test_a_post_is_never_repeated(make_proxy, scripted):
+    """POST /task twice would be two tasks: the algorithm, which knows, decides."""
+    p = make_proxy(server_url=scripted.url)
+    r, took = _timed("POST", f"{p.url}/task", json={"a": 1})  # nothing listens
+    assert r.status_code == 502 and "cannot reach" in r.json()["msg"] and took < 1.0
+    scripted.script["POST"] = [503]
+    scripted.start()
+    r, took = _timed("POST", f"{p.url}/task", json={"a": 1})
+    assert r.status_code == 503 and r.json() == {"msg": "scripted 503"} and took < 1.0
+    assert scripted.calls == {"POST": 1}
+
+
+def test_a_get_gets_502_when_the_outage_outlasts_the_budget(make_proxy, scripted):
+    p = make_proxy(server_url=scripted.url, outage_retry_s=0.5)
+    r, took = _timed("GET", f"{p.url}/task/7")  # the server never comes up
+    assert r.status_code == 502 and "cannot reach" in r.json()["msg"]
+    assert 0.5 <= took < 1.5
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_get_answered_with_a_gateway_error_is_asked_again(make_proxy, scripted, status):
+    p = make_proxy(server_url=scripted.url)
+    scripted.script["GET"] = [status]
+    scripted.start()
+    r, took = _timed("GET", f"{p.url}/task/7")
+    assert r.status_code == 200 and scripted.calls == {"GET": 2} and took < 1.0
+
+
+def test_the_last_gateway_error_is_passed_on_when_the_budget_ends(make_proxy, scripted):
+    p = make_proxy(server_url=scripted.url, outage_retry_s=0.5)
+    scripted.script["GET"] = [503] * 100
+    scripted.start()
+    r, took = _timed("GET", f"{p.url}/task/7")
+    assert r.status_code == 503 and r.json() == {"msg": "scripted 503"}
+    assert 0.5 <= took < 1.5 and 2 <= scripted.calls["GET"] <= 6  # backoff, not a busy loop
+
+
+def test_one_warning_per_outage_however_many_calls_fail(make_proxy, scripted, caplog):
+    p = make_proxy(server_url=scripted.url, outage_retry_s=0.3)
+    with caplog.at_level("WARNING", logger="vpnagent.proxy"):
+        for method in ["GET", "POST", "GET"]:
+            assert _timed(method, f"{p.url}/task")[0].status_code == 502
+        scripted.start()
+        assert _timed("GET", f"{p.url}/task")[0].status_code == 200
+        assert _timed("GET", f"{p.url}/task")[0].status_code == 200
+    warnings = _proxy_warnings(caplog)
+    assert len(warnings) == 2 and "unavailable" in warnings[0] and "answers again" in warnings[1], warnings
+
+
+def test_a_negative_retry_budget_is_refused_with_the_fix(upstream):
+    with pytest.raises(ValueError, match="outage_retry_s >= 0"):
+        NodeProxy("127.0.0.1", 0, upstream.url, outage_retry_s=-1)
 
 
 # --- bodies: one framing, one cap ---------------------------------------------------------
