@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ DEFAULT_UPSTREAM_TIMEOUT = (5.0, 30.0)  # s: connect, then each read from the se
 DEFAULT_OUTAGE_RETRY_S = 6.0
 _FIRST_BACKOFF_S, _MAX_BACKOFF_S = 0.2, 2.0
 _MIN_CONNECT_S = 0.2  # a retry at the end of the budget still gets a real chance to connect
-# Only these are repeated after a failed attempt: repeating them changes neither the server's
-# state nor the answer. Never POST or PATCH (POST /task twice is two tasks). PUT and DELETE
+# Only these are repeated after a failed attempt that may have reached the server: repeating
+# them changes neither the server's state nor the answer. Any method is repeated when the
+# connection could not even be opened (refused, or no answer to the connect): nothing was
+# sent. Never POST or PATCH otherwise (POST /task twice is two tasks). PUT and DELETE
 # are idempotent in effect but not in answer: a DELETE carried out whose reply was lost comes
 # back 404 on the retry, telling the algorithm the wrong outcome; and a container token may
 # use neither today. (Only GET reaches forward(): the handler serves no HEAD or OPTIONS.)
@@ -68,6 +71,20 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 _QUERY = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*")  # RFC 3986 query
 _DECIMAL = re.compile(r"[0-9]+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """The connection was refused or never completed: the request did not leave the node."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, urllib3.exceptions.NewConnectionError):
+            return True
+        cause = getattr(cause, "reason", None) or (cause.args[0] if cause.args and
+                                                    isinstance(cause.args[0], BaseException) else None)
+    return False
 
 
 class ProxyError(Exception):
@@ -455,7 +472,8 @@ class NodeProxy:
             raise ProxyError(400, f"path {target.path!r} would reach the server as {urlsplit(prepared.url).path!r}: "
                                   "refused")
         settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
-        retry_s = self.outage_retry_s if method in RETRIED_METHODS else 0.0
+        idempotent = method in RETRIED_METHODS
+        retry_s = self.outage_retry_s
         deadline, backoff, timeout = time.monotonic() + retry_s, _FIRST_BACKOFF_S, self.upstream_timeout
         while True:
             resp: requests.Response | None = None
@@ -466,6 +484,9 @@ class NodeProxy:
                     log.warning("proxy: TLS to the server failed: %s", exc)
                     raise ProxyError(502, "node proxy cannot reach the server (TLS failed)") from None
                 failure: requests.RequestException | None = exc
+                if not idempotent and not _never_sent(exc):  # it may have been carried out
+                    log.warning("proxy: the connection to the server broke during %s %s", method, target.path)
+                    raise ProxyError(502, "node proxy lost the connection to the server") from None
             except requests.Timeout:  # the request went out and no answer came in time: never repeated
                 log.warning("proxy: the server did not answer %s %s in time", method, target.path)
                 raise ProxyError(504, "the server did not answer the node proxy in time") from None
@@ -474,7 +495,7 @@ class NodeProxy:
                 raise ProxyError(502, "node proxy cannot reach the server") from None
             else:
                 failure = None
-                if resp.status_code not in OUTAGE_STATUSES:
+                if resp.status_code not in OUTAGE_STATUSES or not idempotent:
                     self._server_back()
                     break
             self._server_gone(failure or f"HTTP {resp.status_code}")

@@ -347,16 +347,42 @@ def test_a_get_waits_out_a_short_outage(make_proxy, scripted, caplog):
     assert "unavailable" in warnings[0] and "answers again" in warnings[1]
 
 
-def test_a_post_is_never_repeated(make_proxy, scripted):
-    """POST /task twice would be two tasks: the algorithm, which knows, decides."""
+def test_a_post_waits_out_an_outage_only_while_nothing_was_sent(make_proxy, scripted):
+    """POST /task twice would be two tasks. A POST is sent again only when its connection
+    was refused (the server never saw it); a 503 the server answered goes back as it is."""
     p = make_proxy(server_url=scripted.url)
-    r, took = _timed("POST", f"{p.url}/task", json={"a": 1})  # nothing listens
-    assert r.status_code == 502 and "cannot reach" in r.json()["msg"] and took < 1.0
+    threading.Timer(1.0, scripted.start).start()  # the server restarts: its port is closed for 1 s
+    r, took = _timed("POST", f"{p.url}/task", json={"a": 1})
+    assert r.status_code == 200 and 1.0 <= took < DEFAULT_OUTAGE_RETRY_S
+    assert scripted.calls == {"POST": 1}
     scripted.script["POST"] = [503]
-    scripted.start()
     r, took = _timed("POST", f"{p.url}/task", json={"a": 1})
     assert r.status_code == 503 and r.json() == {"msg": "scripted 503"} and took < 1.0
-    assert scripted.calls == {"POST": 1}
+    assert scripted.calls == {"POST": 2}
+
+
+def test_a_post_whose_connection_broke_after_sending_is_not_repeated(make_proxy):
+    """The server read the POST and closed without an answer: it may have created the task."""
+    seen = []
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+
+        def accept_and_drop() -> None:
+            for _ in range(2):
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                seen.append(conn.recv(65536))
+                conn.close()
+
+        threading.Thread(target=accept_and_drop, daemon=True).start()
+        p = make_proxy(server_url=f"http://127.0.0.1:{port}/api")
+        r, took = _timed("POST", f"{p.url}/task", json={"a": 1})
+    assert r.status_code == 502 and "lost the connection" in r.json()["msg"] and took < 1.0
+    assert len(seen) == 1
 
 
 def test_a_get_gets_502_when_the_outage_outlasts_the_budget(make_proxy, scripted):
