@@ -8,6 +8,15 @@ server and VPN client. Reachability is checked from another node's VPN client na
 by a persistent prober (a TCP echo through the tunnel). Then the same is measured with
 200 runs already live on the node.
 
+Two more scenarios (issue "Runs survive"):
+- restart: N runs live (holder, sleeping algorithm container, rules, ports, journal record);
+  the agent process is replaced by a new one, which is timed from start to "every run
+  adopted and its rules applied", for N = 1, 50, 200. The baseline is what the agent did
+  before (and what a vantage6 4.x node does): every live run removed and reported failed.
+- load: K echo tasks sent at once to a three-node cluster whose nodes take 2 top-level runs
+  at a time; time until all finished, and how many completed. The baseline is the one the
+  issue measured: 10 tasks on a shared limit of 8, all failed after 144 s.
+
     .venv/bin/python benchmarks/wiring.py            # full run (a few minutes)
     .venv/bin/python benchmarks/wiring.py --quick    # smoke run (seconds), used by the tests
 
@@ -33,8 +42,9 @@ import docker  # noqa: E402
 
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
-from vpnagent.agent import Agent  # noqa: E402
+from vpnagent.agent import ROLE_ALGORITHM, Agent  # noqa: E402
 from vpnagent.config import load_config  # noqa: E402
+from vpnagent.journal import RUNNING, RunRecord  # noqa: E402
 from vpnagent.ports import PortSpec  # noqa: E402
 
 ECHO_SERVER = (
@@ -200,6 +210,84 @@ class Bench:
             list(pool.map(lambda r: self.agent._teardown(r, self.agent.runs[r].holder_id), run_ids))
 
 
+def restart(bench: Bench, n: int, progress) -> tuple[Agent, dict]:
+    """n adoptable runs on the bench agent's node, then a new agent process's start timed
+    until they are adopted. Returns the new agent (the bench goes on with it)."""
+    old = bench.agent
+    runs = bench.new_runs(n)
+
+    def one(rt):
+        run_id, task_id = rt
+        holder = bench.holder(run_id, with_listener=False)
+        live = old.wire_run(run_id, task_id, "bench", holder, [PortSpec(8888, "bench")], bench.family)
+        old.register_ports(live)
+        old.api.update_run(run_id, "active")
+        algo = bench.docker.containers.run(
+            old.cfg.holder_image, ["sleep", "infinity"], detach=True, network_mode=f"container:{holder.id}",
+            name=f"vpnagent-{old.cfg.name}-run{run_id}",
+            labels={"vpnagent.node": old.cfg.name, "vpnagent.role": ROLE_ALGORITHM, "vpnagent.run": str(run_id)})
+        old.journal.save(RunRecord(run_id, task_id, "bench", phase=RUNNING, holder_id=holder.id,
+                                   container_id=algo.id, ports=[{"vpn_port": p.vpn_port, "container_port": 8888,
+                                                                 "label": "bench"} for p in live.ports]))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, runs))
+    old.leave()  # as SIGTERM leaves them: runs, VPN client and rules stay
+    new = Agent(old.cfg, bench.docker)
+    t0 = time.perf_counter()
+    new.start()
+    took = (time.perf_counter() - t0) * 1e3
+    if sorted(new.adopted) != sorted(r for r, _ in runs):
+        raise RuntimeError(f"adopted {len(new.adopted)} of {n} runs")
+    if new.vpn.state.container_id != old.vpn.state.container_id:
+        raise RuntimeError("the new agent replaced a healthy VPN client")
+    progress(f"  restart with {n} live run(s): all adopted in {took:.0f} ms")
+    for run_id, _ in runs:  # end them the normal way: the watchers collect and report them
+        bench.docker.containers.get(f"vpnagent-{old.cfg.name}-run{run_id}").kill()
+    deadline = time.monotonic() + 120
+    while new.runs and time.monotonic() < deadline:
+        time.sleep(0.1)
+    bench.agent = new
+    return new, {"n": n, "adopt_ms": took, "adopted": len(new.adopted), "baseline": f"0 adopted, {n} failed"}
+
+
+def load(progress, sends: list[int]) -> list[dict]:
+    """K echo tasks at once on a fresh three-node cluster with 2 top-level run slots per node."""
+    workdir = Path(tempfile.mkdtemp(prefix="vpnagent-bench-load-"))
+    cluster = LocalCluster(workdir=workdir, prefix=f"val{int(time.time()) % 10000}", n_nodes=3,
+                           vpn_subnet="10.79.0.0/16", progress=progress, node_extra={"max_concurrent_runs": 2})
+    out = []
+    try:
+        cluster.up()
+        http = cluster.user_session()
+        org1 = cluster.nodes[0].organization_id
+        for k in sends:
+            t0 = time.monotonic()
+            tasks = []
+            for _ in range(k):
+                r = http.post(f"{cluster.server_url}/task", timeout=10, json={
+                    "collaboration_id": cluster.collaboration_id, "organizations": [org1],
+                    "image": "vpnagent/echo:latest", "input": {"method": "central", "kwargs": {"timeout": 60}}})
+                tasks.append(r.json()["id"])
+            statuses: dict[int, str] = {}
+            while len(statuses) < k and time.monotonic() - t0 < 600:
+                for t in tasks:
+                    if t not in statuses:
+                        run = http.get(f"{cluster.server_url}/task/{t}", timeout=10).json()["runs"][0]
+                        if run["status"] in ("completed", "failed"):
+                            ok = run["status"] == "completed" and (run.get("result") or {}).get("ok")
+                            statuses[t] = "completed" if ok else "failed"
+                time.sleep(0.2)
+            took = time.monotonic() - t0
+            done = sum(1 for v in statuses.values() if v == "completed")
+            progress(f"  load: {k} echo task(s) at once: {done} completed in {took:.1f} s")
+            out.append({"tasks": k, "completed": done, "seconds": took, "slots_per_node": 2})
+    finally:
+        cluster.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
 def measure(bench: Bench, samples: int, label: str, progress) -> dict:
     out = {"agent": [], "baseline": []}
     runs = bench.new_runs(2 * samples)
@@ -222,6 +310,15 @@ def table(results: dict) -> str:
     lines.append("")
     for key, value in results["ratios"].items():
         lines.append(f"{key:<52} {value:8.2f}")
+    if results.get("restart"):
+        lines += ["", f"{'restart: live runs':<20} {'agent: adopted in (ms)':>24}   baseline (before; vantage6 4.x)"]
+        for r in results["restart"]:
+            lines.append(f"{r['n']:<20} {r['adopt_ms']:>24.0f}   {r['baseline']}")
+    if results.get("load"):
+        lines += ["", f"{'load: tasks at once':<20} {'completed':>10} {'seconds':>9}   baseline (issue): "
+                      f"{results['load_baseline']}"]
+        for r in results["load"]:
+            lines.append(f"{r['tasks']:<20} {r['completed']:>10} {r['seconds']:>9.1f}")
     return "\n".join(lines)
 
 
@@ -230,10 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 samples, 10 live runs")
     ap.add_argument("--samples", type=int, default=None, help="samples per variant and scenario (default 30)")
     ap.add_argument("--live", type=int, default=None, help="runs already live in the second scenario (default 200)")
+    ap.add_argument("--restart", default=None, help="live runs per restart scenario, comma-separated "
+                                                    "(default 1,50,200; quick: 1,3; 'none' skips)")
+    ap.add_argument("--load", default=None, help="echo tasks sent at once per load scenario, comma-separated "
+                                                 "(default 1,6,12; quick: none; 'none' skips)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "wiring.json")
     args = ap.parse_args(argv)
     samples = args.samples or (3 if args.quick else 30)
     n_live = args.live if args.live is not None else (10 if args.quick else 200)
+    restarts = _counts(args.restart, "1,3" if args.quick else "1,50,200")
+    sends = _counts(args.load, "none" if args.quick else "1,6,12")
 
 
     progress, client = start("wiring")
@@ -263,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"measuring {samples} samples each with {n_live} runs live")
         results["scenarios"][f"{n_live}_live"] = measure(bench, samples, f"{n_live} live", progress)
         bench.drop_live(live)
+        results["restart"] = []
+        for n in restarts:
+            agent, row = restart(bench, n, progress)
+            results["restart"].append(row)
         first, loaded = results["scenarios"]["first"], results["scenarios"][f"{n_live}_live"]
         results["ratios"] = {
             "baseline/agent total, first run (x faster)": first["baseline"]["total_ms"]["median"] / first["agent"]["total_ms"]["median"],
@@ -270,6 +377,14 @@ def main(argv: list[str] | None = None) -> int:
             f"agent local, {n_live} live / first (target <= 1.5)": loaded["agent"]["local_ms"]["median"] / first["agent"]["local_ms"]["median"],
             f"agent total, {n_live} live / first": loaded["agent"]["total_ms"]["median"] / first["agent"]["total_ms"]["median"],
         }
+        if sends:
+            prober.close()
+            prober = None
+            agent.shutdown()
+            agent = None
+            cluster.down()
+            results["load"] = load(progress, sends)
+            results["load_baseline"] = "10 tasks on a shared limit of 8: all failed, after 144 s"
         report(args.json, results, table(results), progress)
         return 0
     finally:
@@ -279,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
             agent.shutdown()
         cluster.down()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _counts(value: str | None, default: str) -> list[int]:
+    text = value or default
+    return [] if text == "none" else [int(x) for x in text.split(",")]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ def test_wiring_benchmark_smoke(docker_client, tmp_path):
             assert scenario[variant]["total_ms"]["n"] == 2
             assert scenario[variant]["reach_ms"]["max"] > 0
     assert all(v > 0 for v in report["ratios"].values())
+    # the restart scenario: a new agent process adopted every live run (and the VPN client)
+    assert [(r["n"], r["adopted"]) for r in report["restart"]] == [(1, 1), (3, 3)]
+    assert all(r["adopt_ms"] > 0 for r in report["restart"]) and "restart: live runs" in proc.stdout
 
 
 @pytest.mark.docker
