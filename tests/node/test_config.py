@@ -42,6 +42,7 @@ def test_minimal_config_gets_defaults():
     ({"proxy_port": 70000}, "1-65535"),
     ({"proxy_port": True}, "must be int"),
     ({"poll_interval": -1}, "positive"),
+    ({"max_concurrent_subtasks": 0}, "'max_concurrent_subtasks' 0 must be within 1-4000"),
 ])
 def test_bad_values_are_named_with_the_fix(change, words):
     with pytest.raises(ConfigError) as err:
