@@ -51,33 +51,78 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
+    lines, code = render_status(status, time.time())
+    print("\n".join(lines))
+    return code
+
+
+def _clock(t: float, now: float) -> str:
+    """HH:MM:SS for a time today, with the date otherwise (a session lost days ago)."""
+    same_day = time.localtime(t)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _vpn_headline(vpn: dict, now: float) -> str:
+    """tun0 holding its address says "connected"; openvpn's session (status.json "session",
+    from its log) says whether packets pass: persist-tun keeps tun0 while it reconnects.
+    A file without "session" comes from an agent that did not read it."""
+    if not vpn["connected"]:
+        return "VPN NOT connected"
+    session = vpn.get("session")
+    if not session or session.get("state") == "up":
+        return "VPN connected"
+    since = f" since {_clock(session['since'], now)}" if session.get("since") else ""
+    return f"VPN connected, session {str(session.get('state')).upper()}{since} ({session.get('detail') or '-'})"
+
+
+def _server_line(server: dict | None, now: float) -> str | None:
+    if not server or server.get("state") == "ok":
+        return None
+    since = f" since {_clock(server['since'], now)}" if server.get("since") else ""
+    error = server.get("error") or "-"
+    if server.get("state") == "refused":
+        return f"server: refusing this node ({error}){since}"
+    return f"server: {server.get('state')}{since} ({error})"
+
+
+def render_status(status: dict, now: float) -> tuple[list[str], int]:
+    """What `vpnagent status` prints for a status.json, and its exit code: 1 when no running
+    agent stands behind the file (stale, or stopped on purpose)."""
+    lines = []
+    stopped = bool(status.get("stopped"))
+    if stopped:
+        written = status.get("written_at")
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written)) if written else "an unknown time"
+        lines.append(f"agent stopped at {at}; its runs and VPN client were left running for the next agent to adopt")
     vpn = status["vpn"]
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["since"])) if vpn.get("since") else "-"
-    print(f"node {status['node']}: VPN {'connected' if vpn['connected'] else 'NOT connected'}"
-          f"  ip {vpn.get('vpn_ip') or '-'}  since {since}")
-    fresh, line = status_freshness(status, time.time())
-    print(f"  {line}")
+    lines.append(f"node {status['node']}: {_vpn_headline(vpn, now)}  ip {vpn.get('vpn_ip') or '-'}  since {since}")
+    fresh, line = status_freshness(status, now)
+    lines.append(f"  {line}")
+    server = _server_line(status.get("server"), now)
+    if server:
+        lines.append(f"  {server}")
     if vpn.get("tunnel_mtu"):
-        print(f"  tunnel MTU {vpn['tunnel_mtu']} ({vpn.get('tunnel_mtu_source')}: {vpn.get('tunnel_mtu_detail') or '-'})")
+        lines.append(f"  tunnel MTU {vpn['tunnel_mtu']} ({vpn.get('tunnel_mtu_source')}: "
+                     f"{vpn.get('tunnel_mtu_detail') or '-'})")
     if vpn.get("cert_expires"):
-        days = (vpn["cert_expires"] - time.time()) / 86400
+        days = (vpn["cert_expires"] - now) / 86400
         expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(vpn["cert_expires"]))
-        print(f"  certificate expires {expires} ({days:.1f} days; renewed {vpn.get('renewals', 0)} time(s) "
-              "by this agent)")
+        lines.append(f"  certificate expires {expires} ({days:.1f} days; renewed {vpn.get('renewals', 0)} time(s) "
+                     "by this agent)")
     if vpn.get("error"):
-        print(f"  last VPN error: {vpn['error']}")
-    print(f"{len(status['runs'])} live run(s)")
+        lines.append(f"  last VPN error: {vpn['error']}")
+    lines.append(f"{len(status['runs'])} live run(s)")
     if status["runs"]:
-        print(f"{'run':>6}  {'task':>6}  {'holder ip':<15}  {'wired':>8}  ports (vpn->container label)")
+        lines.append(f"{'run':>6}  {'task':>6}  {'holder ip':<15}  {'wired':>8}  ports (vpn->container label)")
     for r in status["runs"]:
         ports = ", ".join(f"{p['vpn_port']}->{p['container_port']} {p['label'] or ''}".strip() for p in r["ports"])
         wired = f"{r['wired_ms']:.1f} ms" if r.get("wired_ms") is not None else "-"
-        print(f"{r['run_id']:>6}  {r['task_id']:>6}  {r['holder_ip']:<15}  {wired:>8}  {ports or '-'}")
+        lines.append(f"{r['run_id']:>6}  {r['task_id']:>6}  {r['holder_ip']:<15}  {wired:>8}  {ports or '-'}")
     fixes = status.get("fixes", [])
-    print(f"reconcile corrections: {len(fixes) or 'none'}")
-    for fix in fixes:
-        print(f"  {fix}")
-    return 0 if fresh else 1
+    lines.append(f"reconcile corrections: {len(fixes) or 'none'}")
+    lines.extend(f"  {fix}" for fix in fixes)
+    return lines, 0 if fresh and not stopped else 1
 
 
 STALE_AFTER_S = 30.0  # the running agent rewrites its status at least every few seconds

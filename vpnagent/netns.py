@@ -45,6 +45,12 @@ class Netns:
             result[link["ifname"]] = addrs
         return result
 
+    def link_mtu(self, ifname: str) -> int | None:
+        """The link's current MTU; None when there is no such link."""
+        proc = self.run(["ip", "-j", "link", "show", "dev", ifname], check=False)
+        links = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+        return int(links[0]["mtu"]) if links else None
+
     def interface_in(self, subnet: ipaddress.IPv4Network) -> str | None:
         """The interface holding an address in `subnet` (which docker network is which eth)."""
         for name, addrs in self.ipv4_addresses().items():

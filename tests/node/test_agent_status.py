@@ -19,7 +19,7 @@ from vpnagent import agent as agent_mod
 from vpnagent import firewall
 from vpnagent import metrics as m
 from vpnagent.agent import Agent
-from vpnagent.cli import status_freshness
+from vpnagent.cli import render_status, status_freshness
 from vpnagent.config import parse_config
 from vpnagent.vpnclient import VPNState
 
@@ -174,3 +174,98 @@ def test_removed_run_leaves_the_allow_rules_of_its_family(tmp_path, monkeypatch)
     batch = _FakeNetns.batches[0]
     assert "-X VA-2-N" in batch and "-X VA-2-F" in batch
     assert ":VA-1-F - [0:0]" in batch and "172.30.0.12" not in batch
+
+
+# --- what `vpnagent status` says about the VPN session, the server and a stopped agent
+
+# noon today: times a few minutes before it are today's (HH:MM:SS without a date)
+NOW = time.mktime(time.localtime()[:3] + (12, 0, 0, 0, 0, -1))
+
+
+def _status_file(**changes) -> dict:
+    """A status.json of a live agent (this process) written at NOW, its VPN client connected."""
+    import os
+
+    now = NOW
+    status = {"node": "st3", "written_at": now, "pid": os.getpid(), "reconciles": 3, "vpn_checks": 9,
+              "vpn": {"connected": True, "vpn_ip": "10.76.0.9", "since": now - 600, "error": None,
+                      "cert_expires": None, "renewals": 0}, "runs": [], "fixes": []}
+    vpn = changes.pop("vpn", {})
+    status.update(changes)
+    status["vpn"].update(vpn)
+    return status
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def test_connected_with_the_session_up_or_not_reported():
+    """Files of older agents have no "session": tun0 is all they knew."""
+    for status in (_status_file(vpn={"session": {"state": "up", "since": NOW - 60,
+                                                 "detail": "Initialization Sequence Completed"}}),
+                   _status_file()):
+        lines, code = render_status(status, NOW)
+        assert lines[0].startswith("node st3: VPN connected  ip 10.76.0.9  since ")
+        assert code == 0 and not any("server:" in line for line in lines)
+
+
+def test_reconnecting_session_is_not_called_connected():
+    lost = NOW - 90
+    status = _status_file(vpn={"session": {"state": "reconnecting", "since": lost,
+                                           "detail": "[vpnagent-openvpn-server] Inactivity timeout "
+                                                     "(--ping-restart), restarting"}})
+    lines, code = render_status(status, NOW)
+    assert lines[0].startswith(f"node st3: VPN connected, session RECONNECTING since {_clock(lost)} "
+                               "([vpnagent-openvpn-server] Inactivity timeout (--ping-restart), restarting)  ip 10.76.0.9")
+    assert code == 0, "the agent runs and says what it sees; the exit code is about the agent"
+
+
+def test_session_lost_days_ago_shows_the_date():
+    lost = NOW - 3 * 86400
+    status = _status_file(vpn={"session": {"state": "reconnecting", "since": lost, "detail": "TLS Error: x"}})
+    lines, _ = render_status(status, NOW)
+    assert f"RECONNECTING since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lost))} (TLS Error: x)" in lines[0]
+
+
+def test_starting_session_and_session_of_a_disconnected_client():
+    starting = _status_file(vpn={"session": {"state": "starting", "since": None, "detail": "TLS: Initial packet"}})
+    assert "VPN connected, session STARTING (TLS: Initial packet)  ip" in render_status(starting, NOW)[0][0]
+    down = _status_file(vpn={"connected": False, "vpn_ip": None,
+                             "session": {"state": "reconnecting", "since": None, "detail": "x"}})
+    assert render_status(down, NOW)[0][0].startswith("node st3: VPN NOT connected  ip -")
+
+
+def test_server_unreachable_or_refusing_gets_a_line():
+    t = NOW - 30
+    unreachable = _status_file(server={"state": "unreachable", "since": t, "error": "connection refused"})
+    lines, code = render_status(unreachable, NOW)
+    assert f"  server: unreachable since {_clock(t)} (connection refused)" in lines and code == 0
+    refused = _status_file(server={"state": "refused", "since": t, "error": "401 node removed"})
+    assert f"  server: refusing this node (401 node removed) since {_clock(t)}" in render_status(refused, NOW)[0]
+    ok = _status_file(server={"state": "ok", "since": t, "error": None})
+    assert not any("server:" in line for line in render_status(ok, NOW)[0])
+
+
+def test_stopped_agent_says_what_it_left_running_and_exits_1():
+    written = NOW - 120
+    status = _status_file(stopped=True, written_at=written, pid=_dead_pid())
+    lines, code = render_status(status, NOW)
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written))
+    assert lines[0] == (f"agent stopped at {at}; its runs and VPN client were left running "
+                        "for the next agent to adopt")
+    assert code == 1
+    assert any("STALE" in line for line in lines), "the freshness line stays as it is"
+
+
+def test_stopped_agent_through_the_command(tmp_path):
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "st3", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
+                                   "data_dir": str(data_dir)}))
+    (data_dir / "status.json").write_text(json.dumps(_status_file(stopped=True, pid=_dead_pid(),
+                                                                  written_at=time.time())))
+    proc = subprocess.run([sys.executable, "-m", "vpnagent.cli", "status", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout.startswith("agent stopped at "), proc.stdout
