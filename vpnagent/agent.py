@@ -29,7 +29,7 @@ from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy
 from .serverapi import ServerAPI, ServerError
 from .tls import make_session
-from .vpnclient import VPNClient, VPNError
+from .vpnclient import SessionState, VPNClient, VPNError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class Agent:
         self.adopted: list[int] = []  # live runs taken over from an earlier agent process
         self.adopted_at: float | None = None  # when start-up had adopted them and applied their rules
         self.server: dict[str, Any] = {"state": "ok", "since": None, "error": None}
+        self._server_has_run_report = True
+        self.session: SessionState | None = None  # of the VPN client, from its log (every check)
         self.stopped = False
         self.proxy: NodeProxy | None = None
         self.iso_subnet: ipaddress.IPv4Network | None = None
@@ -139,7 +141,7 @@ class Agent:
         self._adopt_runs()
         self.reconcile()
         self.adopted_at = time.time()
-        self._tell_server()
+        self._quiet(self._tell_server)  # the loop tells it again: a server away now must not stop the start
         self._write_status()
 
     def _adopt_runs(self) -> None:
@@ -379,7 +381,12 @@ class Agent:
         re-applied through reconcile (its namespace, and so its rules, are new)."""
         if self.vpn.state is not None and self.vpn.is_healthy():
             self._count_openvpn_sessions()
+            try:  # persist-tun keeps tun0 when the session is lost: openvpn's log tells
+                self.session = self.vpn.session()
+            except docker.errors.APIError as exc:
+                log.debug("vpn: could not read the client's log: %s", exc)
             return
+        self.session = None
         if self.vpn.state is None and time.monotonic() - self._last_vpn_attempt < VPN_RETRY_S:
             return  # without a VPN, retry now and then rather than on every check
         self._last_vpn_attempt = time.monotonic()
@@ -650,7 +657,17 @@ class Agent:
         after this list was made is taken after the server has read it."""
         with self._lock:
             ids = sorted(set(self.runs) | set(self._records) | set(self._admitted))
-        failed = self.api.report_runs(ids)
+        if not self._server_has_run_report:
+            return
+        try:
+            failed = self.api.report_runs(ids)
+        except ServerError as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.warning("the server does not take POST /node/runs (an older version): it cannot learn which runs "
+                        "this node lost; upgrade it")
+            self._server_has_run_report = False
+            return
         if failed:
             log.warning("server marked run(s) %s failed: this node no longer has them", failed)
 
@@ -808,12 +825,16 @@ class Agent:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
-        st = self.vpn.state
+        st, session = self.vpn.state, self.session
+        # connected means packets can pass: a client whose session is lost, or a node the
+        # server refuses (removed: its session was cut), is not, whatever tun0 still says
+        connected = (st is not None and (session is None or session.state != "reconnecting")
+                     and self.server["state"] != "refused")
         return {
             "node": self.cfg.name,
             "written_at": time.time(), "pid": os.getpid(),
             "reconciles": self.reconciles, "vpn_checks": self.vpn_checks,
-            "vpn": {"connected": st is not None, "vpn_ip": st.vpn_ip if st else None,
+            "vpn": {"connected": connected, "session": asdict(session) if session and st else None, "vpn_ip": st.vpn_ip if st else None,
                     "tunnel_mtu": st.path.mtu if st else None, "tunnel_mtu_source": st.path.source if st else None,
                     "tunnel_mtu_detail": st.path.detail if st else None,
                     "since": st.since if st else None, "error": self.vpn.last_error,
