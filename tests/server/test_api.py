@@ -1,5 +1,6 @@
 """Token scoping and hostile input against the real app. Every rejected request is
 checked to leave the store exactly as it was."""
+import jwt
 import pytest
 
 from server_ext.tokens import TokenService
@@ -34,6 +35,50 @@ def test_missing_garbage_foreign_and_expired_tokens_are_401(world):
     rejected(world, "get", "/api/node/self", 401, "expired", headers={"Authorization": f"Bearer {expired}"})
     rejected(world, "post", "/api/token/node", 401, "unknown", json={"api_key": "nope"})
     rejected(world, "post", "/api/token/user", 401, "unknown", json={"api_key": world.node_keys[0]})
+
+
+def _lifetime(token: str) -> int:
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return claims["exp"] - claims["iat"]
+
+
+def test_container_tokens_live_6_hours_by_default(world, task):
+    assert _lifetime(world.container_headers(0, task["runs"][0]["id"])["Authorization"][7:]) == 21600
+
+
+def test_container_token_lifetime_is_the_configured_one(tmp_path, database_url):
+    from .conftest import build_world
+
+    w = build_world(tmp_path, database_url, VPNAGENT_CONTAINER_TOKEN_SECONDS=5)
+    try:
+        run1 = w.create_task([w.orgs[0]])["runs"][0]["id"]
+        assert _lifetime(w.container_headers(0, run1)["Authorization"][7:]) == 5
+        assert _lifetime(w.node_headers(0)["Authorization"][7:]) == 15 * 60, "node tokens keep theirs"
+    finally:
+        w.store.close()
+
+
+def test_container_token_seconds_reaches_the_app_from_the_server_config(tmp_path):
+    from server_ext import create_app
+    from server_ext.cli import flask_config, load_server_config
+
+    path = tmp_path / "server.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'server'}\ncontainer_token_seconds: 5\n")
+    cfg = flask_config(load_server_config(path))
+    assert cfg["VPNAGENT_CONTAINER_TOKEN_SECONDS"] == 5
+    app = create_app({**cfg, "VPNAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
+    assert app.extensions["vpnagent"].tokens.lifetimes["container"] == 5
+    app.extensions["vpnagent"].store.close()
+
+
+@pytest.mark.parametrize("value", [1, 0, -5, 604_801, True, 5.0, "5"])
+def test_container_token_seconds_out_of_range_is_refused_naming_the_fix(tmp_path, value):
+    from server_ext import create_app
+    from server_ext.config import ServerConfigError
+
+    with pytest.raises(ServerConfigError, match=r"container_token_seconds is .*give whole seconds from 2 to 604800"):
+        create_app({"VPNAGENT_DATA_DIR": str(tmp_path), "VPNAGENT_CONTAINER_TOKEN_SECONDS": value,
+                    "VPNAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
 
 
 def test_each_token_kind_only_opens_its_own_endpoints(world, task):
