@@ -7,8 +7,8 @@
 or standalone: `create_app({...})`. Config keys (all prefixed VPNAGENT_): DATA_DIR,
 SECRET (>= 32 chars; generated and kept in DATA_DIR when absent), DATABASE_URL (default
 SQLite in DATA_DIR), VPN_SUBNET, OPENVPN_REMOTE_HOST, OPENVPN_REMOTE_PORT, OPENVPN_PROTO,
-CERT_DAYS, URL_PREFIX (default /api), METRICS (default True: Prometheus text at /metrics,
-outside the prefix; docs/metrics.md).
+CERT_DAYS, CONTAINER_TOKEN_SECONDS, URL_PREFIX (default /api), METRICS (default True:
+Prometheus text at /metrics, outside the prefix; docs/metrics.md).
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .config import ServerConfigError
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
 from .pki import PKI, write_private
 from .store import Store
-from .tokens import TokenService
+from .tokens import LIFETIMES, TokenService
 from .vpnserver import OpenVPNFiles
 
 MAX_BODY = 64 * 1024
@@ -61,11 +62,12 @@ class VPNExtension:
             processes=int(cfg.get("VPNAGENT_OPENVPN_PROCESSES", 1)),
             port_share=_host_port(cfg.get("VPNAGENT_OPENVPN_PORT_SHARE")),
         )
+        container_seconds = container_token_seconds(cfg.get("VPNAGENT_CONTAINER_TOKEN_SECONDS"))
         pki = PKI(data_dir / "pki")
         state = ExtensionState(
             store=Store(cfg.get("VPNAGENT_DATABASE_URL") or f"sqlite:///{data_dir / 'store.db'}"),
             pki=pki,
-            tokens=TokenService(secret),
+            tokens=TokenService(secret, {"container": container_seconds}),
             files=OpenVPNFiles(data_dir / "openvpn", pki, settings),
             settings=settings,
             cert_days=float(cfg.get("VPNAGENT_CERT_DAYS", 30)),
@@ -96,6 +98,18 @@ def profile_from_config(raw: dict | None) -> Profile:
     if unknown:
         raise ValueError(f"unknown openvpn_profile key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
     return replace(DEFAULT_PROFILE, **raw)
+
+
+def container_token_seconds(value: Any) -> int:
+    """The container token lifetime the config sets (server_ext/config.py), else 6 h. At
+    least 2 s, so a token outlives the request that fetched it; at most 7 days, so a leaked
+    one is not good for long (the node renews tokens of live runs anyway)."""
+    if value is None:
+        return LIFETIMES["container"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 604_800:
+        raise ServerConfigError(f"container_token_seconds is {value!r}; give whole seconds from 2 to 604800 "
+                                "(7 days), or leave it out for 21600 (6 h)")
+    return value
 
 
 def _host_port(value: str | None) -> tuple[str, int] | None:

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import functools
 import json
+import logging
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -15,15 +16,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .addresses import FLAGS, AddressQuery, AddressQueryError, flag_is_set, select_runs
-from .inputs import InputError, check_id, check_text, parse_id, parse_json
+from .inputs import InputError, check_id, check_ids, check_text, parse_id, parse_json
 from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
-from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, Certificate, Collaboration, Node,
-                    Organization, Port, Run, Task, User, hash_key)
+from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
+                    Node, Organization, Port, Run, Task, User, hash_key)
 from .tokens import Identity, TokenError
 
 bp = Blueprint("vpnagent", __name__)
+log = logging.getLogger(__name__)
+
+MAX_LOG = 20_000  # characters of a run's log kept: its tail, where the error is
+MAX_HELD_RUNS = 100_000  # runs a node may say it holds in one POST /node/runs
 
 
 class ApiError(Exception):
@@ -292,20 +297,29 @@ def run_update(s: Session, ident: Identity, run_id: int):
         raise ApiError(400, f"status must be one of {', '.join(RUN_STATES[1:])}")
     run = _own_run(s, ident, run_id)
     if run.status in FINAL_STATES:
-        raise ApiError(409, f"run {run_id} is already {run.status}")
+        if data["status"] == run.status:
+            # A node delivers final reports at least once (its journal outlives lost
+            # answers): the repeat confirms what is stored, and the first report stands.
+            return jsonify(_run_json(run))
+        raise ApiError(409, f"run {run_id} is already {run.status}; a finished run keeps its state (repeating "
+                            f"'{run.status}' is accepted and changes nothing)")
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     run.status = data["status"]
     if "result" in data:
         run.result = data["result"]
     if data.get("log") is not None:
-        run.log = data["log"][-20000:]
+        run.log = data["log"][-MAX_LOG:]
     if run.status in FINAL_STATES:
-        run.finished_at = now
-        run.ports.clear()  # a finished run has no address any more
+        _finish(run, now)
     elif run.started_at is None:
         run.started_at = now
     s.flush()
     return jsonify(_run_json(run))
+
+
+def _finish(run: Run, now: dt.datetime) -> None:
+    run.finished_at = now
+    run.ports.clear()  # a finished run has no address any more
 
 
 @bp.post("/port")
@@ -369,6 +383,31 @@ def node_peers(s: Session, ident: Identity):
                  for r, n in rows if n.vpn_ip]
         out.append({"run_id": run.id, "peers": peers})
     return jsonify(runs=out)
+
+
+@bp.post("/node/runs")
+@requires("node")
+def node_runs(s: Session, ident: Identity):
+    """The node says which of its runs it still has (live, or with a report it has yet to
+    deliver); every other run it had taken is lost, so it is failed here, or its task
+    would wait for it forever. Pending runs are left alone: the node has not taken them."""
+    data = body(runs=(list, True))
+    held = set(check_ids("field 'runs'", data["runs"], MAX_HELD_RUNS))
+    node = _node(s, ident)
+    taken = s.scalars(select(Run).where(Run.node_id == node.id, Run.status.in_(TAKEN_STATES)).order_by(Run.id))
+    lost = [run for run in taken if run.id not in held]
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    reason = (f"vpnagent: node {node.name} no longer has this run (its agent lost track of it, e.g. its containers "
+              "were removed while the agent was down); marked failed by the server")
+    for run in lost:
+        run.status = "failed"
+        run.log = (f"{run.log}\n{reason}" if run.log else reason)[-MAX_LOG:]
+        _finish(run, now)
+    s.flush()
+    if lost:
+        log.warning("node %s (%s) no longer has run(s) %s; marked failed", node.id, node.name,
+                    ", ".join(str(run.id) for run in lost))
+    return jsonify(failed=[run.id for run in lost])
 
 
 # ---------------------------------------------------------------- addresses

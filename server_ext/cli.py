@@ -50,7 +50,8 @@ def flask_config(raw: dict[str, Any]) -> dict[str, Any]:
                "vpn_subnet": "VPNAGENT_VPN_SUBNET", "openvpn_remote_host": "VPNAGENT_OPENVPN_REMOTE_HOST",
                "openvpn_remote_port": "VPNAGENT_OPENVPN_REMOTE_PORT", "openvpn_proto": "VPNAGENT_OPENVPN_PROTO",
                "cert_days": "VPNAGENT_CERT_DAYS", "openvpn_profile": "VPNAGENT_OPENVPN_PROFILE",
-               "openvpn_processes": "VPNAGENT_OPENVPN_PROCESSES"}
+               "openvpn_processes": "VPNAGENT_OPENVPN_PROCESSES",
+               "container_token_seconds": "VPNAGENT_CONTAINER_TOKEN_SECONDS"}
     return {flask_key: raw[key] for key, flask_key in mapping.items() if raw.get(key) is not None}
 
 

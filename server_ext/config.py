@@ -40,6 +40,9 @@ SCHEMA: dict[str, Key] = {
                                     "openvpn_network is set).", "1194"),
     "openvpn_proto": Key(str, "`udp` (faster) or `tcp` (for sites that only let TCP out).", "udp"),
     "cert_days": Key((int, float), "Lifetime in days of the node certificates the CA issues.", "30"),
+    "container_token_seconds": Key(int, "Lifetime in seconds of a container token (2-604800; 21600 is 6 h). "
+                                        "The node renews the token of every live run before it expires, so runs "
+                                        "may last longer; short values are for tests.", "21600"),
     "one_port": Key(bool, "One-port mode: OpenVPN runs over TCP on openvpn_remote_port (default 443 here) and "
                           "passes every other connection to the API (OpenVPN port-share), so a node needs only "
                           "outgoing TCP to that one port. Nodes then use server_url https://<host>:443/api.",

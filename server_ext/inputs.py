@@ -100,6 +100,22 @@ def check_id(what: str, value: int) -> int:
     return value
 
 
+def check_ids(what: str, value: list, most: int) -> list[int]:
+    """A list of at most `most` ids (true and false are not ids, though Python counts them)."""
+    if len(value) > most:
+        raise InputError(f"{what} holds {len(value)} entries; send at most {most}")
+    for item in value:
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise InputError(f"{what} must be a list of integer ids, got {type(item).__name__} {_shown(item)}")
+        check_id(what, item)
+    return value
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
 def parse_id(what: str, raw: str) -> int:
     """A decimal id from a query string: ASCII digits only (str.isdigit takes '²', which
     int() refuses), within the store's range."""

@@ -23,6 +23,7 @@ ACTIVE_STATES = ("pending", "initializing", "active")
 CONTRACTS = ("vpnagent", "vantage6")
 FINAL_STATES = ("completed", "failed")
 RUN_STATES = ACTIVE_STATES + FINAL_STATES
+TAKEN_STATES = ("initializing", "active")  # a node has started these; pending ones it has not
 
 
 class Base(DeclarativeBase):

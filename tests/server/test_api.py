@@ -1,5 +1,6 @@
 """Token scoping and hostile input against the real app. Every rejected request is
 checked to leave the store exactly as it was."""
+import jwt
 import pytest
 
 from server_ext.tokens import TokenService
@@ -34,6 +35,50 @@ def test_missing_garbage_foreign_and_expired_tokens_are_401(world):
     rejected(world, "get", "/api/node/self", 401, "expired", headers={"Authorization": f"Bearer {expired}"})
     rejected(world, "post", "/api/token/node", 401, "unknown", json={"api_key": "nope"})
     rejected(world, "post", "/api/token/user", 401, "unknown", json={"api_key": world.node_keys[0]})
+
+
+def _lifetime(token: str) -> int:
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return claims["exp"] - claims["iat"]
+
+
+def test_container_tokens_live_6_hours_by_default(world, task):
+    assert _lifetime(world.container_headers(0, task["runs"][0]["id"])["Authorization"][7:]) == 21600
+
+
+def test_container_token_lifetime_is_the_configured_one(tmp_path, database_url):
+    from .conftest import build_world
+
+    w = build_world(tmp_path, database_url, VPNAGENT_CONTAINER_TOKEN_SECONDS=5)
+    try:
+        run1 = w.create_task([w.orgs[0]])["runs"][0]["id"]
+        assert _lifetime(w.container_headers(0, run1)["Authorization"][7:]) == 5
+        assert _lifetime(w.node_headers(0)["Authorization"][7:]) == 15 * 60, "node tokens keep theirs"
+    finally:
+        w.store.close()
+
+
+def test_container_token_seconds_reaches_the_app_from_the_server_config(tmp_path):
+    from server_ext import create_app
+    from server_ext.cli import flask_config, load_server_config
+
+    path = tmp_path / "server.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'server'}\ncontainer_token_seconds: 5\n")
+    cfg = flask_config(load_server_config(path))
+    assert cfg["VPNAGENT_CONTAINER_TOKEN_SECONDS"] == 5
+    app = create_app({**cfg, "VPNAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
+    assert app.extensions["vpnagent"].tokens.lifetimes["container"] == 5
+    app.extensions["vpnagent"].store.close()
+
+
+@pytest.mark.parametrize("value", [1, 0, -5, 604_801, True, 5.0, "5"])
+def test_container_token_seconds_out_of_range_is_refused_naming_the_fix(tmp_path, value):
+    from server_ext import create_app
+    from server_ext.config import ServerConfigError
+
+    with pytest.raises(ServerConfigError, match=r"container_token_seconds is .*give whole seconds from 2 to 604800"):
+        create_app({"VPNAGENT_DATA_DIR": str(tmp_path), "VPNAGENT_CONTAINER_TOKEN_SECONDS": value,
+                    "VPNAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
 
 
 def test_each_token_kind_only_opens_its_own_endpoints(world, task):
@@ -190,6 +235,124 @@ def test_bad_port_and_run_updates(world, task):
     rejected(world, "patch", f"/api/run/{run1}", 409, "already completed", headers=n1, json={"status": "active"})
     rejected(world, "post", "/api/port", 400, "completed", headers=n1, json={"run_id": run1, "port": 6001})
     assert world.store.count_ports() == 0, "a finished run keeps no ports"
+
+
+def test_a_repeated_final_report_is_200_and_the_first_one_stands(world, task):
+    """A node delivers final reports at least once: the repeat confirms, it does not overwrite."""
+    run1 = task["runs"][0]["id"]
+    n1 = world.node_headers(0)
+    first = world.client.patch(f"/api/run/{run1}", headers=n1,
+                               json={"status": "completed", "result": [1], "log": "first"})
+    assert first.status_code == 200, first.json
+    stored = world.snapshot()
+    finished = world.client.get(f"/api/run/{run1}", headers=world.user_headers()).json["finished_at"]
+    again = world.client.patch(f"/api/run/{run1}", headers=n1,
+                               json={"status": "completed", "result": [2], "log": "second"})
+    assert again.status_code == 200, again.json
+    assert again.json == first.json and again.json["status"] == "completed"
+    assert world.snapshot() == stored, "a repeated final report changed the store"
+    run = world.client.get(f"/api/run/{run1}", headers=world.user_headers()).json
+    assert run["log"] == "first" and run["finished_at"] == finished
+    assert world.client.get(f"/api/result/{run1}", headers=world.user_headers()).json["result"] == "WzFd"  # [1]
+
+
+def test_a_different_status_after_a_final_one_is_409(world, task):
+    run1, run2 = (r["id"] for r in task["runs"])
+    n1, n2 = world.node_headers(0), world.node_headers(1)
+    assert world.client.patch(f"/api/run/{run1}", headers=n1, json={"status": "completed"}).status_code == 200
+    rejected(world, "patch", f"/api/run/{run1}", 409, "already completed", headers=n1, json={"status": "failed"})
+    assert world.client.patch(f"/api/run/{run2}", headers=n2, json={"status": "failed", "log": "x"}).status_code == 200
+    assert world.client.patch(f"/api/run/{run2}", headers=n2, json={"status": "failed"}).status_code == 200
+    rejected(world, "patch", f"/api/run/{run2}", 409, "already failed", headers=n2, json={"status": "completed"})
+    rejected(world, "patch", f"/api/run/{run2}", 409, "already failed", headers=n2, json={"status": "active"})
+
+
+# ------------------------------------------------------------------ POST /node/runs
+LOST = "no longer has this run"
+
+
+def _run(world, run_id: int) -> dict:
+    return world.client.get(f"/api/run/{run_id}", headers=world.user_headers()).json
+
+
+def test_node_runs_fails_the_taken_runs_its_node_no_longer_has(world, task):
+    run1, run2 = (r["id"] for r in task["runs"])  # n1's and n2's
+    listed, starting, waiting = (world.create_task([world.orgs[0]])["runs"][0]["id"] for _ in range(3))
+    n1, n2 = world.node_headers(0), world.node_headers(1)
+    for run_id, status in ((run1, "active"), (listed, "active"), (starting, "initializing")):
+        assert world.client.patch(f"/api/run/{run_id}", headers=n1, json={"status": status}).status_code == 200
+    world.client.patch(f"/api/run/{run1}", headers=n1, json={"status": "active", "log": "started"})
+    assert world.client.patch(f"/api/run/{run2}", headers=n2, json={"status": "active"}).status_code == 200
+    for headers, run_id in ((n1, run1), (n1, listed), (n2, run2)):
+        assert world.client.post("/api/port", headers=headers, json={"run_id": run_id, "port": 6000}).status_code == 201
+    token = world.container_headers(0, run1)
+
+    r = world.client.post("/api/node/runs", headers=n1, json={"runs": [listed, 999]})
+    assert r.status_code == 200, r.json
+    assert r.json == {"failed": [run1, starting]}
+    lost = _run(world, run1)
+    assert lost["status"] == "failed" and lost["finished_at"]
+    assert lost["log"].startswith("started\nvpnagent: node n1 " + LOST) and lost["log"].endswith("by the server")
+    assert _run(world, starting)["log"] == f"vpnagent: node n1 {LOST} (its agent lost track of it, e.g. its " \
+        "containers were removed while the agent was down); marked failed by the server"
+    assert world.store.count_ports() == 2, "the lost run's port is gone, the others' stay"
+    rejected(world, "get", "/api/vpn/algorithm/addresses", 401, "run has ended", headers=token)
+    assert _run(world, listed)["status"] == "active", "a listed run is untouched"
+    assert _run(world, waiting)["status"] == "pending", "a pending run was never taken: untouched"
+    assert _run(world, run2)["status"] == "active", "another node's run is untouched"
+
+    before = world.snapshot()
+    assert world.client.post("/api/node/runs", headers=n1, json={"runs": [listed]}).json == {"failed": []}
+    assert world.snapshot() == before, "the same list again changes nothing"
+    assert world.client.patch(f"/api/run/{run1}", headers=n1, json={"status": "failed"}).status_code == 200
+    rejected(world, "patch", f"/api/run/{run1}", 409, "already failed", headers=n1, json={"status": "completed"})
+
+
+def test_node_runs_with_nothing_taken_fails_nothing(world, task):
+    r = world.client.post("/api/node/runs", headers=world.node_headers(0), json={"runs": []})
+    assert r.status_code == 200 and r.json == {"failed": []}
+    assert {run["status"] for run in task["runs"]} == {"pending"}
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({}, "field 'runs' is required"),
+    ({"runs": None}, "field 'runs' is required"),
+    ({"runs": 1}, "wrong type"),
+    ({"runs": {"1": 1}}, "wrong type"),
+    ({"runs": [True]}, "list of integer ids"),
+    ({"runs": [1, False]}, "list of integer ids"),
+    ({"runs": ["1"]}, "list of integer ids"),
+    ({"runs": [1.0]}, "list of integer ids"),
+    ({"runs": [None]}, "list of integer ids"),
+    ({"runs": [-1]}, "from 0 to"),
+    ({"runs": [2**31]}, "from 0 to"),
+    ({"runs": [], "evil": 1}, "unknown field"),
+    ([1, 2], "JSON object"),
+])
+def test_node_runs_bad_bodies_are_400(world, task, payload, words):
+    n1 = world.node_headers(0)
+    world.client.patch(f"/api/run/{task['runs'][0]['id']}", headers=n1, json={"status": "active"})
+    rejected(world, "post", "/api/node/runs", 400, words, headers=n1, json=payload)
+
+
+def test_node_runs_takes_at_most_100000_ids(tmp_path, database_url):
+    from .conftest import build_world
+
+    w = build_world(tmp_path, database_url, MAX_CONTENT_LENGTH=1024 * 1024)  # room for the list
+    try:
+        n1 = w.node_headers(0)
+        rejected(w, "post", "/api/node/runs", 400, "at most 100000", headers=n1, json={"runs": [0] * 100_001})
+        assert w.client.post("/api/node/runs", headers=n1, json={"runs": [0] * 100_000}).status_code == 200
+    finally:
+        w.store.close()
+
+
+def test_node_runs_needs_a_node_token(world, task):
+    run1 = task["runs"][0]["id"]
+    rejected(world, "post", "/api/node/runs", 403, "container token", headers=world.container_headers(0, run1),
+             json={"runs": []})
+    rejected(world, "post", "/api/node/runs", 403, "user token", headers=world.user_headers(), json={"runs": []})
+    rejected(world, "post", "/api/node/runs", 401, "Authorization", json={"runs": []})
 
 
 def test_node_without_vpn_ip_cannot_register_ports(world):

@@ -39,7 +39,8 @@ JSON = st.recursive(st.none() | st.booleans() | INTEGERS | st.floats() | st.text
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
                     max_leaves=12)
 FIELDS = ["api_key", "run_id", "vpn_config", "status", "result", "log", "port", "label", "collaboration_id",
-          "organizations", "image", "input", "name", "description", "databases", "contract", "study_id", "store_id"]
+          "organizations", "image", "input", "name", "description", "databases", "contract", "study_id", "store_id",
+          "runs"]
 # Nesting past the parser's recursion limit, alone or as a field's value (sent as raw text).
 DEEP = st.one_of(st.integers(1, 30000).map(lambda d: "[" * d + "]" * d),
                  st.tuples(st.sampled_from(FIELDS), st.integers(1, 30000))
