@@ -114,7 +114,7 @@ def test_documented_run_line_runs_a_node(cluster, docker_client, agent_image):
         assert node.status()["stopped"] is True
         # ... and cleanup, run from the same image, removes everything
         cleaned = subprocess.run(["docker", "run", "--rm", *RUN_FLAGS, "-v", f"{node.config_path}:{node.config_path}:ro",
-                                  "-v", f"{node.data_dir}:{node.data_dir}", AGENT_IMAGE, "vpnagent", "cleanup",
+                                  "-v", f"{ca_dir}:{ca_dir}:ro", "-v", f"{node.data_dir}:{node.data_dir}", AGENT_IMAGE, "vpnagent", "cleanup",
                                   "--config", str(node.config_path)], capture_output=True, text=True, timeout=120,
                                  check=False)
         assert cleaned.returncode == 0, cleaned.stderr
@@ -156,7 +156,7 @@ def test_docker_restart_of_the_containerised_agent_keeps_a_live_run(cluster, doc
         assert started.returncode == 0, started.stderr
         wait_for(b.status, "the containerised agent to take over", 90, 0.2,
                  until=lambda st: st and st["vpn"]["connected"] and st.get("adopted_at"))
-        task, run_id, ip, port = _family_run(cluster, http, a, b, seconds=40)
+        task, run_id, ip, port = _family_run(cluster, docker_client, http, a, b, seconds=40)
         vpn_before = vpn_container(docker_client, b.name).id
         prober = start_prober(docker_client, a.name, ip, port, seconds=15)
         try:
@@ -170,7 +170,7 @@ def test_docker_restart_of_the_containerised_agent_keeps_a_live_run(cluster, doc
         finally:
             if prober.poll() is None:
                 prober.kill()
-        print(f"prober: {result['sent']} requests, {len(result['failures'])} failed")
+        print(f"prober: {result['sent']} requests, {len(result['failures'])} failed: {result['failures'][:10]}")
         assert result["sent"] >= 200 and result["failures"] == []
         assert vpn_container(docker_client, b.name).id == vpn_before
         done = wait_task_done(cluster, http, task["id"], 90)

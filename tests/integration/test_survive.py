@@ -15,7 +15,7 @@ import pytest
 
 from tests.waiting import wait_for
 
-from .util import (create_task, task_of, user_session, vpn_container, wait_live, wait_task_done, wait_zero)
+from .util import (create_task, probe_until_ok, task_of, user_session, vpn_container, wait_live, wait_task_done, wait_zero)
 
 pytestmark = pytest.mark.docker
 
@@ -57,7 +57,7 @@ def prober_result(proc: subprocess.Popen, timeout: float) -> dict:
     return json.loads(out)
 
 
-def _family_run(cluster, http, prober_node, target, seconds: float) -> tuple[dict, int, str, int]:
+def _family_run(cluster, docker_client, http, prober_node, target, seconds: float) -> tuple[dict, int, str, int]:
     """A task with a run on both nodes (so the prober's node is in the target run's
     family), serving the echo port for `seconds`; returns (task, target run, ip, port)."""
     task = create_task(cluster, http, [prober_node.organization_id, target.organization_id],
@@ -65,13 +65,15 @@ def _family_run(cluster, http, prober_node, target, seconds: float) -> tuple[dic
     run_id = next(r["id"] for r in task["runs"] if r["organization_id"] == target.organization_id)
     live = wait_live(target, run_id)
     wait_live(prober_node, next(r["id"] for r in task["runs"] if r["organization_id"] == prober_node.organization_id))
-    return task, run_id, target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
+    ip, port = target.status()["vpn"]["vpn_ip"], live["ports"][0]["vpn_port"]
+    probe_until_ok(docker_client, prober_node.name, ip, port, 20)  # its echo server listens
+    return task, run_id, ip, port
 
 
 def test_agent_sigkilled_and_restarted_adopts_live_run_without_a_dropped_request(cluster, docker_client):
     http = user_session(cluster)
     a, b = cluster.nodes[0], cluster.nodes[1]
-    task, run_id, ip, port = _family_run(cluster, http, a, b, seconds=35)
+    task, run_id, ip, port = _family_run(cluster, docker_client, http, a, b, seconds=35)
     vpn_before = vpn_container(docker_client, b.name).id
     containers_before = {c.id for c in docker_client.containers.list(filters={"label": f"vpnagent.run={run_id}"})}
     prober = start_prober(docker_client, a.name, ip, port, seconds=12)
@@ -88,7 +90,7 @@ def test_agent_sigkilled_and_restarted_adopts_live_run_without_a_dropped_request
     finally:
         if prober.poll() is None:
             prober.kill()
-    print(f"prober: {result['sent']} requests, {len(result['failures'])} failed")
+    print(f"prober: {result['sent']} requests, {len(result['failures'])} failed: {result['failures'][:10]}")
     assert result["sent"] >= 150 and result["failures"] == []
     # the same VPN client (its session never restarted) and the same run containers
     assert vpn_container(docker_client, b.name).id == vpn_before
