@@ -20,6 +20,7 @@ Standard library only (plus iproute2 of the algorithm base image).
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -263,6 +264,47 @@ def server_api_beyond_the_token(ctx: Context) -> list[Attempt]:
     out += connect_all("server_api_beyond_the_token",
                        [("API server port on the node host", ctx.gateway, p) for p in ctx.hints.get("api_ports", [])])
     return out
+
+
+def _forged(claims: dict) -> str:
+    """A JWT with these claims and a signature that is not the server's."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return ".".join([b64(b'{"alg":"HS256","typ":"JWT"}'), b64(json.dumps(claims).encode()), b64(b"not-the-key")])
+
+
+@attack
+def forged_tokens_through_the_proxy(ctx: Context) -> list[Attempt]:
+    """The node proxy swaps a token of the caller's own run for the run's current one (runs
+    outlive their tokens). Forged tokens naming another run (another job's, the own
+    child's) must not be swapped into that run's identity; a forged one naming the own run
+    gets only what the run has anyway (the positive control: the swap is on)."""
+    payload = ctx.client.token.split(".")[1]
+    own = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    others = {"another job's run": ctx.hints.get("other_job_run_id", 999998)}
+    try:
+        for a in ctx.client.vpn.get_child_addresses():
+            others.setdefault("own child's run", a.get("run_id"))
+    except AlgorithmClientError:
+        pass
+    out = []
+    for what, run_id in others.items():
+        forged = _forged({**own, "sub": {**own["sub"], "run_id": run_id}, "exp": int(time.time()) + 3600})
+        status, text = _http_with(ctx, "GET", "/api/vpn/algorithm/addresses", forged)
+        out.append(_attempt("forged_tokens_through_the_proxy", f"a token naming {what} ({run_id})", "blocked",
+                            200 <= status < 300, f"HTTP {status} {text[:120]}"))
+    expired_own = _forged({**own, "exp": int(time.time()) - 60})
+    status, text = _http_with(ctx, "GET", "/api/vpn/algorithm/addresses", expired_own)
+    out.append(_attempt("control: own run's token swapped by the proxy", "a forged, expired token of the own run",
+                        "ok", status == 200, f"HTTP {status} {text[:120]}"))
+    return out
+
+
+def _http_with(ctx: Context, method: str, path: str, token: str) -> tuple[int, str]:
+    host, port = ctx.gateway, int(ctx.hints.get("proxy_port", 8765))
+    raw = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+           f"Authorization: Bearer {token}\r\n\r\n").encode()
+    return _raw_http(host, port, raw)
 
 
 @attack

@@ -43,6 +43,9 @@ LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
 ALGO_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 # Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
 SERVER_BACKOFF_MAX_S = 30.0
+# Test switch (the hostile test's negative control): swap in the token of whichever run a
+# token names, from any address. Never set it outside that test.
+WEAKEN_TOKEN_SWAP = os.environ.get("VPNAGENT_TEST_WEAKEN_TOKEN_SWAP") == "1"
 FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
 
@@ -678,14 +681,17 @@ class Agent:
             self._tokens[run_id] = (token, *token_times(token))
         return token
 
-    def token_for(self, source_ip: str) -> tuple[int, str] | None:
-        """For the node proxy: the run whose holder has this address and its current token,
-        so a run outlives its first token without the container holding a longer one."""
+    def token_for(self, source_ip: str, run_id: int) -> str | None:
+        """For the node proxy: run `run_id`'s current token, when the call comes from that
+        run's holder address (algorithms cannot forge it: no NET_RAW), so a run outlives its
+        first token without the container holding a longer-lived one."""
         with self._lock:
-            for live in self.runs.values():
-                if live.holder_ip == source_ip and live.run_id in self._tokens:
-                    return live.run_id, self._tokens[live.run_id][0]
-        return None
+            live = self.runs.get(run_id)
+            if live is None or run_id not in self._tokens:
+                return None
+            if live.holder_ip != source_ip and not WEAKEN_TOKEN_SWAP:
+                return None
+            return self._tokens[run_id][0]
 
     def _renew_tokens(self) -> None:
         """Each live run's token is renewed once half its lifetime is gone."""

@@ -383,7 +383,7 @@ class _PoolServer(socketserver.TCPServer):
 
 
 # (run id, that run's current container token) for a client address, or None
-FreshToken = Callable[[str], tuple[int, str] | None]
+FreshToken = Callable[[str, int], str | None]  # (client address, run named by its token) -> current token
 
 
 class NodeProxy:
@@ -405,8 +405,9 @@ class NodeProxy:
         from when a worker takes its connection, to send its whole request, and again to
         take the reply.
 
-        `fresh_token(client_ip)` names the run whose holder container has that address on
-        the isolated network, and that run's current token: see `refreshed`. Calls in
+        `fresh_token(client_ip, run_id)` is the current token of run `run_id` when that
+        run's holder container has `client_ip` on the isolated network, else None: see
+        `refreshed`. Calls in
         RETRIED_METHODS are retried for up to `outage_retry_s` s (0: never) while the server
         cannot be reached or answers 502/503/504; keep it below the algorithm client's
         timeout (DEFAULT_OUTAGE_RETRY_S says why). A worker is held while it retries."""
@@ -447,17 +448,17 @@ class NodeProxy:
         if self.fresh_token is None or run_id is None:
             return headers
         try:
-            current = self.fresh_token(client_ip)
+            current = self.fresh_token(client_ip, run_id)
         except Exception:  # noqa: BLE001 - the call still goes out, with the token as sent
             log.exception("proxy: looking up the current token for %s failed; its own token is sent", client_ip)
             return headers
-        if current is None or current[0] != run_id:
+        if current is None:
             return headers
-        if not current[1] or not _PRINTABLE.fullmatch(current[1]):  # requests would refuse it as "unreachable"
+        if not _PRINTABLE.fullmatch(current):  # requests would refuse it as "unreachable"
             log.error("proxy: the current token of run %d is not printable ASCII; its own token is sent", run_id)
             return headers
         log.debug("proxy: %s sends run %d's current token", client_ip, run_id)  # never the token itself
-        return {**headers, "Authorization": f"Bearer {current[1]}"}
+        return {**headers, "Authorization": f"Bearer {current}"}
 
     def forward(self, method: str, target: Target, body: bytes | None, headers: dict[str, str]) -> requests.Response:
         """One checked request to the server, sent with exactly the checked path; redirects

@@ -123,12 +123,36 @@ def test_hostile_algorithm_escapes_nowhere_and_its_controls_pass(cluster, docker
     assert not missing, f"attacks that tried nothing: {missing}"
     controls = [a for a in attempts if a["expect"] == "ok"]
     assert {a["attack"] for a in controls} >= {"control: own child over the VPN", "control: own address over the VPN",
-                                                "control: own node proxy"}
+                                                "control: own node proxy",
+                                                "control: own run's token swapped by the proxy"}
     # both children answered: the one on this node (hairpin through the VPN client) and the other
     assert len([a for a in controls if a["attack"] == "control: own child over the VPN"]) == 2
     same_node = [a for a in attempts if a["attack"] == "same_node_runs_over_the_bridge"
                  and echo_runs[node.name]["holder_ip"] in a["target"]]
     assert same_node and same_node[0]["outcome"] == "blocked", same_node
+    wait_zero(cluster, docker_client)
+
+
+def test_weakened_token_swap_lets_a_forged_token_take_another_runs_identity(cluster, docker_client, hostile_image):
+    """The negative control of forged_tokens_through_the_proxy: a node started with the test
+    switch VPNAGENT_TEST_WEAKEN_TOKEN_SWAP=1 swaps in the token of whichever run a token
+    names, from any address. The forged token naming the hostile run's own child (on the
+    same node) then gets the child's identity at the server."""
+    node = cluster.nodes[2]
+    http = user_session(cluster)
+    cluster.stop_node(node)
+    cluster.start_node(node, env={"VPNAGENT_TEST_WEAKEN_TOKEN_SWAP": "1"})
+    try:
+        cluster.wait_connected(60, nodes=[node])
+        task = _hostile_task(cluster, http, node.organization_id, timeout=30, child_orgs=[node.organization_id],
+                             only=["forged_tokens_through_the_proxy"])
+        attempts = _attempts(wait_task_done(cluster, http, task["id"], timeout=120))
+        child = [a for a in attempts if "own child's run" in a["target"]]
+        assert child and child[0]["outcome"] == "ESCAPED", attempts
+    finally:
+        cluster.stop_node(node)
+        cluster.start_node(node)
+        cluster.wait_connected(60, nodes=[node])
     wait_zero(cluster, docker_client)
 
 

@@ -126,6 +126,27 @@ def test_results_reach_a_server_that_was_away(cluster, docker_client):
     wait_zero(cluster, docker_client)
 
 
+def test_a_result_finished_while_the_server_is_down_is_delivered_when_it_is_back(cluster, docker_client):
+    http = user_session(cluster)
+    node = cluster.nodes[1]
+    task = create_task(cluster, http, [node.organization_id], {"method": "peer", "kwargs": {"timeout": 3, "n_peers": 1}})
+    run_id = task["runs"][0]["id"]
+    wait_live(node, run_id)
+    cluster.kill_server()
+    try:
+        # the run ends while no server answers: its result waits in the node's journal
+        wait_for(node.status, f"run {run_id}'s report to wait for the server", 30, 0.1,
+                 until=lambda st: run_id in (st.get("reports_waiting") or []) and not st["runs"])
+        assert (node.data_dir / "journal" / f"{run_id}.json").exists()
+    finally:
+        cluster.restart_server()
+    http = user_session(cluster)
+    run = wait_task_done(cluster, http, task["id"], 60)["runs"][0]
+    assert run["status"] == "completed" and run["result"]["received_from"] is not None, run
+    wait_for(node.status, "the journal to be empty", 30, until=lambda st: not st["reports_waiting"])
+    assert not (node.data_dir / "journal" / f"{run_id}.json").exists()
+
+
 def test_server_fails_a_run_its_node_lost(cluster, docker_client):
     """The node lost a run while its agent was down (containers and journal gone): its next
     report tells the server, which marks the run failed with the reason instead of

@@ -85,9 +85,10 @@ def holders():
     table = {"127.0.0.1": (RUN, container_token(RUN))}
     asked: list[str] = []
 
-    def fresh_token(client_ip: str) -> tuple[int, str] | None:
+    def fresh_token(client_ip: str, run_id: int) -> str | None:
         asked.append(client_ip)
-        return table.get(client_ip)
+        found = table.get(client_ip)
+        return found[1] if found and found[0] == run_id else None
 
     fresh_token.table, fresh_token.asked = table, asked  # type: ignore[attr-defined]
     return fresh_token
@@ -145,7 +146,7 @@ def test_tokens_that_name_no_run_pass_unchanged(through, holders, token):
 
 
 def test_a_failing_lookup_sends_the_token_as_it_came(make_proxy, upstream):  # noqa: F811
-    def broken(_client_ip: str) -> tuple[int, str] | None:
+    def broken(_client_ip: str, _run_id: int) -> str | None:
         raise RuntimeError("agent busy")
 
     p = make_proxy(fresh_token=broken)
