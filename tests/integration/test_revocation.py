@@ -34,6 +34,17 @@ def test_removed_node_is_disconnected_and_cannot_reconnect(cluster, docker_clien
         assert "live VPN session disconnected" in out.stdout, out.stdout
         wait_for(mgmt.connected, f"{cn} to be disconnected", 10, until=lambda names: cn not in names)
         print(f"{cn} disconnected {time.monotonic() - t0:.1f} s after remove-node")
+        # the node's own status follows within seconds, not at openvpn's ping timeout: the
+        # server refusing the node means its session is gone, whatever tun0 still holds
+        st = wait_for(node.status, "the node's status to stop claiming a VPN", 15, 0.1,
+                      until=lambda s: s and not s["vpn"]["connected"] and s["server"]["state"] == "refused")
+        print(f"status not connected {time.monotonic() - t0:.1f} s after remove-node: {st['server']['error']}")
+        # and the agent backs off instead of asking every poll (it logged 130 lines in 30 s)
+        lines_before = len(node.log_path.read_text(errors="replace").splitlines())
+        time.sleep(10)
+        new_lines = node.log_path.read_text(errors="replace").splitlines()[lines_before:]
+        refusals = [line for line in new_lines if "server refused" in line]
+        assert len(refusals) <= 1, refusals
 
         # its client tries again: openvpn would at its ping timeout (60 s); SIGUSR1 makes it
         # now. The server refuses it before TLS (its tls-crypt-v2 key names a node without a
