@@ -1,10 +1,13 @@
 """The node agent: keeps a declarative picture of what the node's network must look like
 (VPN client, host exception, one entry per live run) and a `reconcile()` that makes the
 kernel match it. Run start, run end, start-up and a replaced VPN client all end in the same
-reconcile, so there is one code path that touches the firewall."""
+reconcile, so there is one code path that touches the firewall.
+
+Runs are level-triggered too: the journal on disk (journal.py) says which runs the node
+owns, so a new agent process adopts live runs instead of killing them, and reports wait
+there until the server has taken them (docs/architecture.md, "Runs survive")."""
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import logging
@@ -26,7 +29,7 @@ from .config import NodeConfig
 from .journal import DONE, RUNNING, Journal, RunRecord
 from .netns import Netns, NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
-from .proxy import NodeProxy
+from .proxy import NodeProxy, unverified_claims
 from .serverapi import ServerAPI, ServerError
 from .tls import make_session
 from .vpnclient import SessionState, VPNClient, VPNError
@@ -41,11 +44,11 @@ HOLDER_MEMORY, HOLDER_PIDS = "32m", 16  # the pause container only sleeps
 LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
 # Docker keeps an algorithm's log on the node's disk: bounded, so a run cannot fill it.
 ALGO_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
-# Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
-SERVER_BACKOFF_MAX_S = 30.0
+SERVER_BACKOFF_MAX_S = 30.0  # the longest wait between asks while the server is away or refuses
 # Test switch (the hostile test's negative control): swap in the token of whichever run a
 # token names, from any address. Never set it outside that test.
 WEAKEN_TOKEN_SWAP = os.environ.get("VPNAGENT_TEST_WEAKEN_TOKEN_SWAP") == "1"
+# Crash tests set this to SIGKILL the agent at a known point in the middle of wiring a run.
 FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
 
@@ -911,11 +914,10 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
 def token_times(token: str) -> tuple[float, float]:
     """(iat, exp) of a JWT, read without checking its signature (the node does not hold the
     server's key; it only needs to know when to ask for a fresh one)."""
+    claims = unverified_claims(token) or {}
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         return float(claims["iat"]), float(claims["exp"])
-    except (IndexError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         now = time.time()
         return now, now + 3600.0  # unknown: renewed half an hour on
 

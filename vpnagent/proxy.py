@@ -174,6 +174,19 @@ def passed_headers(headers: Message) -> dict[str, str]:
     return passed
 
 
+def unverified_claims(token: str) -> dict | None:
+    """A JWT's claims, read without checking its signature (the node does not hold the
+    server's secret); None for anything that is not a JWT with a JSON object inside."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; '[[[[...' nested too deep
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 def token_run_id(authorization: str | None) -> int | None:
     """The run a container token (`Authorization: Bearer <JWT>`) names, or None for anything
     else (no token, another kind, garbage). Read WITHOUT checking the signature or expiry:
@@ -181,13 +194,7 @@ def token_run_id(authorization: str | None) -> int | None:
     sending run's own current token is sent instead; the server checks whatever is sent."""
     if not authorization or not authorization.startswith("Bearer "):  # the server's own test
         return None
-    parts = authorization[len("Bearer "):].strip().split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; '[[[[...' nested too deep
-        return None
+    claims = unverified_claims(authorization[len("Bearer "):].strip())
     sub = claims.get("sub") if isinstance(claims, dict) and claims.get("kind") == "container" else None
     run_id = sub.get("run_id") if isinstance(sub, dict) else None
     return run_id if type(run_id) is int else None  # not True, not 7.0, not "7"
