@@ -82,6 +82,7 @@ class LiveRun:
     output_name: str = "output.json"  # where its container contract puts the result
     parent_id: int | None = None  # of its task: a subtask
     lost: str | None = None  # why the run cannot go on (its holder is gone); reported with it
+    registered: bool = False  # its ports were registered at the server (from then on they are converged)
 
 
 class Agent:
@@ -191,7 +192,8 @@ class Agent:
         net = holder.attrs["NetworkSettings"]["Networks"].get(self.cfg.isolated_network) or {}
         live = LiveRun(rec.run_id, rec.task_id, rec.image, holder.id, net.get("IPAddress", ""),
                        int(holder.attrs["State"]["Pid"]), ports=[PortMap(**p) for p in rec.ports],
-                       container_id=algo.id, output_name=rec.output_name, parent_id=rec.parent_id)
+                       container_id=algo.id, output_name=rec.output_name, parent_id=rec.parent_id,
+                       registered=True)
         with self._lock:
             self.runs[rec.run_id] = live
             self._records[rec.run_id] = rec
@@ -245,7 +247,9 @@ class Agent:
         runs; a run whose family changed gets its filter chain rewritten."""
         if not self.runs or self.vpn.state is None:
             return
-        changed = self._set_families({int(r["run_id"]): r["peers"] for r in self.api.node_peers()})
+        families = {int(r["run_id"]): r["peers"] for r in self.api.node_peers()}
+        self._converge_ports(families)
+        changed = self._set_families(families)
         with self._lock:
             if not changed:
                 return
@@ -261,6 +265,22 @@ class Agent:
                     log.warning("peers: fast refresh failed (%s); full reconcile", exc)
                     self._synced_pid = None
             self.reconcile()
+
+    def _converge_ports(self, families: dict[int, list[dict]]) -> None:
+        """Ports are part of a run's actual state at the server: a registered port the
+        server no longer lists for a run it still shows active (a restored database, a lost
+        request) is registered again."""
+        with self._lock:
+            runs = [r for r in self.runs.values() if r.registered]
+        for live in runs:
+            own = next((p for p in families.get(live.run_id, []) if p["run_id"] == live.run_id), None)
+            if own is None:
+                continue  # the server does not show it active: nothing to register against
+            for p in live.ports:
+                if p.vpn_port not in own["ports"]:
+                    self.api.register_port(live.run_id, p.vpn_port, p.label)
+                    self._record_fix(f"re-registered port {p.vpn_port} of run {live.run_id} at the server",
+                                     m.FIX_DRIFT)
 
     def _set_families(self, families: dict[int, list[dict]]) -> list[int]:
         """Store each live run's task family; returns the runs whose family changed."""
@@ -505,6 +525,7 @@ class Agent:
         for p in live.ports:
             self.api.register_port(live.run_id, p.vpn_port, p.label)
         live.registered_ms = (time.perf_counter() - t0) * 1e3
+        live.registered = True
 
     def _start_algorithm(self, live: LiveRun, plan: contract.ContainerPlan):
         run_dir = self._run_dir(live.run_id)
@@ -848,7 +869,7 @@ class Agent:
                     "tunnel_mtu_detail": st.path.detail if st else None,
                     "since": st.since if st else None, "error": self.vpn.last_error,
                     "cert_expires": self.vpn.cert_expires, "renewals": self.vpn.renewals},
-            "runs": [{k: v for k, v in asdict(r).items() if k != "lost"} for r in self.runs.values()],
+            "runs": [{k: v for k, v in asdict(r).items() if k not in ("lost", "registered")} for r in self.runs.values()],
             "adopted": self.adopted, "adopted_at": self.adopted_at,
             "server": self.server, "stopped": self.stopped,
             "reports_waiting": sorted(r.run_id for r in list(self._records.values()) if r.report is not None),

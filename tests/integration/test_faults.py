@@ -38,9 +38,10 @@ def test_killed_vpn_client_is_brought_back_and_runs_reachable_again(cluster, doc
         took = probe_until_ok(docker_client, a.name, ip, port, 60)
         print(f"run reachable again {took:.1f} s after the VPN client was killed")
         # the agent replaced the client and says so; same server-allocated IP, no re-registration
-        st = wait_for(b.status, "the agent to report the VPN client's replacement", 30,
-                      until=lambda s: any("reconnected the VPN client" in f for f in set(s["fixes"]) - fixes_before))
-        assert st["vpn"]["connected"] and st["vpn"]["vpn_ip"] == ip
+        # one condition, waited for: status is written as each step lands, not all at once
+        wait_for(b.status, "the agent to report the VPN client's replacement, connected with the same IP", 30,
+                 until=lambda s: any("reconnected the VPN client" in f for f in set(s["fixes"]) - fixes_before)
+                 and s["vpn"]["connected"] and s["vpn"]["vpn_ip"] == ip)
 
 
 def test_restarted_openvpn_server_nodes_reconnect_and_keep_their_ips(cluster, docker_client):

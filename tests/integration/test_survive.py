@@ -15,7 +15,7 @@ import pytest
 
 from tests.waiting import wait_for
 
-from .util import (create_task, probe_until_ok, task_of, user_session, vpn_container, wait_live, wait_task_done, wait_zero)
+from .util import (create_task, kill_run, port_rows, probe_until_ok, store_of, task_of, user_session, vpn_container, wait_live, wait_task_done, wait_zero)
 
 pytestmark = pytest.mark.docker
 
@@ -220,3 +220,31 @@ def test_tasks_run_list_is_not_changed_by_a_restart(cluster):
     cluster.wait_connected(60, nodes=[node])
     wait_for(node.status, "the restarted agent's first pass", 30, until=lambda s: s and s.get("adopted_at"))
     assert task_of(cluster, http, task["id"])["runs"][0] == before
+
+
+def test_ports_missing_at_the_server_are_registered_again(cluster, docker_client):
+    """A live run's port rows vanish from the server's store (a restored backup, say): the
+    node's next pass registers them again, and the run is reachable by its address again."""
+    from sqlalchemy import delete
+
+    from server_ext.store import Port
+
+    http = user_session(cluster)
+    node = cluster.nodes[0]
+    task = create_task(cluster, http, [node.organization_id], {"method": "peer", "kwargs": {"timeout": 60}})
+    run_id = task["runs"][0]["id"]
+    live = wait_live(node, run_id)
+    before = sorted(p for _, r, p in port_rows(cluster) if r == run_id)
+    assert before == [p["vpn_port"] for p in live["ports"]]
+    store = store_of(cluster)
+    try:
+        with store.session() as s:
+            s.execute(delete(Port).where(Port.run_id == run_id))
+    finally:
+        store.close()
+    wait_for(lambda: sorted(p for _, r, p in port_rows(cluster) if r == run_id), "the ports to be registered again",
+             30, 0.1, until=lambda ports: ports == before)
+    assert any(f"of run {run_id} at the server" in f for f in node.status()["fixes"])
+    kill_run(docker_client, run_id)
+    wait_task_done(cluster, http, task["id"])
+    wait_zero(cluster, docker_client)
