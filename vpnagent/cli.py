@@ -66,13 +66,12 @@ def _vpn_headline(vpn: dict, now: float) -> str:
     """tun0 holding its address says "connected"; openvpn's session (status.json "session",
     from its log) says whether packets pass: persist-tun keeps tun0 while it reconnects.
     A file without "session" comes from an agent that did not read it."""
-    if not vpn["connected"]:
-        return "VPN NOT connected"
     session = vpn.get("session")
+    headline = "VPN connected" if vpn["connected"] else "VPN NOT connected"
     if not session or session.get("state") == "up":
-        return "VPN connected"
+        return headline
     since = f" since {_clock(session['since'], now)}" if session.get("since") else ""
-    return f"VPN connected, session {str(session.get('state')).upper()}{since} ({session.get('detail') or '-'})"
+    return f"{headline}, session {str(session.get('state')).upper()}{since} ({session.get('detail') or '-'})"
 
 
 def _server_line(server: dict | None, now: float) -> str | None:
@@ -119,6 +118,11 @@ def render_status(status: dict, now: float) -> tuple[list[str], int]:
         ports = ", ".join(f"{p['vpn_port']}->{p['container_port']} {p['label'] or ''}".strip() for p in r["ports"])
         wired = f"{r['wired_ms']:.1f} ms" if r.get("wired_ms") is not None else "-"
         lines.append(f"{r['run_id']:>6}  {r['task_id']:>6}  {r['holder_ip']:<15}  {wired:>8}  {ports or '-'}")
+    if status.get("adopted"):
+        lines.append(f"adopted at start from the previous agent: run(s) {', '.join(map(str, status['adopted']))}")
+    if status.get("reports_waiting"):
+        lines.append("reports waiting for the server (journaled, sent when it answers): run(s) "
+                     + ", ".join(map(str, status["reports_waiting"])))
     fixes = status.get("fixes", [])
     lines.append(f"reconcile corrections: {len(fixes) or 'none'}")
     lines.extend(f"  {fix}" for fix in fixes)

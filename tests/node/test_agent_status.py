@@ -212,11 +212,12 @@ def test_connected_with_the_session_up_or_not_reported():
 
 def test_reconnecting_session_is_not_called_connected():
     lost = NOW - 90
-    status = _status_file(vpn={"session": {"state": "reconnecting", "since": lost,
+    status = _status_file(vpn={"connected": False,  # what the agent writes while the session is lost
+                               "session": {"state": "reconnecting", "since": lost,
                                            "detail": "[vpnagent-openvpn-server] Inactivity timeout "
                                                      "(--ping-restart), restarting"}})
     lines, code = render_status(status, NOW)
-    assert lines[0].startswith(f"node st3: VPN connected, session RECONNECTING since {_clock(lost)} "
+    assert lines[0].startswith(f"node st3: VPN NOT connected, session RECONNECTING since {_clock(lost)} "
                                "([vpnagent-openvpn-server] Inactivity timeout (--ping-restart), restarting)  ip 10.76.0.9")
     assert code == 0, "the agent runs and says what it sees; the exit code is about the agent"
 
@@ -231,8 +232,7 @@ def test_session_lost_days_ago_shows_the_date():
 def test_starting_session_and_session_of_a_disconnected_client():
     starting = _status_file(vpn={"session": {"state": "starting", "since": None, "detail": "TLS: Initial packet"}})
     assert "VPN connected, session STARTING (TLS: Initial packet)  ip" in render_status(starting, NOW)[0][0]
-    down = _status_file(vpn={"connected": False, "vpn_ip": None,
-                             "session": {"state": "reconnecting", "since": None, "detail": "x"}})
+    down = _status_file(vpn={"connected": False, "vpn_ip": None, "session": None})
     assert render_status(down, NOW)[0][0].startswith("node st3: VPN NOT connected  ip -")
 
 
@@ -269,3 +269,11 @@ def test_stopped_agent_through_the_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vpnagent.cli", "status", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stdout.startswith("agent stopped at "), proc.stdout
+
+
+def test_adopted_runs_and_waiting_reports_get_a_line():
+    status = _status_file(adopted=[7, 9], reports_waiting=[12])
+    lines, _ = render_status(status, NOW)
+    assert "adopted at start from the previous agent: run(s) 7, 9" in lines
+    assert "reports waiting for the server (journaled, sent when it answers): run(s) 12" in lines
+    assert not any("adopted" in line or "waiting" in line for line in render_status(_status_file(), NOW)[0])
