@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import docker.errors
@@ -139,7 +138,7 @@ def test_docker_restart_of_the_containerised_agent_keeps_a_live_run(cluster, doc
     adopts its VPN client and runs), then the container is restarted with `docker restart`
     while a peer sends a request every 50 ms to a live run: none fails, and the run's
     result reaches the server."""
-    from .test_survive import _family_run, prober_result, start_prober
+    from .test_survive import _family_run, no_request_fails_while
     from .util import user_session, vpn_container, wait_task_done
 
     a, b = cluster.nodes[0], cluster.nodes[1]
@@ -158,20 +157,15 @@ def test_docker_restart_of_the_containerised_agent_keeps_a_live_run(cluster, doc
                  until=lambda st: st and st["vpn"]["connected"] and st.get("adopted_at"))
         task, run_id, ip, port = _family_run(cluster, docker_client, http, a, b, seconds=40)
         vpn_before = vpn_container(docker_client, b.name).id
-        prober = start_prober(docker_client, a.name, ip, port, seconds=15)
-        try:
-            time.sleep(2)
+
+        def restart() -> None:
             restarted = subprocess.run(["docker", "restart", "-t", "20", name], capture_output=True, text=True,
                                        timeout=60, check=False)
             assert restarted.returncode == 0, restarted.stderr
             wait_for(b.status, "the restarted agent to adopt the run", 60, 0.1,
                      until=lambda st: st and not st.get("stopped") and run_id in (st.get("adopted") or []))
-            result = prober_result(prober, 40)
-        finally:
-            if prober.poll() is None:
-                prober.kill()
-        print(f"prober: {result['sent']} requests, {len(result['failures'])} failed: {result['failures'][:10]}")
-        assert result["sent"] >= 200 and result["failures"] == []
+
+        no_request_fails_while(docker_client, a.name, ip, port, 15, 200, restart)
         assert vpn_container(docker_client, b.name).id == vpn_before
         done = wait_task_done(cluster, http, task["id"], 90)
         run = next(r for r in done["runs"] if r["id"] == run_id)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import pytest
 
@@ -57,6 +58,23 @@ def prober_result(proc: subprocess.Popen, timeout: float) -> dict:
     return json.loads(out)
 
 
+def no_request_fails_while(docker_client, from_node: str, ip: str, port: int, seconds: float, min_sent: int,
+                           disrupt: Callable[[], Any]) -> Any:
+    """A prober sends a request every 50 ms for `seconds` while `disrupt` runs (2 s in); none
+    may fail. Returns what `disrupt` returned."""
+    prober = start_prober(docker_client, from_node, ip, port, seconds)
+    try:
+        time.sleep(2)
+        out = disrupt()
+        result = prober_result(prober, seconds + 30)
+    finally:
+        if prober.poll() is None:
+            prober.kill()
+    print(f"prober: {result['sent']} requests, {len(result['failures'])} failed: {result['failures'][:10]}")
+    assert result["sent"] >= min_sent and result["failures"] == []
+    return out
+
+
 def _family_run(cluster, docker_client, http, prober_node, target, seconds: float) -> tuple[dict, int, str, int]:
     """A task with a run on both nodes (so the prober's node is in the target run's
     family), serving the echo port for `seconds`; returns (task, target run, ip, port)."""
@@ -76,22 +94,17 @@ def test_agent_sigkilled_and_restarted_adopts_live_run_without_a_dropped_request
     task, run_id, ip, port = _family_run(cluster, docker_client, http, a, b, seconds=35)
     vpn_before = vpn_container(docker_client, b.name).id
     containers_before = {c.id for c in docker_client.containers.list(filters={"label": f"vpnagent.run={run_id}"})}
-    prober = start_prober(docker_client, a.name, ip, port, seconds=12)
-    try:
-        time.sleep(2)
+
+    def kill_and_restart() -> dict:
         os.killpg(b.proc.pid, signal.SIGKILL)
         b.proc.wait(10)
         time.sleep(1)
         cluster.start_node(b)
-        st = wait_for(b.status, "the restarted agent to adopt the run", 60, 0.05,
-                      until=lambda s: s and s.get("adopted_at") and s["vpn"]["connected"])
-        assert st["adopted"] == [run_id]
-        result = prober_result(prober, 30)
-    finally:
-        if prober.poll() is None:
-            prober.kill()
-    print(f"prober: {result['sent']} requests, {len(result['failures'])} failed: {result['failures'][:10]}")
-    assert result["sent"] >= 150 and result["failures"] == []
+        return wait_for(b.status, "the restarted agent to adopt the run", 60, 0.05,
+                        until=lambda s: s and s.get("adopted_at") and s["vpn"]["connected"])
+
+    st = no_request_fails_while(docker_client, a.name, ip, port, 12, 150, kill_and_restart)
+    assert st["adopted"] == [run_id]
     # the same VPN client (its session never restarted) and the same run containers
     assert vpn_container(docker_client, b.name).id == vpn_before
     assert {c.id for c in docker_client.containers.list(filters={"label": f"vpnagent.run={run_id}"})} == containers_before
