@@ -244,8 +244,8 @@ def restart(bench: Bench, n: int, progress) -> tuple[Agent, dict]:
     progress(f"  restart with {n} live run(s): all adopted in {took:.0f} ms")
     for run_id, _ in runs:  # end them the normal way: the watchers collect and report them
         bench.docker.containers.get(f"vpnagent-{old.cfg.name}-run{run_id}").kill()
-    deadline = time.monotonic() + 120
-    while new.runs and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120  # until every watcher has reported its run and given it back
+    while any(t.is_alive() for t in new._threads) and time.monotonic() < deadline:
         time.sleep(0.1)
     bench.agent = new
     return new, {"n": n, "adopt_ms": took, "adopted": len(new.adopted), "baseline": f"0 adopted, {n} failed"}

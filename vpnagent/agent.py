@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import docker
 import docker.errors
@@ -158,7 +158,8 @@ class Agent:
         reported failed; reports the server never confirmed are kept for delivery."""
         records = self.journal.load()
         found: dict[int, dict[str, Any]] = defaultdict(dict)
-        for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"}):
+        for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"},
+                                          ignore_removed=True):
             role, run = c.labels.get("vpnagent.role"), c.labels.get("vpnagent.run", "")
             if role in (ROLE_HOLDER, ROLE_ALGORITHM) and run.isdigit():
                 found[int(run)][role] = c
@@ -737,7 +738,8 @@ class Agent:
         with self._lock:
             owned = set(self.runs) | set(self._admitted)
             live = list(self.runs.values())
-        containers = self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"})
+        containers = self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"},
+                                          ignore_removed=True)
         by_id = {c.id: c for c in containers}
         for run in live:
             holder = by_id.get(run.holder_id)
@@ -745,14 +747,12 @@ class Agent:
                 continue
             run.lost = "the run's holder container stopped or was removed: its network is gone"
             algo = by_id.get(run.container_id or "")
-            if algo is not None and algo.status == "running":
-                algo.kill()
+            if algo is not None and algo.status == "running" and _gone_or(algo.kill):
                 self._record_fix(f"stopped run {run.run_id}: {run.lost}", m.FIX_ORPHAN)
         for c in containers:
             run = c.labels.get("vpnagent.run", "")
             if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM) and run.isdigit() \
-                    and int(run) not in owned:
-                c.remove(force=True)
+                    and int(run) not in owned and _gone_or(lambda: c.remove(force=True)):
                 self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
 
     # ------------------------------------------------------------------ loop
@@ -910,10 +910,14 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
     """Remove everything a node made, whether or not its agent is alive: containers by label,
     the host exception, the isolated network and the port records on disk."""
     removed = []
-    for c in client.containers.list(all=True, filters={"label": f"vpnagent.node={cfg.name}"}):
-        if c.labels.get("vpnagent.role") == "vpn-client" and c.status == "running":
-            c.stop(timeout=3)  # openvpn tells the server it is leaving
-        c.remove(force=True)
+    # ignore_removed: a run's own teardown may remove its containers while this lists them
+    for c in client.containers.list(all=True, filters={"label": f"vpnagent.node={cfg.name}"}, ignore_removed=True):
+        try:
+            if c.labels.get("vpnagent.role") == "vpn-client" and c.status == "running":
+                c.stop(timeout=3)  # openvpn tells the server it is leaving
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            continue
         removed.append(f"container {c.name}")
     host = Netns(None)
     cur = firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout)
@@ -930,6 +934,17 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
         ports.unlink()
         removed.append("port records")
     return removed
+
+
+def _gone_or(action: Callable[[], Any]) -> bool:
+    """Run a container action; False when the container went away (or stopped) meanwhile:
+    a run's own teardown races the periodic check, and that is not an error."""
+    try:
+        action()
+        return True
+    except docker.errors.APIError as exc:
+        log.debug("container action skipped: %s", exc)
+        return False
 
 
 def token_times(token: str) -> tuple[float, float]:
