@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, Callable
 
+import docker.errors
 import pytest
 
 from tests.waiting import wait_for
@@ -260,4 +261,34 @@ def test_ports_missing_at_the_server_are_registered_again(cluster, docker_client
     assert any(f"of run {run_id} at the server" in f for f in node.status()["fixes"])
     kill_run(docker_client, run_id)
     wait_task_done(cluster, http, task["id"])
+    wait_zero(cluster, docker_client)
+
+
+def test_a_run_whose_holder_stopped_is_failed_and_a_stray_container_removed(cluster, docker_client):
+    """Each pass compares runs with their containers: a run whose holder (its network) was
+    stopped behind the agent's back is stopped and reported failed with the reason; a
+    container labelled as a run of this node that no run owns is removed."""
+    http = user_session(cluster)
+    node = cluster.nodes[2]
+    task = create_task(cluster, http, [node.organization_id], {"method": "peer", "kwargs": {"timeout": 60}})
+    run_id = task["runs"][0]["id"]
+    wait_live(node, run_id)
+    stray = docker_client.containers.run(
+        "vpnagent/algo-base:latest", ["sleep", "300"], detach=True, network_mode="none",
+        name=f"{cluster.prefix}-stray", labels={"vpnagent.node": node.name, "vpnagent.role": "algorithm",
+                                                "vpnagent.run": "999999"})
+    try:
+        holder = next(c for c in docker_client.containers.list(filters={"label": f"vpnagent.run={run_id}"})
+                      if c.labels["vpnagent.role"] == "holder")
+        holder.stop(timeout=1)
+        run = wait_task_done(cluster, http, task["id"], 60)["runs"][0]
+        assert run["status"] == "failed" and "holder container stopped" in run["log"], run
+        wait_for(lambda: [c.name for c in docker_client.containers.list(all=True, filters={"name": stray.name})],
+                 "the stray container to be removed", 30, 0.2, until=lambda names: stray.name not in names)
+        assert any(f"removed orphan container {stray.name}" in f for f in node.status()["fixes"])
+    finally:
+        try:
+            stray.remove(force=True)
+        except docker.errors.NotFound:
+            pass
     wait_zero(cluster, docker_client)
