@@ -388,12 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         report(args.json, results, table(results), progress)
         return 0
     finally:
-        if prober:
-            prober.close()
-        if agent:
-            agent.shutdown()
-        cluster.down()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            if prober:
+                prober.close()
+            if agent:
+                agent.shutdown()
+        finally:  # a failing shutdown must not leave the cluster's agents and server running
+            cluster.down()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _counts(value: str | None, default: str) -> list[int]:

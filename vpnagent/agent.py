@@ -52,6 +52,10 @@ WEAKEN_TOKEN_SWAP = os.environ.get("VPNAGENT_TEST_WEAKEN_TOKEN_SWAP") == "1"
 FAULT_PAUSE_S = float(os.environ.get("VPNAGENT_FAULT_PAUSE_BEFORE_REGISTER", "0"))
 
 
+class StartError(RuntimeError):
+    """The agent cannot start; the message says why and what to do."""
+
+
 class RunError(RuntimeError):
     """One run could not be started; it is reported failed, the node goes on."""
 
@@ -137,9 +141,14 @@ class Agent:
         log.info("node %s (server id %s, organisation %s)", self.cfg.name, self.node.get("id"),
                  self.node.get("organization_id"))
         self._ensure_network()
-        self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url,
-                               session=make_session(self.cfg.tls_verify, self.cfg.server_fingerprint),
-                               on_addresses=self.allow_addresses, fresh_token=self.token_for).start()
+        try:
+            self.proxy = NodeProxy(self.iso_gateway, self.cfg.proxy_port, self.cfg.server_url,
+                                   session=make_session(self.cfg.tls_verify, self.cfg.server_fingerprint),
+                                   on_addresses=self.allow_addresses, fresh_token=self.token_for).start()
+        except OSError as exc:
+            raise StartError(f"the node proxy cannot listen on {self.iso_gateway}:{self.cfg.proxy_port} "
+                             f"({exc.strerror or exc}): another process holds it, often an agent of this node "
+                             f"still running; find it with `ss -ltnp | grep :{self.cfg.proxy_port}`") from exc
         log.info("node proxy listening on %s", self.proxy.url)
         self._last_vpn_attempt = time.monotonic()
         # a client left running by the previous agent keeps its session: every tunnel stays up
@@ -933,6 +942,10 @@ def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
     if ports.exists():
         ports.unlink()
         removed.append("port records")
+    status = cfg.data_dir / "status.json"  # it would still claim the VPN client just removed
+    if status.exists():
+        status.unlink()
+        removed.append("status file")
     return removed
 
 

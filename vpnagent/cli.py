@@ -11,7 +11,7 @@ import time
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .agent import Agent
+    from .agent import Agent, StartError
     from .config import load_config
 
     cfg = load_config(args.config)
@@ -21,6 +21,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         agent.start()
         agent.serve_forever()
+    except StartError as exc:
+        print(f"vpnagent: cannot start: {exc}", file=sys.stderr)
+        return 1
     finally:
         agent.leave()  # runs and the VPN client stay for the next agent; `vpnagent cleanup` removes them
     return 0

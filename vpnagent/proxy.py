@@ -318,7 +318,6 @@ class _PoolServer(socketserver.TCPServer):
 
     def __init__(self, address: tuple[str, int], proxy: NodeProxy, workers: int, waiting: int,
                  per_client: int) -> None:
-        super().__init__(address, _Handler)
         self.proxy = proxy
         self._capacity, self._per_client = workers + waiting, per_client
         self._line: queue.SimpleQueue[tuple[socket.socket, tuple] | None] = queue.SimpleQueue()
@@ -331,6 +330,7 @@ class _PoolServer(socketserver.TCPServer):
                                     "wait for your earlier requests, then retry")
         self._workers = [threading.Thread(target=self._work, name=f"node-proxy-worker-{i}", daemon=True)
                          for i in range(workers)]
+        super().__init__(address, _Handler)  # last: a failed bind calls server_close(), which needs the above
 
     def start_workers(self) -> None:
         for worker in self._workers:

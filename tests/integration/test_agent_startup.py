@@ -48,8 +48,8 @@ def test_startup_path_garbage_then_reuse_then_revoked(cluster, extra_node):
     assert oct((vpn_dir / "client.ovpn").stat().st_mode & 0o777) == "0o600"
 
     # 2. a valid config on disk is reused: no new certificate, same VPN IP
-    cluster.stop_node(node)
-    assert node.status()["vpn"]["connected"] is False
+    cluster.stop_node(node)  # and `vpnagent cleanup`: no status may claim the VPN client it removed
+    assert node.status() is None
     before = len(_log(node))
     cluster.start_node(node)
     cluster.wait_connected(60, nodes=[node])

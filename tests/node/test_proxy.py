@@ -4,6 +4,7 @@ normal request that must pass, so a proxy that refuses everything fails them."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import selectors
@@ -703,3 +704,14 @@ def test_stop_ends_every_proxy_thread(upstream):
 def test_limits_out_of_range_are_refused_with_the_fix(upstream):
     with pytest.raises(ValueError, match="workers and per_client >= 1"):
         NodeProxy("127.0.0.1", 0, upstream.url, workers=0)
+
+
+def test_a_taken_port_is_an_address_in_use_error_not_a_crash_in_the_cleanup():
+    """Found by a stray agent holding the port: the pool's own clean-up ran before it existed
+    and hid the real error (AttributeError) from the operator."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError) as err:
+            NodeProxy("127.0.0.1", taken.getsockname()[1], "http://127.0.0.1:1/api")
+    assert err.value.errno == errno.EADDRINUSE
