@@ -44,6 +44,7 @@ HOLDER_MEMORY, HOLDER_PIDS = "32m", 16  # the pause container only sleeps
 LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
 # Docker keeps an algorithm's log on the node's disk: bounded, so a run cannot fill it.
 ALGO_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
+START_OUTAGE_S = 30.0  # a starting run waits this long for a server that refuses connections
 SERVER_BACKOFF_MAX_S = 30.0  # the longest wait between asks while the server is away or refuses
 # Test switch (the hostile test's negative control): swap in the token of whichever run a
 # token names, from any address. Never set it outside that test.
@@ -469,12 +470,12 @@ class Agent:
         except admission.ImageRefused as exc:
             raise RunError(str(exc)) from None
         specs = exposed_ports(found.attrs.get("Config") or {})
-        token = self._fetch_token(run_id)
+        token = self._patiently(self._fetch_token, run_id)
         container = contract.plan(
             run.get("contract"), contract.RunIdentity(run_id, int(run["task_id"]), run.get("organization_id"),
                                                       run.get("collaboration_id"), image),
             run.get("input"), token, self.proxy.url if self.proxy else "", run.get("databases"), self.cfg.databases)
-        family = next((r["peers"] for r in self.api.node_peers(run_id) if r["run_id"] == run_id), [])
+        family = next((r["peers"] for r in self._patiently(self.api.node_peers, run_id) if r["run_id"] == run_id), [])
         holder = self.start_holder(run_id)
         try:
             live = self.wire_run(run_id, int(run["task_id"]), image, holder, specs, family)
@@ -496,6 +497,20 @@ class Agent:
                  [(p.vpn_port, p.container_port, p.label) for p in live.ports], live.wired_ms, live.registered_ms)
         self._write_status()
         return live
+
+    def _patiently(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A server call of a starting run: asked again while the server refuses connections
+        (a restart), for up to START_OUTAGE_S, rather than failing a run the node has taken.
+        Only calls that never reached the server are repeated."""
+        deadline, pause = time.monotonic() + START_OUTAGE_S, 0.2
+        while True:
+            try:
+                return call(*args)
+            except ServerError as exc:
+                if exc.status is not None or exc.sent or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 2.0)
 
     def start_holder(self, run_id: int, command: list[str] | None = None):
         """The pause container that owns the run's network namespace, so the network is
@@ -533,7 +548,7 @@ class Agent:
     def register_ports(self, live: LiveRun) -> None:
         t0 = time.perf_counter()
         for p in live.ports:
-            self.api.register_port(live.run_id, p.vpn_port, p.label)
+            self._patiently(self.api.register_port, live.run_id, p.vpn_port, p.label)
         live.registered_ms = (time.perf_counter() - t0) * 1e3
         live.registered = True
 

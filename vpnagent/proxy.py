@@ -33,7 +33,8 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
+
+from .serverapi import never_sent
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,6 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 _QUERY = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*")  # RFC 3986 query
 _DECIMAL = re.compile(r"[0-9]+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
-
-
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    """The connection was refused or never completed: the request did not leave the node."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    seen, cause = set(), exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, urllib3.exceptions.NewConnectionError):
-            return True
-        cause = getattr(cause, "reason", None) or (cause.args[0] if cause.args and
-                                                    isinstance(cause.args[0], BaseException) else None)
-    return False
 
 
 class ProxyError(Exception):
@@ -492,7 +479,7 @@ class NodeProxy:
                     log.warning("proxy: TLS to the server failed: %s", exc)
                     raise ProxyError(502, "node proxy cannot reach the server (TLS failed)") from None
                 failure: requests.RequestException | None = exc
-                if not idempotent and not _never_sent(exc):  # it may have been carried out
+                if not idempotent and not never_sent(exc):  # it may have been carried out
                     log.warning("proxy: the connection to the server broke during %s %s", method, target.path)
                     raise ProxyError(502, "node proxy lost the connection to the server") from None
             except requests.Timeout:  # the request went out and no answer came in time: never repeated

@@ -7,17 +7,35 @@ import threading
 from typing import Any
 
 import requests
+import urllib3
 
 from .tls import short_reason
 
 
 class ServerError(RuntimeError):
-    """The server refused or could not be reached; `status` is None when unreachable."""
+    """The server refused or could not be reached; `status` is None when unreachable.
+    `sent` is False when the request never left the node (the connection was refused or
+    never completed), so repeating it cannot do anything twice."""
 
-    def __init__(self, status: int | None, msg: str) -> None:
+    def __init__(self, status: int | None, msg: str, sent: bool = True) -> None:
         super().__init__(f"server said {status}: {msg}" if status else msg)
         self.status = status
         self.msg = msg
+        self.sent = sent
+
+
+def never_sent(exc: requests.RequestException) -> bool:
+    """The connection was refused or never completed: the request did not leave the node."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, urllib3.exceptions.NewConnectionError):
+            return True
+        cause = getattr(cause, "reason", None) or (cause.args[0] if cause.args and
+                                                    isinstance(cause.args[0], BaseException) else None)
+    return False
 
 
 # Sent again once when the server closed the connection without answering (a kept-alive
@@ -71,7 +89,8 @@ class ServerAPI:
                 if repeatable and not resent and _closed_without_answer(exc):
                     resent = True
                     continue
-                raise ServerError(None, f"cannot reach the server at {self.base_url}: {exc}") from exc
+                raise ServerError(None, f"cannot reach the server at {self.base_url}: {exc}",
+                                  sent=not never_sent(exc)) from exc
             if resp.status_code == 401 and auth and not renewed:
                 renewed = True
                 with self._lock:

@@ -114,3 +114,36 @@ def test_an_unreadable_journal_record_is_set_aside(tmp_path: Path, monkeypatch):
     (agent.journal.dir / "9.json").write_text("{not json")
     assert agent.journal.load() == {}
     assert (agent.journal.dir / "9.json.bad").exists()
+
+
+def test_server_calls_of_a_starting_run_wait_out_a_short_outage(tmp_path: Path, monkeypatch):
+    """Found by test_results_reach_a_server_that_was_away: a subtask taken just before the
+    server went down failed at its first call (the container token). A call that never
+    reached the server is asked again for a while; one that may have reached it is not."""
+    from vpnagent import agent as agent_module
+
+    agent, _, _ = _agent(tmp_path, monkeypatch)
+    monkeypatch.setattr(agent_module, "START_OUTAGE_S", 2.0)
+    calls = []
+
+    def flaky(n_refused: int, sent: bool = False):
+        def call(x):
+            calls.append(x)
+            if len(calls) <= n_refused:
+                raise ServerError(None, "cannot reach the server: Connection refused", sent=sent)
+            return f"ok {x}"
+        return call
+
+    assert agent._patiently(flaky(3), 7) == "ok 7" and len(calls) == 4
+    calls.clear()
+    try:
+        agent._patiently(flaky(1, sent=True), 7)  # it may have been carried out: not repeated
+        raise AssertionError("expected ServerError")
+    except ServerError:
+        assert len(calls) == 1
+    calls.clear()
+    try:
+        agent._patiently(flaky(100), 7)  # longer than the budget: the error after about 2 s
+        raise AssertionError("expected ServerError")
+    except ServerError:
+        assert 3 <= len(calls) < 100
