@@ -642,6 +642,8 @@ class Agent:
         except (docker.errors.APIError, OSError) as exc:  # the container was removed under us
             status, result, logs = "failed", None, f"vpnagent: lost the run's container: {exc}"
         live = self.runs.get(run_id)
+        if live is not None and not live.lost and not self._holder_running(live):
+            live.lost = "the run's holder container stopped or was removed: its network is gone"
         if live is not None and live.lost:
             status, logs = "failed", f"{logs}\nvpnagent: {live.lost}"
         rec.phase, rec.report = DONE, {"status": status, "result": result, "log": logs}
@@ -649,6 +651,12 @@ class Agent:
         self.finish_run(run_id)
         self._deliver(rec)
         log.info("run %s: %s", run_id, status)
+
+    def _holder_running(self, live: LiveRun) -> bool:
+        try:
+            return self.docker.containers.get(live.holder_id).status == "running"
+        except docker.errors.NotFound:
+            return False
 
     def _spawn(self, run_id: int, target: Any, *args: Any) -> None:
         def body() -> None:

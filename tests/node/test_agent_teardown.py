@@ -20,6 +20,8 @@ class _Containers:
         containers = self
 
         class _C:
+            status = "running"  # the holder, when the run's end is checked
+
             def remove(self, force: bool = False) -> None:
                 containers.removed.append(cid)
         return _C()
