@@ -335,7 +335,10 @@ class Agent:
             drifted = firewall.drift(desired, current) if self._synced_pid == pid else []
             ns.iptables_restore(firewall.render_vpn_client(desired, current))
             for run in self.runs.values():
-                Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
+                try:
+                    Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
+                except NetnsError as exc:  # its holder is gone: _check_runs ends the run; the others go on
+                    log.warning("run %s: cannot set the route in its holder (%s)", run.run_id, exc)
             self._synced_pid = pid
             self.reconciles += 1
             # recorded once repaired: whoever reads status or metrics sees the fix in place
@@ -823,8 +826,8 @@ class Agent:
                     self._write_status()  # also a heartbeat: `status` can tell a stale file
                 if time.monotonic() - last_verify > VERIFY_S:
                     last_verify = time.monotonic()
+                    self._check_runs()  # first: a run whose holder is gone has no namespace to reconcile
                     self.reconcile()  # level-triggered: repair whatever drifted meanwhile
-                    self._check_runs()
                     self._tell_server()
                 self._renew_tokens()
                 self._deliver_reports()

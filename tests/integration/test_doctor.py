@@ -51,7 +51,8 @@ def variant(tmp_path, node, **changes):
 
 
 def leftovers(client: docker.DockerClient, node) -> dict:
-    containers = [c.name for c in client.containers.list(all=True, filters={"label": "vpnagent.role=doctor"})
+    containers = [c.name for c in client.containers.list(all=True, filters={"label": "vpnagent.role=doctor"},
+                                                         ignore_removed=True)
                   if c.labels.get("vpnagent.node") == node.name]
     chains = sorted(c for c in vpn_client_state(client, node.name).chains.get("nat", set())
                     if c.startswith(doctor.SELFTEST_CHAIN_PREFIX))

@@ -270,7 +270,8 @@ def test_a_run_whose_holder_stopped_is_failed_and_a_stray_container_removed(clus
     container labelled as a run of this node that no run owns is removed."""
     http = user_session(cluster)
     node = cluster.nodes[2]
-    task = create_task(cluster, http, [node.organization_id], {"method": "peer", "kwargs": {"timeout": 60}})
+    # it waits its whole 60 s for peers that never come, unless the agent stops it
+    task = create_task(cluster, http, [node.organization_id], {"method": "peer", "kwargs": {"timeout": 60, "n_peers": 5}})
     run_id = task["runs"][0]["id"]
     wait_live(node, run_id)
     stray = docker_client.containers.run(
@@ -281,7 +282,8 @@ def test_a_run_whose_holder_stopped_is_failed_and_a_stray_container_removed(clus
         holder = next(c for c in docker_client.containers.list(filters={"label": f"vpnagent.run={run_id}"})
                       if c.labels["vpnagent.role"] == "holder")
         holder.stop(timeout=1)
-        run = wait_task_done(cluster, http, task["id"], 60)["runs"][0]
+        # well before the algorithm's own 60 s end: the agent's check (every 10 s) stopped it
+        run = wait_task_done(cluster, http, task["id"], 25)["runs"][0]
         assert run["status"] == "failed" and "holder container stopped" in run["log"], run
         wait_for(lambda: [c.name for c in docker_client.containers.list(all=True, filters={"name": stray.name})],
                  "the stray container to be removed", 30, 0.2, until=lambda names: stray.name not in names)
