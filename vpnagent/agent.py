@@ -707,8 +707,11 @@ class Agent:
             return True
 
     def _deliver_reports(self) -> None:
+        """Reports no run thread will send: those of runs whose thread ended (its own try
+        failed) or that no thread handles (found at start-up). A run still in a thread's
+        hands may be giving its containers back right now; the thread reports it after."""
         with self._lock:
-            waiting = [r for r in self._records.values() if r.report is not None]
+            waiting = [r for r in self._records.values() if r.report is not None and r.run_id not in self._admitted]
         for rec in waiting:
             if not self._deliver(rec):
                 return  # the server is away: the next pass tries again

@@ -169,6 +169,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # so the self-test's finally removes its container and rules
 
     signal.signal(signal.SIGTERM, interrupted)
+    # also when started as a background job, which inherits SIGINT ignored: Ctrl-C (or a
+    # test's SIGINT) must still reach the self-test's clean-up
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         results = diagnose(cfg, config_path=args.config)
     except KeyboardInterrupt:

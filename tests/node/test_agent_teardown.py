@@ -149,3 +149,20 @@ def test_server_calls_of_a_starting_run_wait_out_a_short_outage(tmp_path: Path, 
         raise AssertionError("expected ServerError")
     except ServerError:
         assert 3 <= len(calls) < 100
+
+
+def test_the_loop_leaves_a_report_to_the_run_thread_still_giving_its_run_back(tmp_path: Path, monkeypatch):
+    """Found by the stress runs: the loop delivered a result journaled a moment before the
+    run's own thread had removed its containers and files, so the researcher saw the run
+    finished while its directory and a container still existed."""
+    from vpnagent.journal import DONE, RunRecord
+
+    agent, _, api = _agent(tmp_path, monkeypatch)
+    rec = RunRecord(7, 3, "img", phase=DONE, report={"status": "completed", "result": 1})
+    agent._records[7] = rec
+    agent._admitted[7] = False  # its thread is still tearing it down
+    agent._deliver_reports()
+    assert api.updates == []
+    del agent._admitted[7]  # the thread ended (its own delivery failed): the loop takes over
+    agent._deliver_reports()
+    assert api.updates == [(7, "completed", 1)]

@@ -346,3 +346,27 @@ def test_tunnel_mtu_check_skips_for_an_agent_that_does_not_report_it(cfg):
     (cfg.data_dir / "status.json").write_text(json.dumps({"vpn": {"connected": True}}))
     result = doctor.run_checks([Check("tunnel MTU", doctor.check_tunnel_mtu)], Context(cfg))[0]
     assert result.status == "skip"
+
+
+def test_ctrl_c_reaches_the_doctor_even_when_the_shell_ignores_it(tmp_path, monkeypatch, cfg):
+    """A background job of a non-interactive shell (a CI script, `cmd &`) inherits SIGINT as
+    ignored, and Python then installs no KeyboardInterrupt for it: the stress runs found the
+    self-test paused, SIGINTed, and never cleaning up. The doctor takes SIGINT itself."""
+    import os
+    import signal
+
+    good = tmp_path / "node.yaml"
+    good.write_text(yaml.safe_dump({"name": "n1", "server_url": "http://127.0.0.1:1/api", "allow_insecure_http": True,
+                                    "api_key": "k", "data_dir": str(tmp_path / "data")}))
+
+    def interrupt_me(ctx):
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a point where Python runs the handler
+        raise AssertionError("SIGINT did not interrupt the check")
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(doctor, "CHECKS", [Check("a", interrupt_me)])
+        assert cli.main(["doctor", "--config", str(good)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
