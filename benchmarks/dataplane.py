@@ -183,9 +183,26 @@ def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
         return subprocess.Popen(["nsenter", f"--net=/proc/{p.src_pid}/ns/net", "--", "iperf3", "-c", p.dst_ip, "-p",
                                  str(p.iperf_port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE, text=True)
 
-    def mbit(proc: subprocess.Popen) -> float:
+    def mbit(proc: subprocess.Popen) -> float | None:
+        """Mbit/s, or None when iperf3 could not connect yet (its server starting): with -J
+        it says so in the JSON and still exits 0."""
         out, _ = proc.communicate(timeout=seconds + 60)
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+        data = json.loads(out)
+        if "unable to connect" in str(data.get("error", "")):
+            return None
+        if "sum_received" not in data.get("end", {}):
+            raise BenchError(f"iperf3 to {proc.args[5]}: {data.get('error') or 'no result'}")
+        return data["end"]["sum_received"]["bits_per_second"] / 1e6
+
+    def measured(*pair: Path_) -> float:
+        """Sum over the pairs sending at the same time; asked again while a server is not
+        listening yet (bounded), so the figure is never of a refused connection."""
+        for _ in range(20):
+            results = [mbit(proc) for proc in [iperf(p) for p in pair]]
+            if None not in results:
+                return sum(results)
+            time.sleep(0.25)
+        raise BenchError(f"iperf3 could not connect to {[p.dst_ip for p in pair]} for 20 attempts")
 
     def busy_since(mark: tuple[int, int]) -> float:
         now = cpu_busy()
@@ -194,11 +211,10 @@ def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
     alone, together, busy_one, busy_two = [], [], [], []
     for _ in range(runs):
         mark = cpu_busy()
-        alone.append(mbit(iperf(first)))
+        alone.append(measured(first))
         busy_one.append(busy_since(mark))
         mark = cpu_busy()
-        a, b = iperf(first), iperf(second)
-        together.append(mbit(a) + mbit(b))
+        together.append(measured(first, second))
         busy_two.append(busy_since(mark))
     one, both = statistics.median(alone), statistics.median(together)
     return {"one_pair_mbit": one, "two_pairs_mbit": both, "ratio": both / one,
