@@ -184,11 +184,12 @@ def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
                                  str(p.iperf_port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE, text=True)
 
     def mbit(proc: subprocess.Popen) -> float | None:
-        """Mbit/s, or None when iperf3 could not connect yet (its server starting): with -J
-        it says so in the JSON and still exits 0."""
+        """Mbit/s, or None when the iperf3 server could not take the test yet: not listening
+        yet, or still closing the previous test ("busy"; it serves one at a time). With -J
+        iperf3 says so in the JSON and still exits 0."""
         out, _ = proc.communicate(timeout=seconds + 60)
         data = json.loads(out)
-        if "unable to connect" in str(data.get("error", "")):
+        if any(why in str(data.get("error", "")) for why in ("unable to connect", "server is busy")):
             return None
         if "sum_received" not in data.get("end", {}):
             raise BenchError(f"iperf3 to {proc.args[5]}: {data.get('error') or 'no result'}")
