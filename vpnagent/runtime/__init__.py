@@ -1,0 +1,1 @@
+"""The container-runtime seam: the only package that talks to a container engine."""
