@@ -46,6 +46,7 @@ from vpnagent.agent import ROLE_ALGORITHM, Agent  # noqa: E402
 from vpnagent.config import load_config  # noqa: E402
 from vpnagent.journal import RUNNING, RunRecord  # noqa: E402
 from vpnagent.ports import PortSpec  # noqa: E402
+from vpnagent.runtime.dockerengine import DockerRuntime  # noqa: E402
 
 ECHO_SERVER = (
     "import socketserver\n"
@@ -127,7 +128,7 @@ class Bench:
     def wait_listening(self, holder) -> None:
         """Until the holder's echo server listens (so we time the wiring, not python start-up)."""
         for _ in range(400):
-            r = holder.exec_run(["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8888), 1)"])
+            r = self.docker.containers.get(holder.id).exec_run(["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8888), 1)"])
             if r.exit_code == 0:
                 return
             time.sleep(0.01)
@@ -155,8 +156,7 @@ class Bench:
         vpn = self.docker.containers.get(self.agent.cfg.vpn_container)
         low, high = self.agent.cfg.port_range
         t0 = time.perf_counter()
-        holder.reload()
-        algo_ip = holder.attrs["NetworkSettings"]["Networks"][self.agent.cfg.isolated_network]["IPAddress"]
+        algo_ip = self.agent.runtime.inspect(holder.id).networks[self.agent.cfg.isolated_network]
         vpn.reload()
         vpn_iso_ip = vpn.attrs["NetworkSettings"]["Networks"][self.agent.cfg.isolated_network]["IPAddress"]
         # vantage6: list PREROUTING with `iptables -L` in the VPN client and parse the ports
@@ -181,7 +181,7 @@ class Bench:
         for rule in (dnat, fwd_in):
             vpn.exec_run(["sh", "-c", f"iptables {rule.replace('-I ', '-D ', 1)}"])
         self.agent.api.delete_ports(run_id)
-        holder.remove(force=True)
+        self.docker.containers.get(holder.id).remove(force=True)
         return {"local_ms": (t_local - t0) * 1e3, "http_ms": (t_http - t_local) * 1e3, "reach_ms": reach,
                 "total_ms": total}
 
@@ -233,7 +233,7 @@ def restart(bench: Bench, n: int, progress) -> tuple[Agent, dict]:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, runs))
     old.leave()  # as SIGTERM leaves them: runs, VPN client and rules stay
-    new = Agent(old.cfg, bench.docker)
+    new = Agent(old.cfg, DockerRuntime(bench.docker))
     t0 = time.perf_counter()
     new.start()
     took = (time.perf_counter() - t0) * 1e3
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.up(start=[0])  # node 1: a real agent whose VPN client is the prober's vantage point
         cfg = load_config(cluster.nodes[1].config_path)
-        agent = Agent(cfg, client)  # node 2: in this process, so its steps can be timed
+        agent = Agent(cfg, DockerRuntime(client))  # node 2: in this process, so its steps can be timed
         agent.start()
         a_vpn = client.containers.get(f"vpnagent-{cluster.nodes[0].name}-vpn")
         prober = Prober(int(a_vpn.attrs["State"]["Pid"]))

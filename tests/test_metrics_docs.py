@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server_ext import create_app
 from vpnagent import metrics as m
+from vpnagent.dataplane import TunnelCounters
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
@@ -21,7 +22,7 @@ def _names(text: str) -> set[str]:
 
 
 def test_every_exported_metric_is_documented(tmp_path):
-    agent = m.AgentMetrics(lambda: m.AgentSnapshot(1, True, m.TunCounters(1, 2, 3, 4), cert_not_after=2e9))
+    agent = m.AgentMetrics(lambda: m.AgentSnapshot(1, True, TunnelCounters(1, 2, 3, 4), cert_not_after=2e9))
     app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True})
     exported = _names(agent.render().decode()) | _names(app.test_client().get("/metrics").get_data(as_text=True))
     exported.add("vpnagent_server_nodes_connected")  # only while OpenVPN answers, which it does not here

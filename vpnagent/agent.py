@@ -20,30 +20,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import docker
-import docker.errors
-
 from . import admission, contract, firewall, runfiles
 from . import metrics as m
 from .config import NodeConfig
+from .dataplane import DataPlane, SessionState, VPNError
+from .dataplane.openvpn import OpenVPN
 from .journal import DONE, RUNNING, Journal, RunRecord
 from .netns import Netns, NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy, unverified_claims
+from .runtime import Container, EngineError, Mount, Network, NetworkSpec, NotFound, Runtime, WorkloadSpec
+from .runtime import connect_engine
 from .serverapi import ServerAPI, ServerError
 from .tls import make_session
-from .vpnclient import SessionState, VPNClient, VPNError
 
 log = logging.getLogger(__name__)
 
-ROLE_HOLDER, ROLE_ALGORITHM = "holder", "algorithm"
+ROLE_HOLDER, ROLE_ALGORITHM, ROLE_VPN = "holder", "algorithm", "vpn-client"
 VPN_RETRY_S = 30.0
 VERIFY_S = 10.0
 RENEW_RETRY_S = 3600.0  # a failed or pointless renewal is tried again an hour later, not every check
-HOLDER_MEMORY, HOLDER_PIDS = "32m", 16  # the pause container only sleeps
+HOLDER_MEMORY, HOLDER_PIDS = 32 * 2**20, 16  # the pause container only sleeps
 LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
-# Docker keeps an algorithm's log on the node's disk: bounded, so a run cannot fill it.
-ALGO_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 START_OUTAGE_S = 30.0  # a starting run waits this long for a server that refuses connections
 SERVER_BACKOFF_MAX_S = 30.0  # the longest wait between asks while the server is away or refuses
 # Test switch (the hostile test's negative control): swap in the token of whichever run a
@@ -91,13 +89,13 @@ class LiveRun:
 
 
 class Agent:
-    def __init__(self, cfg: NodeConfig, docker_client: docker.DockerClient | None = None,
-                 api: ServerAPI | None = None) -> None:
+    def __init__(self, cfg: NodeConfig, runtime: Runtime | None = None, api: ServerAPI | None = None,
+                 dataplane: DataPlane | None = None) -> None:
         self.cfg = cfg
-        self.docker = docker_client or docker.from_env(timeout=120)
+        self.runtime = runtime or connect_engine()
         self.api = api or ServerAPI(cfg.server_url, cfg.api_key, session=make_session(cfg.tls_verify,
                                                                                     cfg.server_fingerprint))
-        self.vpn = VPNClient(cfg, self.docker, self.api)
+        self.vpn: DataPlane = dataplane or OpenVPN(cfg, self.runtime, self.api)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ports = PortAllocator(*cfg.port_range, cfg.data_dir / "ports.json")
         self.runs: dict[int, LiveRun] = {}
@@ -113,6 +111,7 @@ class Agent:
         self.session: SessionState | None = None  # of the VPN client, from its log (every check)
         self.stopped = False
         self.proxy: NodeProxy | None = None
+        self.network: Network | None = None  # the isolated network runs live on
         self.iso_subnet: ipaddress.IPv4Network | None = None
         self.iso_gateway: str | None = None
         self.node: dict[str, Any] = {}
@@ -127,7 +126,6 @@ class Agent:
         self.vpn_checks = 0  # VPN health/certificate check passes done
         self.metrics = m.AgentMetrics(self.metrics_snapshot)
         self.metrics_server: m.MetricsServer | None = None
-        self._session_mark: tuple[str, float, int] | None = None  # (client container, log read up to, renewals)
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -153,8 +151,8 @@ class Agent:
         log.info("node proxy listening on %s", self.proxy.url)
         self._last_vpn_attempt = time.monotonic()
         # a client left running by the previous agent keeps its session: every tunnel stays up
-        if self.vpn.adopt(self.cfg.isolated_network, self.iso_subnet) is None:
-            self.vpn.connect(self.cfg.isolated_network, self.iso_subnet)
+        if self.vpn.adopt(self.network) is None:
+            self.vpn.bring_up(self.network)
         self._adopt_runs()
         self.reconcile()
         self.adopted_at = time.time()
@@ -167,20 +165,19 @@ class Agent:
         whose start was interrupted (or whose containers are gone) is removed and the run
         reported failed; reports the server never confirmed are kept for delivery."""
         records = self.journal.load()
-        found: dict[int, dict[str, Any]] = defaultdict(dict)
-        for c in self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"},
-                                          ignore_removed=True):
+        found: dict[int, dict[str, Container]] = defaultdict(dict)
+        for c in self.runtime.list({"vpnagent.node": self.cfg.name}):
             role, run = c.labels.get("vpnagent.role"), c.labels.get("vpnagent.run", "")
             if role in (ROLE_HOLDER, ROLE_ALGORITHM) and run.isdigit():
                 found[int(run)][role] = c
         for run_id in sorted(set(records) | set(found) | self.ports.runs()):
             rec = records.get(run_id) or RunRecord(run_id, 0, "")
             holder, algo = found[run_id].get(ROLE_HOLDER), found[run_id].get(ROLE_ALGORITHM)
-            if rec.phase == RUNNING and holder is not None and holder.status == "running" and algo is not None:
+            if rec.phase == RUNNING and holder is not None and holder.running and algo is not None:
                 self._adopt(rec, holder, algo)
                 continue
             for c in found[run_id].values():
-                c.remove(force=True)
+                self.runtime.remove(c.id)
                 self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
             if self.ports.release(run_id):
                 self._quiet(self.api.delete_ports, run_id)
@@ -199,10 +196,9 @@ class Agent:
                 log.warning("adopted runs: could not fetch their task families yet (%s)", exc)
         self._deliver_reports()
 
-    def _adopt(self, rec: RunRecord, holder: Any, algo: Any) -> None:
-        net = holder.attrs["NetworkSettings"]["Networks"].get(self.cfg.isolated_network) or {}
-        live = LiveRun(rec.run_id, rec.task_id, rec.image, holder.id, net.get("IPAddress", ""),
-                       int(holder.attrs["State"]["Pid"]), ports=[PortMap(**p) for p in rec.ports],
+    def _adopt(self, rec: RunRecord, holder: Container, algo: Container) -> None:
+        live = LiveRun(rec.run_id, rec.task_id, rec.image, holder.id, holder.networks.get(self.cfg.isolated_network, ""),
+                       holder.pid, ports=[PortMap(**p) for p in rec.ports],
                        container_id=algo.id, output_name=rec.output_name, parent_id=rec.parent_id,
                        registered=True)
         with self._lock:
@@ -217,26 +213,14 @@ class Agent:
     def _ensure_network(self) -> None:
         """The node's isolated (internal) network: algorithm containers have no way out but
         the VPN client and the node proxy."""
-        try:
-            net = self.docker.networks.get(self.cfg.isolated_network)
-        except docker.errors.NotFound:
-            ipam = None
-            if self.cfg.isolated_subnet:
-                pool = docker.types.IPAMPool(subnet=str(self.cfg.isolated_subnet))
-                ipam = docker.types.IPAMConfig(pool_configs=[pool])
-            net = self.docker.networks.create(
-                self.cfg.isolated_network, driver="bridge", internal=True, ipam=ipam,
-                options={"com.docker.network.bridge.name": self.cfg.bridge_name,
-                         # runs on this node meet only through the VPN client (the host chain drops
-                         # the rest as well: networks made before this option existed are covered)
-                         "com.docker.network.bridge.enable_icc": str(firewall.WEAKEN_SAME_NODE).lower(),
-                         **({"com.docker.network.driver.mtu": str(self.cfg.isolated_mtu)} if self.cfg.isolated_mtu else {})},
-                labels={"vpnagent.node": self.cfg.name},
-            )
-            net.reload()
-        conf = net.attrs["IPAM"]["Config"][0]
-        self.iso_subnet = ipaddress.IPv4Network(conf["Subnet"])
-        self.iso_gateway = conf.get("Gateway") or str(next(self.iso_subnet.hosts()))
+        self.network = self.runtime.ensure_network(NetworkSpec(
+            self.cfg.isolated_network, self.cfg.bridge_name,
+            str(self.cfg.isolated_subnet) if self.cfg.isolated_subnet else None, self.cfg.isolated_mtu,
+            # runs on this node meet only through the VPN client (the host chain drops the
+            # rest as well: networks made before this option existed are covered)
+            allow_direct=firewall.WEAKEN_SAME_NODE, labels={**self.cfg.labels, "vpnagent.node": self.cfg.name}))
+        self.iso_subnet = ipaddress.IPv4Network(self.network.subnet)
+        self.iso_gateway = self.network.gateway
 
     # ------------------------------------------------------------------ reconcile
     def desired_rules(self) -> firewall.VpnClientRules | None:
@@ -406,7 +390,7 @@ class Agent:
         try:
             with self._lock:
                 gap = self.vpn.renew_in_place()
-        except (VPNError, ServerError, OSError, docker.errors.APIError) as exc:
+        except (VPNError, ServerError, OSError, EngineError) as exc:
             log.error("vpn: certificate renewal failed (%s); trying again in %.0f min", exc, RENEW_RETRY_S / 60)
             return
         log.info("vpn: renewed; new certificate valid until %s; reconnected in %.2f s",
@@ -419,60 +403,40 @@ class Agent:
     def check_vpn(self) -> None:
         """A VPN client that died or was replaced is brought back, then everything is
         re-applied through reconcile (its namespace, and so its rules, are new)."""
-        if self.vpn.state is not None and self.vpn.is_healthy():
-            self._count_openvpn_sessions()
-            try:  # persist-tun keeps tun0 when the session is lost: openvpn's log tells
+        if self.vpn.state is not None and self.vpn.healthy():
+            sessions = self.vpn.reconnects()
+            if sessions > 0:
+                log.info("vpn: the tunnel re-established its session %d time(s)", sessions)
+                self.metrics.count_reconnect(m.RECONNECT_OPENVPN_SESSION, sessions)
+            try:  # the tunnel interface outlives a lost session: the data plane tells
                 self.session = self.vpn.session()
-            except docker.errors.APIError as exc:
-                log.debug("vpn: could not read the client's log: %s", exc)
+            except EngineError as exc:
+                log.debug("vpn: could not read the client's session: %s", exc)
             return
         self.session = None
         if self.vpn.state is None and time.monotonic() - self._last_vpn_attempt < VPN_RETRY_S:
             return  # without a VPN, retry now and then rather than on every check
         self._last_vpn_attempt = time.monotonic()
-        why = "VPN client container is gone or lost tun0" if self.vpn.state else "no VPN yet"
+        why = "VPN client container is gone or lost its tunnel" if self.vpn.state else "no VPN yet"
         log.warning("vpn: %s; reconnecting", why)
-        if self.vpn.connect(self.cfg.isolated_network, self.iso_subnet):
+        if self.vpn.bring_up(self.network):
             self.reconcile()
             self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)",
                              m.FIX_VPN_CLIENT)
 
-    def _count_openvpn_sessions(self) -> None:
-        """OpenVPN re-establishing its session inside a running client (the server restarted,
-        the link dropped) keeps tun0 and its address (persist-tun), so the health check does
-        not see it; the client's log does, one "Initialization Sequence Completed" each."""
-        st = self.vpn.state
-        now = time.time()
-        mark = self._session_mark
-        self._session_mark = (st.container_id, now, self.vpn.renewals)
-        if mark is None or mark[0] != st.container_id:
-            return  # a new client: its first session is the connect itself, not a reconnect
-        try:
-            sessions = self.vpn.sessions(since=mark[1], until=now)
-        except docker.errors.APIError as exc:
-            log.debug("vpn: could not read the client's log: %s", exc)
-            return
-        # a certificate renewal's SIGHUP reconnect was planned, not a loss of the VPN
-        sessions -= self.vpn.renewals - mark[2]
-        if sessions > 0:
-            log.info("vpn: OpenVPN re-established its session %d time(s)", sessions)
-            self.metrics.count_reconnect(m.RECONNECT_OPENVPN_SESSION, sessions)
-
     # ------------------------------------------------------------------ runs
     def start_run(self, run: dict) -> LiveRun:
         run_id = int(run["id"])
         image = run["image"]
+        found = self.runtime.image(image)
+        if found is None:
+            raise RunError(f"image {image} is not on this node (no registry is used); build or load it first")
         try:
-            found = self.docker.images.get(image)
-        except docker.errors.ImageNotFound:
-            raise RunError(f"image {image} is not on this node (no registry is used); build or load it first") from None
-        try:
-            admission.check(admission.LocalImage(image, found.id, tuple(found.attrs.get("RepoDigests") or ())),
-                            self.cfg.allowed_images)
+            admission.check(admission.LocalImage(image, found.id, found.digests), self.cfg.allowed_images)
         except admission.ImageRefused as exc:
             raise RunError(str(exc)) from None
-        specs = exposed_ports(found.attrs.get("Config") or {})
+        specs = exposed_ports({"ExposedPorts": dict.fromkeys(found.exposed_ports, {}), "Labels": found.labels})
         token = self._patiently(self._fetch_token, run_id)
         container = contract.plan(
             run.get("contract"), contract.RunIdentity(run_id, int(run["task_id"]), run.get("organization_id"),
@@ -515,27 +479,26 @@ class Agent:
             time.sleep(pause)
             pause = min(2 * pause, 2.0)
 
-    def start_holder(self, run_id: int, command: list[str] | None = None):
+    def _labels(self, role: str, run_id: int) -> dict[str, str]:
+        """The node's own labels (config `labels`) on every container, ours last: they cannot
+        be overridden, the agent finds its containers by them."""
+        return {**self.cfg.labels, "vpnagent.node": self.cfg.name, "vpnagent.role": role, "vpnagent.run": str(run_id)}
+
+    def start_holder(self, run_id: int, command: tuple[str, ...] | None = None) -> Container:
         """The pause container that owns the run's network namespace, so the network is
         ready before any algorithm code runs."""
-        return self.docker.containers.run(
-            self.cfg.holder_image, command or ["sleep", "infinity"], detach=True,
-            name=f"vpnagent-{self.cfg.name}-run{run_id}-holder",
-            network=self.cfg.isolated_network, cap_drop=["NET_RAW"],
-            mem_limit=HOLDER_MEMORY, pids_limit=HOLDER_PIDS,
-            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_HOLDER, "vpnagent.run": str(run_id)},
-        )
+        return self.runtime.start_holder(WorkloadSpec(
+            name=f"vpnagent-{self.cfg.name}-run{run_id}-holder", image=self.cfg.holder_image,
+            command=tuple(command or ("sleep", "infinity")), network=self.cfg.isolated_network,
+            memory=HOLDER_MEMORY, pids=HOLDER_PIDS, labels=self._labels(ROLE_HOLDER, run_id)))
 
-    def wire_run(self, run_id: int, task_id: int, image: str, holder, specs: list,
+    def wire_run(self, run_id: int, task_id: int, image: str, holder: Container, specs: list,
                  family: list[dict] | None = None) -> LiveRun:
         """The local work from "holder running" to "reachable over the VPN": ports
         allocated, rules in the VPN client (for the task family known so far; sync_peers
         follows it afterwards), default route in the holder."""
         t0 = time.perf_counter()
-        holder.reload()
-        live = LiveRun(run_id, task_id, image, holder.id,
-                       holder.attrs["NetworkSettings"]["Networks"][self.cfg.isolated_network]["IPAddress"],
-                       int(holder.attrs["State"]["Pid"]),
+        live = LiveRun(run_id, task_id, image, holder.id, holder.networks[self.cfg.isolated_network], holder.pid,
                        parent_id=self._records[run_id].parent_id if run_id in self._records else None)
         live.peer_ips, live.peer_run_ids, live.destinations = family_fields(family or [])
         if self.vpn.state is not None:
@@ -555,29 +518,25 @@ class Agent:
         live.registered_ms = (time.perf_counter() - t0) * 1e3
         live.registered = True
 
-    def _start_algorithm(self, live: LiveRun, plan: contract.ContainerPlan):
+    def _start_algorithm(self, live: LiveRun, plan: contract.ContainerPlan) -> Container:
         run_dir = self._run_dir(live.run_id)
         runfiles.prepare(run_dir, plan.files, tuple(sub for sub, _ in plan.run_mounts if sub))
         live.output_name = plan.output_name
-        volumes = {str(run_dir / sub): {"bind": inside, "mode": "rw"} for sub, inside in plan.run_mounts}
-        volumes.update({host: {"bind": inside, "mode": "ro" if ro else "rw"}
-                        for host, (inside, ro) in plan.binds.items()})
+        mounts = [Mount(str(run_dir / sub), inside, read_only=False) for sub, inside in plan.run_mounts]
+        mounts += [Mount(host, inside, read_only=ro) for host, (inside, ro) in plan.binds.items()]
         memory, cpus, pids = self.cfg.run_limits()
-        return self.docker.containers.run(
-            live.image, detach=True, name=f"vpnagent-{self.cfg.name}-run{live.run_id}",
-            # no raw sockets: an algorithm cannot forge another container's source address
-            network_mode=f"container:{live.holder_id}", environment=plan.env, cap_drop=["NET_RAW"],
-            mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpus * 1e9), pids_limit=pids,
-            security_opt=["no-new-privileges"], log_config=ALGO_LOG_CONFIG, volumes=volumes,
-            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": ROLE_ALGORITHM, "vpnagent.run": str(live.run_id)},
-        )
+        return self.runtime.start_in_holder(live.holder_id, WorkloadSpec(
+            name=f"vpnagent-{self.cfg.name}-run{live.run_id}", image=live.image, env=plan.env, mounts=tuple(mounts),
+            # no raw sockets (the spec's default): an algorithm cannot forge another container's source address
+            memory=memory, cpus=cpus, pids=pids, no_new_privileges=True,
+            bounded_logs=True,  # kept on the node's disk: bounded, so a run cannot fill it
+            labels=self._labels(ROLE_ALGORITHM, live.run_id)))
 
     def wait_run(self, run_id: int, timeout: float | None = None) -> tuple[str, Any, str]:
         """Block until the algorithm container exits; returns (status, result, log)."""
         live = self.runs[run_id]
-        container = self.docker.containers.get(live.container_id)
-        code = container.wait(timeout=timeout)["StatusCode"]
-        logs = _tail(container.logs(stream=True, follow=False), LOG_TAIL_BYTES)
+        code = self.runtime.wait(live.container_id, timeout=timeout)
+        logs = _tail(self.runtime.log_stream(live.container_id), LOG_TAIL_BYTES)
         try:
             result = runfiles.read_output(self._run_dir(run_id) / live.output_name, self.cfg.max_output_bytes)
         except runfiles.OutputRefused as exc:
@@ -610,10 +569,7 @@ class Agent:
         ids = list(dict.fromkeys(i for i in (live.container_id if live else None, live.holder_id if live else None,
                                              holder_id) if i))
         for cid in ids:
-            try:
-                self.docker.containers.get(cid).remove(force=True)
-            except docker.errors.NotFound:
-                pass
+            self.runtime.remove(cid)
         runfiles.remove(self._run_dir(run_id))  # the input may be sensitive; the result is read by now
         self._write_status()
 
@@ -627,7 +583,7 @@ class Agent:
         self._report(rec, {"status": "initializing"})
         try:
             self.start_run(run)
-        except (RunError, PortError, ServerError, docker.errors.APIError, NetnsError, ValueError) as exc:
+        except (RunError, PortError, ServerError, EngineError, NetnsError, ValueError) as exc:
             log.error("run %s: failed to start: %s", run_id, exc)
             self._teardown(run_id, holder_id=None)
             rec.phase = DONE
@@ -642,7 +598,7 @@ class Agent:
         rec = self._records[run_id]
         try:
             status, result, logs = self.wait_run(run_id)
-        except (docker.errors.APIError, OSError) as exc:  # the container was removed under us
+        except (EngineError, OSError) as exc:  # the container was removed under us
             status, result, logs = "failed", None, f"vpnagent: lost the run's container: {exc}"
         live = self.runs.get(run_id)
         if live is not None and not live.lost and not self._holder_running(live):
@@ -656,10 +612,8 @@ class Agent:
         log.info("run %s: %s", run_id, status)
 
     def _holder_running(self, live: LiveRun) -> bool:
-        try:
-            return self.docker.containers.get(live.holder_id).status == "running"
-        except docker.errors.NotFound:
-            return False
+        holder = self.runtime.inspect(live.holder_id)
+        return holder is not None and holder.running
 
     def _spawn(self, run_id: int, target: Any, *args: Any) -> None:
         def body() -> None:
@@ -776,21 +730,20 @@ class Agent:
         with self._lock:
             owned = set(self.runs) | set(self._admitted)
             live = list(self.runs.values())
-        containers = self.docker.containers.list(all=True, filters={"label": f"vpnagent.node={self.cfg.name}"},
-                                          ignore_removed=True)
+        containers = self.runtime.list({"vpnagent.node": self.cfg.name})
         by_id = {c.id: c for c in containers}
         for run in live:
             holder = by_id.get(run.holder_id)
-            if holder is not None and holder.status == "running":
+            if holder is not None and holder.running:
                 continue
             run.lost = "the run's holder container stopped or was removed: its network is gone"
             algo = by_id.get(run.container_id or "")
-            if algo is not None and algo.status == "running" and _gone_or(algo.kill):
+            if algo is not None and algo.running and _gone_or(lambda: self.runtime.kill(algo.id)):
                 self._record_fix(f"stopped run {run.run_id}: {run.lost}", m.FIX_ORPHAN)
         for c in containers:
             run = c.labels.get("vpnagent.run", "")
             if c.labels.get("vpnagent.role") in (ROLE_HOLDER, ROLE_ALGORITHM) and run.isdigit() \
-                    and int(run) not in owned and _gone_or(lambda: c.remove(force=True)):
+                    and int(run) not in owned and self.runtime.remove(c.id):
                 self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
 
     # ------------------------------------------------------------------ loop
@@ -882,7 +835,7 @@ class Agent:
             self._teardown(run_id, holder_id=self.runs[run_id].holder_id)
             self._quiet(self.api.update_run, run_id, "failed", None, "node agent stopped")
             self.journal.remove(run_id)
-        cleanup(self.cfg, self.docker)
+        cleanup(self.cfg, self.runtime)
         self.vpn.state = None
         self._write_status()
         if self.proxy:
@@ -916,8 +869,7 @@ class Agent:
 
     def metrics_snapshot(self) -> m.AgentSnapshot:
         """The node's state for a scrape: read now, from the kernel and the files on disk."""
-        st = self.vpn.state
-        tun = m.read_tun_counters(st.pid) if st else None  # None too when the client's process is gone
+        tun = self.vpn.counters()
         return m.AgentSnapshot(live_runs=len(self.runs), vpn_up=tun is not None, tun=tun,
                                cert_not_after=self.vpn.cert_expires)
 
@@ -944,29 +896,25 @@ def family_fields(peers: list[dict]) -> tuple[tuple[str, ...], tuple[int, ...], 
             tuple(sorted({(p["ip"], int(port)) for p in peers for port in p["ports"]})))
 
 
-def cleanup(cfg: NodeConfig, client: docker.DockerClient) -> list[str]:
+def cleanup(cfg: NodeConfig, runtime: Runtime) -> list[str]:
     """Remove everything a node made, whether or not its agent is alive: containers by label,
     the host exception, the isolated network and the port records on disk."""
     removed = []
-    # ignore_removed: a run's own teardown may remove its containers while this lists them
-    for c in client.containers.list(all=True, filters={"label": f"vpnagent.node={cfg.name}"}, ignore_removed=True):
+    for c in runtime.list({"vpnagent.node": cfg.name}):
         try:
-            if c.labels.get("vpnagent.role") == "vpn-client" and c.status == "running":
-                c.stop(timeout=3)  # openvpn tells the server it is leaving
-            c.remove(force=True)
-        except docker.errors.NotFound:
-            continue
-        removed.append(f"container {c.name}")
+            if c.labels.get("vpnagent.role") == ROLE_VPN and c.running:
+                runtime.stop(c.id, timeout=3)  # the VPN client tells the server it is leaving
+        except NotFound:
+            pass
+        if runtime.remove(c.id):
+            removed.append(f"container {c.name}")
     host = Netns(None)
     cur = firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout)
     if cfg.host_chain in cur.chains.get("filter", set()):
         host.iptables_restore(firewall.render_host(cfg.host_chain, cfg.bridge_name, str(cfg.vpn_subnet), cur, present=False))
         removed.append(f"host chain {cfg.host_chain}")
-    try:
-        client.networks.get(cfg.isolated_network).remove()
+    if runtime.remove_network(cfg.isolated_network):
         removed.append(f"network {cfg.isolated_network}")
-    except docker.errors.NotFound:
-        pass
     ports = cfg.data_dir / "ports.json"
     if ports.exists():
         ports.unlink()
@@ -984,7 +932,7 @@ def _gone_or(action: Callable[[], Any]) -> bool:
     try:
         action()
         return True
-    except docker.errors.APIError as exc:
+    except EngineError as exc:
         log.debug("container action skipped: %s", exc)
         return False
 

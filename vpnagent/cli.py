@@ -30,13 +30,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    import docker
-
     from .agent import cleanup
     from .config import load_config
+    from .runtime import connect_engine
 
     cfg = load_config(args.config)
-    removed = cleanup(cfg, docker.from_env())
+    removed = cleanup(cfg, connect_engine())
     print("\n".join(f"removed {r}" for r in removed) or "nothing to remove")
     return 0
 

@@ -4,8 +4,8 @@ the agent needs is in place, and says for each failure what to do in one line.
 Each check is a small function that returns what it found (the detail of a PASS) or raises
 CheckFailed with the detail and the fix. A check names the checks it needs; when one of those
 failed (or was skipped because of a failure) it is reported SKIP with the reason instead of
-failing again with a confusing message. Facts found by one check (the Docker client, the VPN
-client's pid, the VPN IP) are handed to later ones through the Context.
+failing again with a confusing message. Facts found by one check (the container runtime and
+the data plane on it, the VPN client's pid, the VPN IP) are handed to later ones through the Context.
 
 The self-test wires an echo container into the node's own VPN IP the way a run is wired and
 probes it from inside the VPN client. Everything it adds is named so the running agent's
@@ -30,7 +30,9 @@ from urllib.parse import urlsplit
 
 from . import firewall
 from .config import NodeConfig
+from .dataplane import DataPlane
 from .netns import Netns, NetnsError
+from .runtime import EngineError, Runtime, WorkloadSpec
 from .tls import short_reason
 
 PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
@@ -121,7 +123,8 @@ class Context:
     cfg: NodeConfig
     config_path: str = "node.yaml"
     tun_path: Path = Path("/dev/net/tun")
-    docker: Any = None
+    runtime: Runtime | None = None
+    dataplane: DataPlane | None = None
     host_filter: firewall.TableState | None = None
     vpn_pid: int | None = None
     vpn_ip: ipaddress.IPv4Interface | None = None
@@ -179,18 +182,18 @@ def render_json(node: str, results: list[CheckResult]) -> str:
 
 # --------------------------------------------------------------------------- host checks
 def check_docker(ctx: Context) -> str:
-    import docker
-    import docker.errors
+    from .dataplane.openvpn import OpenVPN
+    from .runtime import connect_engine
 
     try:
-        client = docker.from_env(timeout=30)
-        version = client.version()
-    except Exception as exc:  # noqa: BLE001 - DockerException, requests errors, bad DOCKER_HOST
+        runtime = connect_engine(timeout=30)
+        version = runtime.version()
+    except Exception as exc:  # noqa: BLE001 - EngineError, a bad DOCKER_HOST, ...
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise CheckFailed(f"cannot talk to the Docker engine at {where}: {short_reason(exc)}",
                           "start dockerd (or fix DOCKER_HOST) and run the doctor as root") from None
-    ctx.docker = client
-    return str(version.get("Version", "?"))
+    ctx.runtime, ctx.dataplane = runtime, OpenVPN(ctx.cfg, runtime, api=None)
+    return version
 
 
 def docker_version(text: str) -> tuple[int, int, int] | None:
@@ -209,7 +212,7 @@ def isolation_fixed(version: tuple[int, int, int]) -> bool:
 
 
 def check_docker_isolation(ctx: Context) -> str:
-    text = str(ctx.docker.version().get("Version", ""))
+    text = ctx.runtime.version()
     version = docker_version(text)
     if version is None:
         raise CheckWarning(f"cannot read the Docker version {text!r}",
@@ -369,51 +372,40 @@ def check_token(ctx: Context) -> str:
 
 # --------------------------------------------------------------------------- VPN checks
 def check_vpn_handshake(ctx: Context) -> str:
-    """The tunnel is alive now: the VPN client runs, tun0 has an address, and the OpenVPN
-    server answers through it (persist-tun keeps tun0 up even when the session is gone, so
-    an address alone proves nothing)."""
-    import docker.errors
-
-    name = ctx.cfg.vpn_container
+    """The tunnel is alive now: the VPN client runs, its tunnel has an address, and the
+    VPN server answers through it (the tunnel keeps its address even when the session is
+    gone, so an address alone proves nothing)."""
+    dp = ctx.dataplane
+    name, tun = ctx.cfg.vpn_container, dp.tunnel_if
     run_it = f"vpnagent run --config {ctx.config_path}"
-    try:
-        c = ctx.docker.containers.get(name)
-    except docker.errors.NotFound:
+    seen = dp.observe()
+    if seen.container is None:
         raise CheckFailed(f"the VPN client container {name} does not exist (agent not running, or running "
-                          "without VPN: see `vpnagent status`)", f"start the agent: {run_it}") from None
-    if c.status != "running":
-        raise CheckFailed(f"the VPN client container {name} is {c.status}: {_log_tail(c)}",
+                          "without VPN: see `vpnagent status`)", f"start the agent: {run_it}")
+    if not seen.container.running:
+        raise CheckFailed(f"the VPN client container {name} is {seen.container.status}: {seen.log_tail}",
                           f"read `docker logs {name}`; restart the agent: {run_it}")
-    pid = int(c.attrs["State"]["Pid"])
-    ns = Netns(pid)
-    addrs = ns.ipv4_addresses("tun0").get("tun0") or []
-    if not addrs:
-        raise CheckFailed(f"tun0 has no address: the handshake did not complete; openvpn says: {_log_tail(c)}",
-                          "check that this node reaches the OpenVPN server's host and port (UDP 1194 by default) "
+    if seen.address is None:
+        raise CheckFailed(f"{tun} has no address: the handshake did not complete; {dp.name} says: {seen.log_tail}",
+                          "check that this node reaches the VPN server's host and port (UDP 1194 by default) "
                           "and that its certificate is valid (`docker logs " + name + "`)")
-    tun = addrs[0]
-    server_ip = str(next(tun.network.hosts()))  # topology subnet: the server holds the first address
-    for _ in range(3):
-        ping = ns.run(["ping", "-c", "1", "-W", "2", "-n", server_ip], check=False)
-        if ping.returncode == 0:
-            break
-    else:
-        raise CheckFailed(f"tun0 has {tun} but the VPN server {server_ip} does not answer through the tunnel "
-                          "(session lost)", "check that the OpenVPN server runs and is reachable; the agent "
+    answered, server_ip, how = dp.server_answers()
+    if not answered:
+        raise CheckFailed(f"{tun} has {seen.address} but the VPN server {server_ip} does not answer through the "
+                          "tunnel (session lost)", "check that the VPN server runs and is reachable; the agent "
                           "reconnects within 30 s, or restart it: " + run_it)
-    ctx.vpn_pid, ctx.vpn_ip = pid, tun
-    rtt = next((w.split("=", 1)[1] for w in ping.stdout.split() if w.startswith("time=")), "?")
-    return f"{name}: tun0 {tun}, server {server_ip} answers in {rtt} ms"
+    ctx.vpn_pid, ctx.vpn_ip = seen.container.pid, seen.address
+    return f"{name}: {tun} {seen.address}, server {server_ip} answers in {how}"
 
 
 def check_vpn_ip(ctx: Context) -> str:
     ip, subnet = ctx.vpn_ip, ctx.cfg.vpn_subnet
     if ip.ip not in subnet:
-        raise CheckFailed(f"tun0 has {ip}, outside vpn_subnet {subnet}",
-                          f"set vpn_subnet in the node config to the server's vpn_subnet (tun0 says {ip.network})")
+        raise CheckFailed(f"the tunnel has {ip}, outside vpn_subnet {subnet}",
+                          f"set vpn_subnet in the node config to the server's vpn_subnet (the tunnel says {ip.network})")
     status_ip = ((_agent_status(ctx.cfg) or {}).get("vpn") or {}).get("vpn_ip")
     if status_ip and status_ip != str(ip.ip):
-        raise CheckFailed(f"the agent reports VPN IP {status_ip} but tun0 has {ip.ip}",
+        raise CheckFailed(f"the agent reports VPN IP {status_ip} but the tunnel has {ip.ip}",
                           "the agent's health check replaces the client within seconds; if not, restart the agent")
     return f"{ip.ip} in {subnet}"
 
@@ -421,16 +413,12 @@ def check_vpn_ip(ctx: Context) -> str:
 def check_tunnel_mtu(ctx: Context) -> str:
     """The tunnel size the agent settled on still crosses the path now: a ping of exactly
     that size through the tunnel, don't-fragment set."""
-    from . import pathmtu
-
     vpn = (_agent_status(ctx.cfg) or {}).get("vpn") or {}
     size, source = vpn.get("tunnel_mtu"), vpn.get("tunnel_mtu_source")
     if not size:
         raise NotApplicable("the agent has not reported a tunnel MTU (an agent from before this check)")
-    ns = Netns(ctx.vpn_pid)
-    server, _ = pathmtu.tunnel_server(ns)
-    ping = ns.run(["ping", *pathmtu.PING_ARGS, "-s", str(size - pathmtu.IP_ICMP_HEADERS), server], check=False)
-    if ping.returncode != 0:
+    answered, server, _ = ctx.dataplane.server_answers(size)
+    if not answered:
         raise CheckFailed(f"{size}-byte packets ({source}) no longer cross the tunnel to {server}: the path between "
                           "this node and the OpenVPN server got smaller, or drops what it carried",
                           "restart the agent (it probes the path again at connect), or set tunnel_mtu lower")
@@ -441,16 +429,12 @@ def check_tunnel_mtu(ctx: Context) -> str:
 def check_self_test(ctx: Context) -> str:
     """An echo container on the isolated network, reachable at VPN_IP:port through a DNAT in
     the VPN client's namespace (like a run's), probed from inside that namespace."""
-    import docker.errors
-
-    cfg, vpn_ip = ctx.cfg, str(ctx.vpn_ip.ip)
-    vpn_c = ctx.docker.containers.get(cfg.vpn_container)
-    try:
-        ctx.docker.networks.get(cfg.isolated_network)  # exists?
-    except docker.errors.NotFound:
+    cfg, vpn_ip, runtime = ctx.cfg, str(ctx.vpn_ip.ip), ctx.runtime
+    vpn_c = runtime.inspect(cfg.vpn_container)
+    if runtime.network(cfg.isolated_network) is None:
         raise CheckFailed(f"the isolated network {cfg.isolated_network} does not exist",
-                          f"start the agent: vpnagent run --config {ctx.config_path}") from None
-    iso_ip = (vpn_c.attrs["NetworkSettings"]["Networks"].get(cfg.isolated_network) or {}).get("IPAddress")
+                          f"start the agent: vpnagent run --config {ctx.config_path}")
+    iso_ip = vpn_c.networks.get(cfg.isolated_network) if vpn_c else None
     if not iso_ip:
         raise CheckFailed(f"the VPN client is not attached to {cfg.isolated_network}",
                           "restart the agent; it attaches the VPN client at start")
@@ -463,26 +447,21 @@ def check_self_test(ctx: Context) -> str:
     try:
         name = f"vpnagent-{cfg.name}-doctor-{token}"
         try:
-            echo = ctx.docker.containers.run(
-                cfg.holder_image, ["python3", "-c", ECHO_SERVER], detach=True, name=name,
-                network=cfg.isolated_network, cap_drop=["NET_RAW"],
-                labels={"vpnagent.node": cfg.name, "vpnagent.role": SELFTEST_ROLE})
-        except docker.errors.APIError as exc:
-            try:  # created but not started (e.g. no python3 in the image): remove it
-                ctx.docker.containers.get(name).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            raise CheckFailed(f"the echo container did not start from {cfg.holder_image}: "
-                              f"{str(exc.explanation or exc)[:200]}",
+            echo = runtime.start_holder(WorkloadSpec(
+                name=name, image=cfg.holder_image, command=("python3", "-c", ECHO_SERVER),
+                network=cfg.isolated_network,
+                labels={**cfg.labels, "vpnagent.node": cfg.name, "vpnagent.role": SELFTEST_ROLE}))
+        except EngineError as exc:
+            runtime.remove(name)  # created but not started (e.g. no python3 in the image)
+            raise CheckFailed(f"the echo container did not start from {cfg.holder_image}: {str(exc)[:200]}",
                               "holder_image needs python3: `vpnagent images build` (or fix holder_image)") from None
-        echo.reload()
-        if echo.status != "running":
-            raise CheckFailed(f"the echo container exited at once: {_log_tail(echo)}",
+        if not echo.running:
+            raise CheckFailed(f"the echo container exited at once: {_log_tail(runtime, echo.id)}",
                               "holder_image needs python3: `vpnagent images build` (or fix holder_image)")
-        echo_ip = echo.attrs["NetworkSettings"]["Networks"][cfg.isolated_network]["IPAddress"]
-        echo_ns = Netns(int(echo.attrs["State"]["Pid"]))
+        echo_ip = echo.networks[cfg.isolated_network]
+        echo_ns = Netns(echo.pid)
         echo_ns.set_default_route(iso_ip)  # as for a run's holder: replies go back via the VPN client
-        _wait_listening(echo_ns, echo)
+        _wait_listening(echo_ns, runtime, echo.id)
         vpn_ns.iptables_restore(render_selftest(chain, vpn_ip, port, echo_ip, present=True))
         wired = True
         if PAUSE_S:
@@ -500,10 +479,7 @@ def check_self_test(ctx: Context) -> str:
             except NetnsError:
                 pass  # the VPN client was replaced meanwhile: its namespace, and our rules, are gone
         if echo is not None:
-            try:
-                echo.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+            runtime.remove(echo.id)
 
 
 def render_selftest(chain: str, vpn_ip: str, port: int, echo_ip: str, present: bool) -> str:
@@ -520,18 +496,18 @@ def render_selftest(chain: str, vpn_ip: str, port: int, echo_ip: str, present: b
     return "\n".join(["*nat", *body, "COMMIT"]) + "\n"
 
 
-def _wait_listening(ns: Netns, container: Any, timeout: float = 15.0) -> None:
+def _wait_listening(ns: Netns, runtime: Runtime, container_id: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     out = ""
     while time.monotonic() < deadline:
         out = _probe(ns, "127.0.0.1", ECHO_PORT)
         if out.startswith("ok"):
             return
-        container.reload()
-        if container.status != "running":
+        found = runtime.inspect(container_id)
+        if found is None or not found.running:
             break
         time.sleep(0.1)
-    raise CheckFailed(f"the echo container did not serve port {ECHO_PORT} ({out}): {_log_tail(container)}",
+    raise CheckFailed(f"the echo container did not serve port {ECHO_PORT} ({out}): {_log_tail(runtime, container_id)}",
                       "holder_image needs python3: `vpnagent images build` (or fix holder_image)")
 
 
@@ -551,10 +527,10 @@ def _agent_status(cfg: NodeConfig) -> dict | None:
         return None
 
 
-def _log_tail(container: Any) -> str:
+def _log_tail(runtime: Runtime, container_id: str) -> str:
     try:
-        tail = container.logs(tail=6).decode(errors="replace").strip().replace("\n", " | ")
-    except Exception:  # noqa: BLE001 - the logs are a hint only
+        tail = runtime.logs(container_id, tail=6).decode(errors="replace").strip().replace("\n", " | ")
+    except EngineError:  # the logs are a hint only
         return "(no logs)"
     return tail[-400:] or "(no output)"
 

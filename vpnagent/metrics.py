@@ -2,7 +2,7 @@
 long wiring takes, VPN reconnects, tunnel traffic, what reconcile had to repair).
 
 Counters and the histogram are updated where things happen; everything that is a state of
-the node (runs, VPN up, tun0 bytes, certificate expiry) is read when scraped, from one
+the node (runs, VPN up, tunnel bytes, certificate expiry) is read when scraped, from one
 snapshot function, so a scrape never shows a value that was true only some seconds ago.
 Each agent has its own CollectorRegistry: two agents in one process (the tests) do not
 share numbers, and nothing is registered at import time."""
@@ -12,7 +12,6 @@ import logging
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from .config import ConfigError
+from .dataplane import TunnelCounters
 
 log = logging.getLogger(__name__)
 
@@ -45,50 +45,13 @@ class MetricsError(ConfigError):
 
 
 @dataclass(frozen=True)
-class TunCounters:
-    """Kernel interface counters of tun0 (bytes and packets since the interface was made)."""
-
-    rx_bytes: int
-    tx_bytes: int
-    rx_packets: int
-    tx_packets: int
-
-
-@dataclass(frozen=True)
 class AgentSnapshot:
     """The node's state at scrape time."""
 
     live_runs: int
     vpn_up: bool
-    tun: TunCounters | None = None
+    tun: TunnelCounters | None = None
     cert_not_after: float | None = None  # Unix time the VPN certificate expires
-
-
-def parse_net_dev(text: str, ifname: str) -> TunCounters | None:
-    """One interface's counters from the text of /proc/net/dev (two header lines, then
-    `name: rx_bytes rx_packets ... (8 fields) tx_bytes tx_packets ...`)."""
-    for line in text.splitlines()[2:]:
-        name, sep, rest = line.partition(":")
-        if not sep or name.strip() != ifname:
-            continue
-        fields = rest.split()
-        if len(fields) < 16 or not all(f.isdigit() for f in fields):
-            return None
-        return TunCounters(rx_bytes=int(fields[0]), rx_packets=int(fields[1]),
-                           tx_bytes=int(fields[8]), tx_packets=int(fields[9]))
-    return None
-
-
-def read_tun_counters(pid: int, ifname: str = "tun0") -> TunCounters | None:
-    """tun0's counters in the network namespace of `pid` (the VPN client container).
-    /proc/<pid>/net/dev shows the interfaces of that process's namespace, so this is a file
-    read from the host: no nsenter fork, unlike /sys/class/net, which shows the namespace
-    of whoever mounted /sys."""
-    try:
-        text = Path(f"/proc/{pid}/net/dev").read_text()
-    except OSError:
-        return None  # the container went away between the snapshot and the read
-    return parse_net_dev(text, ifname)
 
 
 class _StateCollector(Collector):
@@ -105,19 +68,19 @@ class _StateCollector(Collector):
             return
         yield GaugeMetricFamily("vpnagent_agent_live_runs", "Runs wired on this node now (holder up, rules in).",
                                 value=snap.live_runs)
-        yield GaugeMetricFamily("vpnagent_agent_vpn_up", "1 when the VPN client runs and tun0 holds the VPN IP.",
+        yield GaugeMetricFamily("vpnagent_agent_vpn_up", "1 when the VPN client runs and its tunnel holds the VPN IP.",
                                 value=1 if snap.vpn_up else 0)
         if snap.tun is not None:
-            # Counters of the current tun0: they restart from 0 when the VPN client is recreated,
+            # Counters of the current tunnel interface: they restart from 0 when the VPN client is recreated,
             # which Prometheus' rate() treats as a counter reset.
             for direction, value in (("receive", snap.tun.rx_bytes), ("transmit", snap.tun.tx_bytes)):
                 yield CounterMetricFamily(f"vpnagent_agent_tun_{direction}_bytes",
                                           f"Bytes {'received on' if direction == 'receive' else 'sent out of'} "
-                                          "tun0 in the VPN client's namespace.", value=value)
+                                          "the tunnel interface in the VPN client's namespace.", value=value)
             for direction, value in (("receive", snap.tun.rx_packets), ("transmit", snap.tun.tx_packets)):
                 yield CounterMetricFamily(f"vpnagent_agent_tun_{direction}_packets",
                                           f"Packets {'received on' if direction == 'receive' else 'sent out of'} "
-                                          "tun0.", value=value)
+                                          "the tunnel interface.", value=value)
         if snap.cert_not_after is not None:
             yield GaugeMetricFamily("vpnagent_agent_certificate_expiry_timestamp_seconds",
                                     "Unix time the node's VPN client certificate expires.", value=snap.cert_not_after)

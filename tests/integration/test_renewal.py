@@ -13,6 +13,7 @@ from server_ext.store import Certificate
 from tests.waiting import wait_for
 from vpnagent.agent import Agent
 from vpnagent.config import load_config
+from vpnagent.runtime.dockerengine import DockerRuntime
 
 from .util import probe, probe_until_ok, reachable_run, store_of, vpn_container
 
@@ -34,7 +35,7 @@ def _checks_pass(agent: Agent, n: int) -> None:
 def test_certificate_renews_before_expiry_and_live_run_stays_reachable(cluster, docker_client):
     prober, node = cluster.nodes[0], cluster.nodes[2]
     cluster.stop_node(node)  # this node's agent runs in the test process, so its margin can move
-    agent = Agent(load_config(node.config_path), docker_client)
+    agent = Agent(load_config(node.config_path), DockerRuntime(docker_client))
     loop = threading.Thread(target=agent.serve_forever, daemon=True)
     try:
         agent.start()

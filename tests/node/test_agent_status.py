@@ -21,7 +21,7 @@ from vpnagent import metrics as m
 from vpnagent.agent import Agent
 from vpnagent.cli import render_status, status_freshness
 from vpnagent.config import parse_config
-from vpnagent.vpnclient import VPNState
+from vpnagent.dataplane import Tunnel
 
 
 class _Unreachable:
@@ -32,7 +32,7 @@ class _Unreachable:
 def _agent(tmp_path: Path) -> Agent:
     cfg = parse_config({"name": "st1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
-    agent = Agent(cfg, docker_client=_Unreachable(), api=_Unreachable())
+    agent = Agent(cfg, runtime=_Unreachable(), api=_Unreachable())
     agent.iso_subnet, agent.iso_gateway = __import__("ipaddress").IPv4Network("172.30.0.0/24"), "172.30.0.1"
     return agent
 
@@ -74,7 +74,7 @@ def _synced_agent(tmp_path, monkeypatch) -> Agent:
     monkeypatch.setattr(agent_mod, "Netns", _FakeNetns)
     _FakeNetns.calls, _FakeNetns.batches = [], []
     agent = _agent(tmp_path)
-    agent.vpn.state = VPNState("c1", 4242, "10.76.0.3", "172.30.0.2", "eth1", time.time())
+    agent.vpn.state = Tunnel("c1", 4242, "10.76.0.3", "172.30.0.2", "eth1", time.time())
     agent._synced_pid = 4242  # believed in sync: what reconcile finds wrong is drift
     return agent
 

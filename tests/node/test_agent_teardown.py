@@ -7,29 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.fakes import FakeRuntime
 from vpnagent.agent import Agent, LiveRun, RunError
 from vpnagent.config import parse_config
+from vpnagent.runtime import Container
 from vpnagent.serverapi import ServerError
-
-
-class _Containers:
-    def __init__(self) -> None:
-        self.removed: list[str] = []
-
-    def get(self, cid: str):
-        containers = self
-
-        class _C:
-            status = "running"  # the holder, when the run's end is checked
-
-            def remove(self, force: bool = False) -> None:
-                containers.removed.append(cid)
-        return _C()
-
-
-class _Docker:
-    def __init__(self) -> None:
-        self.containers = _Containers()
 
 
 class _Api:
@@ -56,11 +38,13 @@ class _Api:
         return 0
 
 
-def _agent(tmp_path: Path, monkeypatch, fail_start: bool = False) -> tuple[Agent, _Docker, _Api]:
+def _agent(tmp_path: Path, monkeypatch, fail_start: bool = False) -> tuple[Agent, FakeRuntime, _Api]:
     cfg = parse_config({"name": "td1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
-    docker, api = _Docker(), _Api()
-    agent = Agent(cfg, docker_client=docker, api=api)
+    docker, api = FakeRuntime(), _Api()
+    for cid in ("holder-1", "algo-1"):
+        docker.add(Container(cid, cid, "running"))
+    agent = Agent(cfg, runtime=docker, api=api)
     monkeypatch.setattr(agent, "_apply_run_removed", lambda run_id: None)  # no VPN client here
 
     def start_run(run: dict) -> LiveRun:
@@ -81,7 +65,7 @@ RUN = {"id": 7, "task_id": 3, "image": "img"}
 def test_a_run_that_fails_after_its_holder_started_leaves_no_holder(tmp_path: Path, monkeypatch):
     agent, docker, api = _agent(tmp_path, monkeypatch, fail_start=True)
     agent._handle(RUN)
-    assert sorted(docker.containers.removed) == ["algo-1", "holder-1"]
+    assert sorted(docker.calls) == ["remove algo-1", "remove holder-1"]
     assert api.updates[-1][:2] == (7, "failed")
     assert 7 not in agent.runs
     assert list((tmp_path / "node" / "journal").iterdir()) == []  # delivered: nothing kept
@@ -91,10 +75,10 @@ def test_a_result_the_server_cannot_take_is_journaled_and_delivered_later(tmp_pa
     agent, docker, api = _agent(tmp_path, monkeypatch)
     api.down = True
     agent._handle(RUN)
-    assert sorted(docker.containers.removed) == ["algo-1", "holder-1"]  # resources go back at once
+    assert sorted(docker.calls) == ["remove algo-1", "remove holder-1"]  # resources go back at once
     assert api.updates == [] and agent.status()["reports_waiting"] == [7]
     # a new agent process (after a crash) finds the result on disk, not only this one
-    kept = Agent(agent.cfg, docker_client=docker, api=api).journal.load()
+    kept = Agent(agent.cfg, runtime=docker, api=api).journal.load()
     assert kept[7].report == {"status": "completed", "result": {"sum": 42}, "log": "done"}
     agent._deliver_reports()  # still down: kept
     assert agent.status()["reports_waiting"] == [7]

@@ -299,10 +299,10 @@ def test_troubleshooting_guide_has_a_section_per_check():
 def test_docker_isolation_check_warns_before_25_0_5(text, fixed):
     class Engine:
         def version(self):
-            return {"Version": text}
+            return text
 
     ctx = Context(None)
-    ctx.docker = Engine()
+    ctx.runtime = Engine()
     results = doctor.run_checks([Check("docker isolation fixes", doctor.check_docker_isolation)], ctx)
     assert results[0].status == (doctor.PASS if fixed else doctor.WARN), results
     if not fixed:
@@ -314,10 +314,10 @@ def test_docker_isolation_check_warns_before_25_0_5(text, fixed):
 def test_unreadable_docker_version_is_a_warning_too():
     class Engine:
         def version(self):
-            return {"Version": "dev"}
+            return "dev"
 
     ctx = Context(None)
-    ctx.docker = Engine()
+    ctx.runtime = Engine()
     result = doctor.run_checks([Check("docker isolation fixes", doctor.check_docker_isolation)], ctx)[0]
     assert result.status == doctor.WARN and "cannot read the Docker version" in result.detail
 
@@ -330,10 +330,15 @@ def test_tunnel_mtu_check_pings_the_settled_size(cfg, monkeypatch, limit, status
     cfg.data_dir.mkdir(parents=True)
     (cfg.data_dir / "status.json").write_text(json.dumps({"vpn": {
         "tunnel_mtu": 1500, "tunnel_mtu_source": "probed", "tunnel_mtu_detail": "10.76.0.1 answered up to 1500"}}))
+    from tests.fakes import FakeRuntime
+    from vpnagent.dataplane import openvpn
+    from vpnagent.runtime import WorkloadSpec
+
     ns = FakeNs(limit=limit)
-    monkeypatch.setattr(doctor, "Netns", lambda pid: ns)
-    ctx = Context(cfg)
-    ctx.vpn_pid = 4242
+    monkeypatch.setattr(openvpn, "Netns", lambda pid: ns)
+    runtime = FakeRuntime()
+    runtime.start_holder(WorkloadSpec(name=cfg.vpn_container, image=cfg.vpn_image))
+    ctx = Context(cfg, runtime=runtime, dataplane=openvpn.OpenVPN(cfg, runtime, api=None))
     result = doctor.run_checks([Check("tunnel MTU", doctor.check_tunnel_mtu)], ctx)[0]
     assert result.status == status, result
     assert ns.pings == [1500]

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from vpnagent import dataplane
 from vpnagent import metrics as m
 from vpnagent.agent import Agent
 from vpnagent.config import ConfigError, parse_config
@@ -41,16 +42,16 @@ def scrape(server: m.MetricsServer) -> dict:
 
 
 def test_parse_net_dev_picks_the_interface_and_the_right_columns():
-    assert m.parse_net_dev(NET_DEV, "tun0") == m.TunCounters(rx_bytes=5000, tx_bytes=7000, rx_packets=40, tx_packets=50)
+    assert dataplane.parse_net_dev(NET_DEV, "tun0") == dataplane.TunnelCounters(rx_bytes=5000, tx_bytes=7000, rx_packets=40, tx_packets=50)
     # no space after the colon once the byte count is wide
-    assert m.parse_net_dev(NET_DEV, "eth0").rx_bytes == 12345678901
-    assert m.parse_net_dev(NET_DEV, "tun1") is None
-    assert m.parse_net_dev("garbage", "tun0") is None
+    assert dataplane.parse_net_dev(NET_DEV, "eth0").rx_bytes == 12345678901
+    assert dataplane.parse_net_dev(NET_DEV, "tun1") is None
+    assert dataplane.parse_net_dev("garbage", "tun0") is None
 
 
 def test_read_tun_counters_reads_a_live_namespace_and_sees_traffic():
     # our own namespace's loopback stands in for the VPN client's tun0: same file, real counters
-    before = m.read_tun_counters(os.getpid(), "lo")
+    before = dataplane.read_counters(os.getpid(), "lo")
     assert before is not None
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
@@ -62,10 +63,10 @@ def test_read_tun_counters_reads_a_live_namespace_and_sees_traffic():
                 got = 0
                 while got < 100_000:
                     got += len(peer.recv(65536))
-    after = m.read_tun_counters(os.getpid(), "lo")
+    after = dataplane.read_counters(os.getpid(), "lo")
     assert after.rx_bytes - before.rx_bytes >= 100_000
     assert after.tx_bytes - before.tx_bytes >= 100_000
-    assert m.read_tun_counters(2**22 + 12345, "lo") is None  # no such process: None, not an error
+    assert dataplane.read_counters(2**22 + 12345, "lo") is None  # no such process: None, not an error
 
 
 def _ovpn_with_cert(not_after: dt.datetime) -> str:
@@ -79,7 +80,7 @@ def _ovpn_with_cert(not_after: dt.datetime) -> str:
 
 
 def test_endpoint_serves_counters_histogram_and_scrape_time_state():
-    state = {"snap": m.AgentSnapshot(live_runs=2, vpn_up=True, tun=m.TunCounters(10, 20, 1, 2), cert_not_after=1.9e9)}
+    state = {"snap": m.AgentSnapshot(live_runs=2, vpn_up=True, tun=dataplane.TunnelCounters(10, 20, 1, 2), cert_not_after=1.9e9)}
     metrics = m.AgentMetrics(lambda: state["snap"])
     server = m.MetricsServer(metrics.render, "127.0.0.1", 0).start()
     try:
@@ -158,7 +159,7 @@ class _Unreachable:
 def _agent(tmp_path: Path, **extra) -> Agent:
     cfg = parse_config({"name": "mt1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node"), **extra})
-    return Agent(cfg, docker_client=_Unreachable(), api=_Unreachable())
+    return Agent(cfg, runtime=_Unreachable(), api=_Unreachable())
 
 
 def test_agent_counts_corrections_by_kind_and_reads_its_certificate(tmp_path):

@@ -196,8 +196,8 @@ def test_the_attack_list_catches_weaker_checks(pki, monkeypatch):
 
 
 def test_vpnclient_reports_a_refusal_as_a_vpn_error(pki):
-    from vpnagent.vpnclient import VPNError
-    from vpnagent.vpnclient import check_ovpn as client_check
+    from vpnagent.dataplane import VPNError
+    from vpnagent.dataplane.openvpn import check_ovpn as client_check
 
     client_check(_good(pki))
     with pytest.raises(VPNError, match="'script-security'"):

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from vpnagent import pathmtu
-from vpnagent.pathmtu import FALLBACK_MTU, PathMTU, largest_passing, settle
+from vpnagent.dataplane import pathmtu
+from vpnagent.dataplane.pathmtu import FALLBACK_MTU, PathMTU, largest_passing, settle
 
 
 @pytest.mark.parametrize("limit", [576, 577, 1000, 1344, 1399, 1400, 1472, 1499])

@@ -22,7 +22,7 @@ class _Api:
 def _agent(tmp_path: Path) -> Agent:
     cfg = parse_config({"name": "pc1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
-    agent = Agent(cfg, docker_client=object(), api=_Api())
+    agent = Agent(cfg, runtime=object(), api=_Api())
     agent.runs[7] = LiveRun(7, 3, "img", "h7", "172.30.0.2", 107,
                             ports=[PortMap(6001, 8888, "echo"), PortMap(6002, 9000, None)], registered=True)
     agent.runs[8] = LiveRun(8, 4, "img", "h8", "172.30.0.3", 108, ports=[PortMap(6003, 8888, "echo")])

@@ -22,7 +22,7 @@ class _Api:
 def _agent(tmp_path: Path, monkeypatch, pending: list[dict], **extra) -> tuple[Agent, list[int]]:
     cfg = parse_config({"name": "rs1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node"), **extra})
-    agent = Agent(cfg, docker_client=object(), api=_Api(pending))
+    agent = Agent(cfg, runtime=object(), api=_Api(pending))
     started: list[int] = []
     monkeypatch.setattr(agent, "_spawn", lambda run_id, target, *args: started.append(run_id))
     return agent, started

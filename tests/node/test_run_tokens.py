@@ -27,7 +27,7 @@ class _Api:
 def _agent(tmp_path: Path) -> Agent:
     cfg = parse_config({"name": "tk1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
-    agent = Agent(cfg, docker_client=object(), api=_Api())
+    agent = Agent(cfg, runtime=object(), api=_Api())
     for run_id, ip in ((1, "172.30.0.2"), (2, "172.30.0.3")):
         agent.runs[run_id] = LiveRun(run_id, run_id, "img", f"h{run_id}", ip, 100 + run_id)
         agent._fetch_token(run_id)

@@ -4,25 +4,18 @@ never starts on a refused one. Docker and the server are fakes here; the real pa
 in tests/integration/test_agent_startup.py."""
 from __future__ import annotations
 
-import ipaddress
-
-import docker.errors
 import pytest
 
 from server_ext.ovpn import VPNSettings, render_client
 from server_ext.pki import PKI
+from tests.fakes import FakeRuntime
 from vpnagent.config import parse_config
+from vpnagent.dataplane import Tunnel
+from vpnagent.dataplane.openvpn import OpenVPN
+from vpnagent.runtime import Network
 from vpnagent.serverapi import ServerError
-from vpnagent.vpnclient import VPNClient, VPNState
 
-
-class FakeContainers:
-    def get(self, name):
-        raise docker.errors.NotFound(name)
-
-
-class FakeDocker:
-    containers = FakeContainers()
+ISO = Network("iso", "172.29.0.0/24", "172.29.0.1")
 
 
 class FakeAPI:
@@ -52,15 +45,15 @@ def good(tmp_path) -> str:
                          pki.tls_crypt_v2_client_key("node-4"))
 
 
-def _client(tmp_path, api: FakeAPI, monkeypatch) -> tuple[VPNClient, list[str]]:
+def _client(tmp_path, api: FakeAPI, monkeypatch) -> tuple[OpenVPN, list[str]]:
     cfg = parse_config({"name": "vc1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
-    vpn = VPNClient(cfg, FakeDocker(), api)
+    vpn = OpenVPN(cfg, FakeRuntime(), api)
     started: list[str] = []
 
-    def start(iso_network, iso_subnet):  # what openvpn would be started with
+    def start(network):  # what openvpn would be started with
         started.append(vpn.ovpn_path.read_text())
-        return VPNState("c", 1, "10.76.0.2", "172.29.0.2", "eth1", 0.0)
+        return Tunnel("c", 1, "10.76.0.2", "172.29.0.2", "eth1", 0.0)
 
     monkeypatch.setattr(vpn, "_start", start)
     return vpn, started
@@ -75,7 +68,7 @@ def test_refused_config_on_disk_is_renewed_and_never_run(tmp_path, good, monkeyp
     vpn, started = _client(tmp_path, api, monkeypatch)
     vpn.dir.mkdir(parents=True)
     vpn.ovpn_path.write_text(_attack(good, "script-security\t2"))
-    assert vpn.connect("iso", ipaddress.IPv4Network("172.29.0.0/24")) is not None
+    assert vpn.bring_up(ISO) is not None
     assert api.calls == ["renew"] and started == [good]
     assert vpn.ovpn_path.read_text() == good
 
@@ -85,7 +78,7 @@ def test_refused_everywhere_means_no_vpn_and_each_reason_named(tmp_path, good, m
     vpn, started = _client(tmp_path, api, monkeypatch)
     vpn.dir.mkdir(parents=True)
     vpn.ovpn_path.write_text(_attack(good, "iproute /bin/sh"))
-    assert vpn.connect("iso", ipaddress.IPv4Network("172.29.0.0/24")) is None
+    assert vpn.bring_up(ISO) is None
     assert api.calls == ["renew", "fresh"] and started == []
     for named in ("'iproute'", "'up' (written '--up')", "<connection>"):
         assert named in vpn.last_error
@@ -100,5 +93,5 @@ def test_an_old_tls_crypt_config_on_disk_is_renewed(tmp_path, good, monkeypatch)
     vpn, started = _client(tmp_path, api, monkeypatch)
     vpn.dir.mkdir(parents=True)
     vpn.ovpn_path.write_text(old)
-    assert vpn.connect("iso", ipaddress.IPv4Network("172.29.0.0/24")) is not None
+    assert vpn.bring_up(ISO) is not None
     assert api.calls == ["renew"] and started == [good]

@@ -19,17 +19,22 @@ import subprocess
 import uuid
 from datetime import datetime, timezone
 
-import docker.errors
 import pytest
 
 from server_ext.ovpn import VPNSettings, render_client
 from server_ext.pki import PKI
 from tests.waiting import wait_for
-from vpnagent import vpnclient
+from tests.fakes import FakeRuntime
 from vpnagent.config import parse_config
+from vpnagent.dataplane import SessionState
+from vpnagent.dataplane import Tunnel as VPNState
+from vpnagent.dataplane import openvpn as vpnclient
+from vpnagent.dataplane.openvpn import OPENVPN_ARGV, session_from_log
+from vpnagent.dataplane.openvpn import OpenVPN as VPNClient
+from vpnagent.dataplane.pathmtu import PathMTU
 from vpnagent.netns import Netns
-from vpnagent.pathmtu import PathMTU
-from vpnagent.vpnclient import OPENVPN_ARGV, SessionState, VPNClient, VPNState, rfc3339_time, session_from_log
+from vpnagent.runtime import Image, Network, rfc3339_time
+from vpnagent.runtime.dockerengine import _container
 
 
 def _utc(text: str) -> float:
@@ -241,7 +246,7 @@ def test_rfc3339_time():
         rfc3339_time("yesterday")
 
 
-# --- adopt() against a fake Docker and namespace
+# --- adopt() against a fake runtime and namespace
 
 @pytest.fixture
 def ovpn(tmp_path_factory) -> str:
@@ -252,6 +257,7 @@ def ovpn(tmp_path_factory) -> str:
 
 
 ISO_NET, ISO_SUBNET = "vpnagent-ad1-net", ipaddress.IPv4Network("172.30.0.0/24")
+ISO = Network(ISO_NET, str(ISO_SUBNET), "172.30.0.1")
 VPN_IMAGE_ID = "sha256:" + "a" * 64
 STARTED = "2026-11-27T14:31:02.123456789Z"
 
@@ -261,43 +267,32 @@ class _Touched(AssertionError):
 
 
 class _Container:
-    """What containers.get returns: reads work, anything that would change it fails."""
+    """A container as Docker reports it: its inspect attributes."""
 
     def __init__(self, attrs: dict) -> None:
-        self.attrs, self.id = attrs, attrs["Id"]
-
-    @property
-    def labels(self) -> dict:
-        return self.attrs["Config"]["Labels"]
-
-    @property
-    def status(self) -> str:
-        return self.attrs["State"]["Status"]
-
-    def __getattr__(self, name):  # stop, remove, kill, exec_run, ...
-        raise _Touched(f"adopt() used container.{name}")
+        self.attrs, self.id, self.name, self.status = attrs, attrs["Id"], attrs["Name"], attrs["State"]["Status"]
 
 
-class _Docker:
+class _Docker(FakeRuntime):
+    """Reads work (through the Docker implementation's own translation of inspect
+    attributes), anything that would change a container fails."""
+
     def __init__(self, container: _Container | None, image_id: str | None = VPN_IMAGE_ID) -> None:
-        outer = self
-
-        class containers:  # noqa: N801 - the docker SDK's shape
-            @staticmethod
-            def get(name):
-                if outer.container is None or name != outer.container.attrs["Name"].lstrip("/"):
-                    raise docker.errors.NotFound(name)
-                return outer.container
-
-        class images:  # noqa: N801
-            @staticmethod
-            def get(name):
-                if outer.image_id is None:
-                    raise docker.errors.ImageNotFound(name)
-                return type("Image", (), {"id": outer.image_id})()
-
+        super().__init__()
         self.container, self.image_id = container, image_id
-        self.containers, self.images = containers, images
+
+    def inspect(self, ref):
+        if self.container is None or ref != self.container.attrs["Name"].lstrip("/"):
+            return None
+        return _container(self.container)
+
+    def image(self, ref):
+        return None if self.image_id is None else Image(self.image_id)
+
+    def __getattribute__(self, name):  # stop, remove, kill, connect, start_*: changes
+        if name in ("start_holder", "start_in_holder", "stop", "remove", "kill", "connect"):
+            raise _Touched(f"adopt() used runtime.{name}")
+        return super().__getattribute__(name)
 
 
 class _Netns:
@@ -347,13 +342,13 @@ def client(tmp_path, ovpn, monkeypatch) -> VPNClient:
     vpn = VPNClient(cfg, _Docker(None), api=None)
     vpn.dir.mkdir(parents=True)
     vpn.ovpn_path.write_text(ovpn)
-    vpn.docker.container = _Container(_attrs(vpn))
+    vpn.runtime.container = _Container(_attrs(vpn))
     return vpn
 
 
 def test_adopts_a_client_exactly_as_connect_would_start_it(client, caplog):
-    caplog.set_level(logging.INFO, logger="vpnagent.vpnclient")
-    state = client.adopt(ISO_NET, ISO_SUBNET)
+    caplog.set_level(logging.INFO, logger="vpnagent.dataplane.openvpn")
+    state = client.adopt(ISO)
     assert state == VPNState("c0ffee", 4242, "10.76.0.9", "172.30.0.2", "eth1", rfc3339_time(STARTED),
                              PathMTU(1400, "adopted", "tun0's MTU 1400 as the previous agent left it"))
     assert client.state is state
@@ -381,29 +376,29 @@ REFUSALS = {  # what differs from the client _start would run now → the reason
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_refuses_a_client_unlike_the_one_it_would_start(client, caplog, case):
     change, reason = REFUSALS[case]
-    attrs = copy.deepcopy(client.docker.container.attrs)
+    attrs = copy.deepcopy(client.runtime.container.attrs)
     change(attrs)
-    client.docker.container = _Container(attrs)
+    client.runtime.container = _Container(attrs)
     _assert_refused(client, caplog, reason)
 
 
 def _assert_refused(client: VPNClient, caplog, reason: str) -> None:
-    caplog.set_level(logging.INFO, logger="vpnagent.vpnclient")
-    assert client.adopt(ISO_NET, ISO_SUBNET) is None
+    caplog.set_level(logging.INFO, logger="vpnagent.dataplane.openvpn")
+    assert client.adopt(ISO) is None
     assert client.state is None and client.cert_expires is None
     refusals = [r for r in caplog.records if r.levelno == logging.INFO and r.getMessage().endswith(": replacing it")]
     assert len(refusals) == 1 and reason in refusals[0].getMessage(), caplog.text
 
 
 def test_nothing_to_adopt_without_a_container(client, caplog):
-    caplog.set_level(logging.INFO, logger="vpnagent.vpnclient")
-    client.docker.container = None
-    assert client.adopt(ISO_NET, ISO_SUBNET) is None and client.state is None
+    caplog.set_level(logging.INFO, logger="vpnagent.dataplane.openvpn")
+    client.runtime.container = None
+    assert client.adopt(ISO) is None and client.state is None
     assert "vpn: no VPN client container vpnagent-ad1-vpn to adopt" in caplog.text
 
 
 def test_refuses_when_the_configured_image_is_not_on_the_host(client, caplog):
-    client.docker.image_id = None
+    client.runtime.image_id = None
     _assert_refused(client, caplog, "config wants image vpnagent/vpn:latest, which is not on this host")
 
 
@@ -433,23 +428,15 @@ def test_refuses_without_an_interface_in_the_isolated_subnet(client, caplog):
 
 # --- session() reads a bounded, dated log
 
-class _LogContainer:
-    def __init__(self, lines: list[str]) -> None:
-        self.lines, self.calls = lines, []
-
-    def logs(self, **kwargs) -> bytes:
-        self.calls.append(kwargs)
-        return "".join(line + "\n" for line in self.lines).encode()
-
-
-def _with_log(lines: list[str]) -> tuple[VPNClient, _LogContainer]:
+def _with_log(lines: list[str]) -> tuple[VPNClient, FakeRuntime]:
     cfg = parse_config({"name": "se1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": "/nonexistent"})
-    container = _LogContainer(lines)
-    fake = type("D", (), {"containers": type("C", (), {"get": staticmethod(lambda cid: container)})})()
-    vpn = VPNClient(cfg, fake, api=None)
-    vpn.state = VPNState("c1", 1, "10.76.0.9", "172.30.0.2", "eth1", 0.0)
-    return vpn, container
+    runtime = FakeRuntime()
+    client = runtime.start_holder(vpnclient.WorkloadSpec(name="client", image="vpn"))
+    runtime.log_text[client.id] = "".join(line + "\n" for line in lines).encode()
+    vpn = VPNClient(cfg, runtime, api=None)
+    vpn.state = VPNState(client.id, 1, "10.76.0.9", "172.30.0.2", "eth1", 0.0)
+    return vpn, runtime
 
 
 def _docker_dated(lines: list[str], fraction: str = "500000000") -> list[str]:
@@ -459,14 +446,14 @@ def _docker_dated(lines: list[str], fraction: str = "500000000") -> list[str]:
 def test_session_reads_the_last_lines_with_dockers_timestamps():
     vpn, container = _with_log(_docker_dated(CONNECTED + SERVER_SILENT))
     found = vpn.session()
-    assert container.calls == [{"timestamps": True, "tail": vpnclient.LOG_TAIL, "since": None}]
+    assert container.log_calls == [{"timestamps": True, "tail": vpnclient.LOG_TAIL, "since": None, "until": None}]
     assert found.state == "reconnecting" and found.since == _utc("2026-11-27 14:48:12.5")
 
 
 def test_session_since_drops_what_docker_returns_from_earlier_in_that_second():
     vpn, container = _with_log(_docker_dated(CONNECTED + HARD_RESTART, "100000000"))
     found = vpn.session(since=_utc("2026-11-27 14:47:20.2"))
-    assert container.calls[0]["since"] == int(_utc("2026-11-27 14:47:20"))
+    assert container.log_calls[0]["since"] == int(_utc("2026-11-27 14:47:20"))
     # everything Docker returned is from before 14:47:20.2 except the 14:47:21 lines: no
     # restart line is left, and the client had tun0 up, so the session is up
     assert found.state == "up" and found.since is None
@@ -508,13 +495,17 @@ def test_link_mtu_reads_the_links_mtu(namespace_with_tun0):
     assert ns.link_mtu("tun9") is None
 
 
-# --- adopt() against the real Docker engine
+# --- adopt() against the real Docker engine, through the runtime seam
 
 @pytest.mark.docker
 def test_a_client_from_another_image_is_refused_and_left_alone(docker_client, tmp_path, ovpn, caplog):
     """A container named and labelled as the node's VPN client, but from another image (an
     agent upgrade changed vpn_image): adopt() returns None and does not touch it; replacing
-    it is connect()'s job."""
+    it is bring_up()'s job."""
+    import docker.errors
+
+    from vpnagent.runtime.dockerengine import DockerRuntime
+
     cfg = parse_config({"name": f"ad{uuid.uuid4().hex[:6]}", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
                         "data_dir": str(tmp_path / "node")})
     other = cfg.holder_image
@@ -525,7 +516,7 @@ def test_a_client_from_another_image_is_refused_and_left_alone(docker_client, tm
             from tests.conftest import docker_unavailable
             docker_unavailable(f"needs the image {image} (vpnagent images build)")
     assert docker_client.images.get(other).id != docker_client.images.get(cfg.vpn_image).id
-    vpn = VPNClient(cfg, docker_client, api=None)
+    vpn = VPNClient(cfg, DockerRuntime(docker_client), api=None)
     vpn.dir.mkdir(parents=True)
     vpn.ovpn_path.write_text(ovpn)
     container = None
@@ -535,8 +526,8 @@ def test_a_client_from_another_image_is_refused_and_left_alone(docker_client, tm
             labels={"vpnagent.node": cfg.name, "vpnagent.role": "vpn-client"})
         container.reload()
         started = container.attrs["State"]["StartedAt"]
-        caplog.set_level(logging.INFO, logger="vpnagent.vpnclient")
-        assert vpn.adopt("vpnagent-unused-net", ISO_SUBNET) is None
+        caplog.set_level(logging.INFO, logger="vpnagent.dataplane.openvpn")
+        assert vpn.adopt(Network("vpnagent-unused-net", str(ISO_SUBNET), "172.30.0.1")) is None
         assert vpn.state is None
         assert f"VPN client runs image {container.attrs['Image']}, config wants {cfg.vpn_image}" in caplog.text
         container.reload()

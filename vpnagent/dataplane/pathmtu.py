@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from .netns import Netns, NetnsError
+from ..netns import Netns, NetnsError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
-"""The node's OpenVPN client container: start it from an .ovpn, wait for tun0, and the
-start-up path (config on disk → renew → fetch → no VPN) that gets the node connected; adopt
-the client a previous agent left running; tell from openvpn's log whether its session is up."""
+"""The OpenVPN data plane: the node's OpenVPN client container. Start it from an .ovpn,
+wait for tun0, and the start-up path (config on disk → renew → fetch → no VPN) that gets
+the node connected; adopt the client a previous agent left running; tell from openvpn's log
+whether its session is up. Containers go through the runtime seam; nothing here imports a
+container engine."""
 from __future__ import annotations
 
 import ipaddress
@@ -8,17 +10,15 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
 
-import docker
-import docker.errors
-
-from . import ovpncheck, pathmtu
-from .config import NodeConfig
-from .netns import Netns, NetnsError
+from .. import ovpncheck
+from ..config import NodeConfig
+from ..netns import Netns, NetnsError
+from ..runtime import Container, EngineError, Mount, Network, NotFound, Runtime, WorkloadSpec, rfc3339_time
+from ..serverapi import ServerAPI, ServerError
+from . import Observed, SessionState, Tunnel, TunnelCounters, VPNError, pathmtu, read_counters
 from .pathmtu import PathMTU
-from .serverapi import ServerAPI, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,8 @@ OPENVPN_ARGV = ["openvpn", "--config", "/vpn/client.ovpn", "--pull-filter", "ign
 LOG_TAIL = 200  # lines session() reads: a reconnect loop writes ~6 lines per attempt
 
 
-class VPNError(RuntimeError):
-    """The VPN could not be brought up; the message says which step failed and why."""
-
-
-@dataclass(frozen=True)
-class VPNState:
-    container_id: str
-    pid: int
-    vpn_ip: str
-    iso_ip: str
-    iso_if: str
-    since: float
-    path: PathMTU = PathMTU(pathmtu.FALLBACK_MTU, "fallback")  # what the tunnel carries (pathmtu.py)
+TUN = "tun0"
+ROLE = "vpn-client"  # its vpnagent.role label
 
 
 def cert_not_after(ovpn_text: str) -> float | None:
@@ -66,16 +55,6 @@ def check_ovpn(text: str) -> None:
         raise VPNError(str(exc)) from None
 
 
-@dataclass(frozen=True)
-class SessionState:
-    """Whether openvpn's session with the server is up, read from openvpn's own log:
-    persist-tun keeps tun0 and its address while openvpn reconnects, so tun0 cannot tell."""
-
-    state: str  # "up", "reconnecting" (lost after it was up) or "starting" (never up yet)
-    since: float | None  # Unix time of the line that decided it, when the line is dated
-    detail: str  # that line (for "reconnecting": the latest reason it is not back)
-
-
 COMPLETED = "Initialization Sequence Completed"
 # Lines after which the session is gone until the next COMPLETED. Reasons first: they say
 # why; a signal line says only that openvpn restarts, "Restart pause" not even that.
@@ -88,17 +67,6 @@ GENERIC_TLS_ERROR = "TLS Error: TLS handshake failed"
 
 _DOCKER_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) ")
 _OPENVPN_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
-
-
-def rfc3339_time(text: str) -> float:
-    """Unix time of a Docker timestamp ("2026-11-27T14:00:01.123456789Z"; Python takes at
-    most microseconds, so the fraction is cut to 6 digits)."""
-    match = re.fullmatch(r"(\S+?:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
-    if not match:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    base, fraction, zone = match.groups()
-    zone = "+00:00" if zone == "Z" else zone
-    return datetime.fromisoformat(f"{base}.{(fraction or '0')[:6]:0<6}{zone}").timestamp()
 
 
 def _dated(line: str) -> tuple[float | None, str]:
@@ -157,27 +125,35 @@ def session_from_log(lines: list[str], connected_before: bool = False) -> Sessio
     return SessionState("starting", first, dated[-1][1] if dated else "openvpn has logged nothing yet")
 
 
-class VPNClient:
-    def __init__(self, cfg: NodeConfig, docker_client: docker.DockerClient, api: ServerAPI) -> None:
+class OpenVPN:
+    """The DataPlane on OpenVPN: one client container per node, its config in data_dir/vpn."""
+
+    name = "openvpn"
+    tunnel_if = TUN
+
+    def __init__(self, cfg: NodeConfig, runtime: Runtime, api: ServerAPI | None) -> None:
+        """`api` None: observe only (the doctor); bring_up and renewal need the server."""
         self.cfg = cfg
-        self.docker = docker_client
+        self.runtime = runtime
         self.api = api
         self.dir = cfg.data_dir / "vpn"
         self.ovpn_path = self.dir / "client.ovpn"
-        self.state: VPNState | None = None
+        self.state: Tunnel | None = None
         self.last_error: str | None = None
         self.cert_expires: float | None = None  # of the config on disk (Unix time)
         self.renewals = 0
+        self._session_mark: tuple[str, float, int] | None = None  # (client, log read up to, renewals)
 
     # --- start-up state machine
-    def connect(self, iso_network: str, iso_subnet: ipaddress.IPv4Network) -> VPNState | None:
+    def bring_up(self, network: Network) -> Tunnel | None:
         """Existing config → renew it → fetch a new one → run without VPN (and say why)."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         steps = []
         if self.ovpn_path.exists():
             steps.append(("config on disk", lambda: self.ovpn_path.read_text()))
             steps.append(("renewed config (POST /vpn/update)", self._renewed))
-        steps.append(("fresh config (GET /vpn)", self.api.get_vpn_config))
+        if self.api is not None:
+            steps.append(("fresh config (GET /vpn)", self.api.get_vpn_config))
         errors = []
         for what, get_config in steps:
             try:
@@ -185,11 +161,11 @@ class VPNClient:
                 check_ovpn(text)
                 self._write(text)
                 log.info("vpn: starting client with the %s", what)
-                self.state = self._start(iso_network, iso_subnet)
+                self.state = self._start(network)
                 self.last_error = None
                 log.info("vpn: connected, VPN IP %s", self.state.vpn_ip)
                 return self.state
-            except (VPNError, ServerError, OSError, docker.errors.APIError) as exc:
+            except (VPNError, ServerError, OSError, EngineError) as exc:
                 log.warning("vpn: %s did not work: %s", what, exc)
                 errors.append(f"{what}: {exc}")
         self.stop()
@@ -197,22 +173,22 @@ class VPNClient:
         log.error("vpn: running WITHOUT VPN; algorithms get no VPN ports. Reasons: %s", self.last_error)
         return None
 
-    def adopt(self, iso_network: str, iso_subnet: ipaddress.IPv4Network) -> VPNState | None:
+    def adopt(self, network: Network) -> Tunnel | None:
         """Take over the client a previous agent left running (it was killed or upgraded),
         so the node's tunnels and the rules in its namespace survive. Only a client exactly
-        as connect() would start it now is adopted; nothing in it is changed (tun0's MTU is
-        read, not probed). None, with the reason logged: the caller then calls connect(),
+        as bring_up() would start it now is adopted; nothing in it is changed (tun0's MTU is
+        read, not probed). None, with the reason logged: the caller then calls bring_up(),
         which replaces the client."""
         name = self.cfg.vpn_container
         try:
-            container = self.docker.containers.get(name)
-        except docker.errors.NotFound:
-            log.info("vpn: no VPN client container %s to adopt", name)
-            return None
-        except docker.errors.APIError as exc:
+            container = self.runtime.inspect(name)
+        except EngineError as exc:
             log.info("vpn: cannot inspect the VPN client container %s (%s): replacing it", name, exc)
             return None
-        found = self._adoptable(container, iso_network, iso_subnet)
+        if container is None:
+            log.info("vpn: no VPN client container %s to adopt", name)
+            return None
+        found = self._adoptable(container, network)
         if isinstance(found, str):
             log.info("vpn: %s: replacing it", found)
             return None
@@ -224,59 +200,57 @@ class VPNClient:
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.since)), found.path.mtu)
         return found
 
-    def _adoptable(self, container, iso_network: str, iso_subnet: ipaddress.IPv4Network) -> VPNState | str:
+    def _adoptable(self, container: Container, network: Network) -> Tunnel | str:
         """The client's state, or why it cannot be adopted. Reads only."""
         cfg, name = self.cfg, self.cfg.vpn_container
-        labels = container.labels or {}
-        if labels.get("vpnagent.role") != "vpn-client" or labels.get("vpnagent.node") != cfg.name:
+        labels = container.labels
+        if labels.get("vpnagent.role") != ROLE or labels.get("vpnagent.node") != cfg.name:
             return (f"container {name} is not labelled as node {cfg.name}'s VPN client "
                     f"(vpnagent.role={labels.get('vpnagent.role')}, vpnagent.node={labels.get('vpnagent.node')})")
-        if container.status != "running":
+        if not container.running:
             return f"VPN client {name} is {container.status}, not running"
-        attrs = container.attrs
-        try:
-            wanted = self.docker.images.get(cfg.vpn_image).id
-        except docker.errors.ImageNotFound:
+        wanted = self.runtime.image(cfg.vpn_image)
+        if wanted is None:
             return f"config wants image {cfg.vpn_image}, which is not on this host (vpnagent images build)"
-        if attrs.get("Image") != wanted:
-            return f"VPN client runs image {attrs.get('Image')}, config wants {cfg.vpn_image} ({wanted})"
-        if (attrs.get("Config") or {}).get("Cmd") != OPENVPN_ARGV:
-            return f"VPN client runs {attrs.get('Config', {}).get('Cmd')}, this agent runs {OPENVPN_ARGV}"
+        if container.image_id != wanted.id:
+            return f"VPN client runs image {container.image_id}, config wants {cfg.vpn_image} ({wanted.id})"
+        if list(container.command) != OPENVPN_ARGV:
+            return f"VPN client runs {list(container.command)}, this agent runs {OPENVPN_ARGV}"
         # renewal writes here and SIGHUPs openvpn: it must read the same file
-        mounts = {m.get("Destination"): m.get("Source") for m in attrs.get("Mounts") or []}
-        if mounts.get("/vpn") != str(self.dir):
-            return f"VPN client reads its config from {mounts.get('/vpn')}, config wants {self.dir}"
-        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
-        for net in (cfg.vpn_client_network, iso_network):
-            if net not in networks:
-                return f"VPN client is not attached to network {net} (it is on {', '.join(sorted(networks))})"
+        if container.mounts.get("/vpn") != str(self.dir):
+            return f"VPN client reads its config from {container.mounts.get('/vpn')}, config wants {self.dir}"
+        for net in (cfg.vpn_client_network, network.name):
+            if net not in container.networks:
+                return (f"VPN client is not attached to network {net} "
+                        f"(it is on {', '.join(sorted(container.networks))})")
         try:
             check_ovpn(self.ovpn_path.read_text())
         except OSError as exc:
             return f"the client's config {self.ovpn_path} cannot be read ({exc})"
         except VPNError as exc:
             return f"the client's config on disk is refused ({exc})"
-        pid = int(attrs["State"]["Pid"])
-        ns = Netns(pid)
+        ns = Netns(container.pid)
         try:
-            addrs = ns.ipv4_addresses("tun0").get("tun0") or []
+            addrs = ns.ipv4_addresses(TUN).get(TUN) or []
             vpn_ip = next((a.ip for a in addrs if a.ip in cfg.vpn_subnet), None)
             if vpn_ip is None:
                 return (f"VPN client's tun0 holds no address in vpn_subnet {cfg.vpn_subnet} "
                         f"(it holds {', '.join(str(a) for a in addrs) or 'none'})")
-            iso_if = ns.interface_in(iso_subnet)
-            mtu = ns.link_mtu("tun0")
+            iso_if = ns.interface_in(ipaddress.IPv4Network(network.subnet))
+            mtu = ns.link_mtu(TUN)
         except NetnsError as exc:
             return f"cannot read the VPN client's namespace ({exc})"
         if iso_if is None:
-            return f"VPN client has no interface in the isolated subnet {iso_subnet}"
+            return f"VPN client has no interface in the isolated subnet {network.subnet}"
         if mtu is None:
             return "VPN client's tun0 is gone"
         path = PathMTU(mtu, "adopted", f"tun0's MTU {mtu} as the previous agent left it")
-        return VPNState(container.id, pid, str(vpn_ip), networks[iso_network]["IPAddress"], iso_if,
-                        rfc3339_time(attrs["State"]["StartedAt"]), path)
+        return Tunnel(container.id, container.pid, str(vpn_ip), container.networks[network.name], iso_if,
+                      container.started_at or time.time(), path)
 
     def _renewed(self) -> str:
+        if self.api is None:
+            raise VPNError("no server API to renew the certificate with")
         return self.api.renew_vpn_config(self.ovpn_path.read_text())
 
     def _write(self, text: str) -> None:
@@ -296,60 +270,56 @@ class VPNClient:
             raise VPNError("no running VPN client to renew")
         text = self._renewed()
         check_ovpn(text)
-        container = self.docker.containers.get(self.state.container_id)
         since = int(time.time())
-        done_before = self.sessions(since)
+        done_before = self._sessions(since)
         self._write(text)
         t0 = time.monotonic()
-        container.kill(signal="SIGHUP")
+        self.runtime.kill(self.state.container_id, "SIGHUP")
         while time.monotonic() - t0 < timeout:
-            if self.sessions(since) > done_before:
+            if self._sessions(since) > done_before:
                 self.renewals += 1
                 return time.monotonic() - t0
             time.sleep(0.05)
         raise VPNError(f"openvpn did not reconnect within {timeout:.0f} s after the certificate renewal")
 
     # --- the container
-    def _start(self, iso_network: str, iso_subnet: ipaddress.IPv4Network) -> VPNState:
-        self.stop()
-        container = self.docker.containers.run(
-            self.cfg.vpn_image,
-            OPENVPN_ARGV,
-            name=self.cfg.vpn_container,
-            detach=True,
-            cap_add=["NET_ADMIN"],
-            devices=["/dev/net/tun:/dev/net/tun"],
-            sysctls={"net.ipv4.ip_forward": "1"},
-            volumes={str(self.dir): {"bind": "/vpn", "mode": "ro"}},
-            network=self.cfg.vpn_client_network,
-            # No restart policy: a client Docker restarted would come back with a new namespace
+    def _spec(self) -> WorkloadSpec:
+        return WorkloadSpec(
+            name=self.cfg.vpn_container, image=self.cfg.vpn_image, command=tuple(OPENVPN_ARGV),
+            network=self.cfg.vpn_client_network, cap_add=("NET_ADMIN",), cap_drop=(),
+            devices=("/dev/net/tun",), sysctls={"net.ipv4.ip_forward": "1"},
+            mounts=(Mount(str(self.dir), "/vpn", read_only=True),),
+            # No restart policy: a client the engine restarted would come back with a new namespace
             # and no rules (forwarding open) until the agent noticed; the agent replaces a dead
             # client itself, closed first, and while the agent is down it stays down (closed).
-            labels={"vpnagent.node": self.cfg.name, "vpnagent.role": "vpn-client", **self.cfg.labels},
+            labels={**self.cfg.labels, "vpnagent.node": self.cfg.name, "vpnagent.role": ROLE},
         )
-        container.reload()
-        pid = int(container.attrs["State"]["Pid"])
-        ns = Netns(pid)
-        # Fail closed: forwarding policy DROP before the client joins the isolated network,
-        # so no holder's packet is forwarded before reconcile has put the rules in.
-        ns.iptables_restore(FAIL_CLOSED)
-        self.docker.networks.get(iso_network).connect(container)
-        container.reload()
-        vpn_ip = self._wait_for_tun(container, ns)
-        iso_if = ns.interface_in(iso_subnet)
-        iso_ip = container.attrs["NetworkSettings"]["Networks"][iso_network]["IPAddress"]
-        if iso_if is None:
-            raise VPNError(f"VPN client has no interface on the isolated network {iso_network}")
-        path = pathmtu.settle(ns, self.cfg.tunnel_mtu)
-        pathmtu.apply_link_mtu(ns, path)
-        return VPNState(container.id, pid, vpn_ip, iso_ip, iso_if, time.time(), path)
 
-    def _wait_for_tun(self, container, ns: Netns) -> str:
+    def _start(self, network: Network) -> Tunnel:
+        self.stop()
+        container = self.runtime.start_holder(self._spec())
+        ns = Netns(container.pid)
+        # Fail closed: forwarding policy DROP before the client joins the isolated network,
+        # so no holder's packet is forwarded before the rules are in.
+        ns.iptables_restore(FAIL_CLOSED)
+        self.runtime.connect(network.name, container.id)
+        vpn_ip = self._wait_for_tun(container.id, ns)
+        found = self.runtime.inspect(container.id)
+        iso_ip = found.networks.get(network.name, "") if found else ""
+        iso_if = ns.interface_in(ipaddress.IPv4Network(network.subnet))
+        if iso_if is None or not iso_ip:
+            raise VPNError(f"VPN client has no interface on the isolated network {network.name}")
+        path = pathmtu.settle(ns, self.cfg.tunnel_mtu, TUN)
+        pathmtu.apply_link_mtu(ns, path, TUN)
+        self._session_mark = None
+        return Tunnel(container.id, container.pid, vpn_ip, iso_ip, iso_if, time.time(), path)
+
+    def _wait_for_tun(self, container_id: str, ns: Netns) -> str:
         """Poll tun0 every 20 ms (it is usually up within ~200 ms), bounded by the timeout."""
         deadline = time.monotonic() + self.cfg.vpn_connect_timeout
         checks = 0
         while time.monotonic() < deadline:
-            addrs = ns.ipv4_addresses("tun0").get("tun0")
+            addrs = ns.ipv4_addresses(TUN).get(TUN)
             if addrs:
                 ip = addrs[0].ip
                 if ip not in self.cfg.vpn_subnet:
@@ -358,55 +328,113 @@ class VPNClient:
                 return str(ip)
             checks += 1
             if checks % 25 == 0:
-                container.reload()
-                if container.status not in ("running", "created", "restarting"):
+                found = self.runtime.inspect(container_id)
+                if found is None or found.status not in ("running", "created", "restarting"):
                     break
             time.sleep(0.02)
-        tail = container.logs(tail=8).decode(errors="replace").strip().replace("\n", " | ")
-        raise VPNError(f"tun0 did not come up within {self.cfg.vpn_connect_timeout:.0f} s; openvpn says: {tail[-600:]}")
+        raise VPNError(f"tun0 did not come up within {self.cfg.vpn_connect_timeout:.0f} s; "
+                       f"openvpn says: {self._log_tail(container_id, 8, 600)}")
+
+    def _log_tail(self, container_id: str, lines: int, chars: int) -> str:
+        try:
+            tail = self.runtime.logs(container_id, tail=lines).decode(errors="replace")
+        except EngineError:
+            return "(no logs)"
+        return tail.strip().replace("\n", " | ")[-chars:] or "(no output)"
 
     def stop(self) -> None:
         """SIGTERM first, so openvpn says goodbye to the server (explicit-exit-notify)."""
-        try:
-            c = self.docker.containers.get(self.cfg.vpn_container)
-            if c.status == "running":
-                c.stop(timeout=3)
-            c.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        found = self.runtime.inspect(self.cfg.vpn_container)
+        if found is not None:
+            if found.running:
+                try:
+                    self.runtime.stop(found.id, timeout=3)
+                except NotFound:
+                    pass
+            self.runtime.remove(found.id)
         self.state = None
 
-    def sessions(self, since: float, until: float | None = None) -> int:
+    # --- what the log says
+    def _sessions(self, since: float, until: float | None = None) -> int:
         """How often the running client's openvpn finished connecting between `since` and
         `until` (Unix time), from its log: persist-tun hides a reconnect from tun0."""
         if self.state is None:
             return 0
-        logs = self.docker.containers.get(self.state.container_id).logs(since=since, until=until)
-        return logs.count(b"Initialization Sequence Completed")
+        return self.runtime.logs(self.state.container_id, since=since, until=until).count(COMPLETED.encode())
+
+    def reconnects(self) -> int:
+        """OpenVPN re-establishing its session inside a running client (the server restarted,
+        the link dropped) keeps tun0 and its address (persist-tun), so the health check does
+        not see it; the client's log does, one "Initialization Sequence Completed" each."""
+        st = self.state
+        if st is None:
+            return 0
+        now = time.time()
+        mark, self._session_mark = self._session_mark, (st.container_id, now, self.renewals)
+        if mark is None or mark[0] != st.container_id:
+            return 0  # a new client: its first session is the connect itself, not a reconnect
+        try:
+            sessions = self._sessions(since=mark[1], until=now)
+        except EngineError as exc:
+            log.debug("vpn: could not read the client's log: %s", exc)
+            return 0
+        # a certificate renewal's SIGHUP reconnect was planned, not a loss of the VPN
+        return max(0, sessions - (self.renewals - mark[2]))
 
     def session(self, since: float | None = None) -> SessionState:
         """The running client's session from its log: the last LOG_TAIL lines, only those
         from `since` (Unix time) on when given. A client with a state had tun0 up, so its
         session completed once even when that line is older than what is read. Raises
-        docker.errors.NotFound when the client is gone (is_healthy() then says so too)."""
+        NotFound when the client is gone (healthy() then says so too)."""
         if self.state is None:
             return SessionState("starting", None, "no VPN client runs")
-        container = self.docker.containers.get(self.state.container_id)
-        raw = container.logs(timestamps=True, tail=LOG_TAIL, since=int(since) if since and since >= 1 else None)
+        raw = self.runtime.logs(self.state.container_id, timestamps=True, tail=LOG_TAIL,
+                                since=int(since) if since and since >= 1 else None)
         lines = raw.decode(errors="replace").splitlines()
-        if since is not None:  # Docker's `since` has whole seconds
+        if since is not None:  # the engine's `since` has whole seconds
             lines = [line for line in lines if (_dated(line)[0] or since) >= since]
         return session_from_log(lines, connected_before=True)
 
-    def is_healthy(self) -> bool:
+    def healthy(self) -> bool:
         """The container runs with the same pid and tun0 still holds our VPN IP."""
         if self.state is None:
             return False
-        try:
-            c = self.docker.containers.get(self.state.container_id)
-        except docker.errors.NotFound:
+        found = self.runtime.inspect(self.state.container_id)
+        if found is None or not found.running or found.pid != self.state.pid:
             return False
-        if c.status != "running" or int(c.attrs["State"]["Pid"]) != self.state.pid:
-            return False
-        addrs = Netns(self.state.pid).ipv4_addresses("tun0").get("tun0") or []
+        addrs = Netns(self.state.pid).ipv4_addresses(TUN).get(TUN) or []
         return any(str(a.ip) == self.state.vpn_ip for a in addrs)
+
+    def counters(self) -> TunnelCounters | None:
+        """None too when the client's process is gone."""
+        return read_counters(self.state.pid, TUN) if self.state else None
+
+    # --- for the doctor (no agent state: another process may run the agent)
+    def observe(self) -> Observed:
+        found = self.runtime.inspect(self.cfg.vpn_container)
+        if found is None:
+            return Observed(None, None, "")
+        address = None
+        if found.running:
+            address = next(iter(Netns(found.pid).ipv4_addresses(TUN).get(TUN) or []), None)
+        return Observed(found, address, self._log_tail(found.id, 6, 400))
+
+    def server_answers(self, size: int | None = None) -> tuple[bool, str, str]:
+        found = self.runtime.inspect(self.cfg.vpn_container)
+        if found is None or not found.running:
+            return False, "", "the VPN client does not run"
+        ns = Netns(found.pid)
+        if size is None:
+            address = next(iter(ns.ipv4_addresses(TUN).get(TUN) or []), None)
+            if address is None:
+                return False, "", "tun0 has no address"
+            server = str(next(address.network.hosts()))  # topology subnet: the server holds the first address
+            for _ in range(3):
+                ping = ns.run(["ping", "-c", "1", "-W", "2", "-n", server], check=False)
+                if ping.returncode == 0:
+                    rtt = next((w.split("=", 1)[1] for w in ping.stdout.split() if w.startswith("time=")), "?")
+                    return True, server, f"{rtt} ms"
+            return False, server, "no answer to 3 pings (session lost)"
+        server, _ = pathmtu.tunnel_server(ns, TUN)
+        ping = ns.run(["ping", *pathmtu.PING_ARGS, "-s", str(size - pathmtu.IP_ICMP_HEADERS), server], check=False)
+        return ping.returncode == 0, server, (ping.stdout.strip() or ping.stderr.strip())[-200:]
