@@ -22,7 +22,7 @@ def start(name: str) -> tuple[Progress, docker.DockerClient]:
     def progress(msg: str) -> None:
         print(f"[{name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    from vpnagent.images import build_images
+    from vpnagent.runtime.docker_images import build_images
 
     client = docker.from_env(timeout=300)
     build_images(client, progress=progress)

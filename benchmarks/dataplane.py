@@ -50,7 +50,7 @@ import docker  # noqa: E402
 from benchmarks.common import report, start  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from test_algorithms.middlebox import FragmentDropper, host_veth  # noqa: E402
-from vpnagent.images import tar_context  # noqa: E402
+from vpnagent.image_recipes import tar_context  # noqa: E402
 from vpnagent.netns import Netns  # noqa: E402
 
 BENCH_IMAGE = "vpnagent/bench-peer:latest"

@@ -37,7 +37,7 @@ from test_algorithms.echo import ECHO_PORT, EchoServer, probe, wait_for_org_addr
 from vpnagent.algorithm_client import AlgorithmClient, AlgorithmClientError
 
 HOSTILE_IMAGE = "vpnagent/hostile:latest"
-# Built like the echo image (vpnagent.images.build_algorithm_image): these files under /app.
+# Built like the echo image (vpnagent.runtime.docker_images.build_algorithm_image): these files under /app.
 # vpnagent/algorithm_client.py finds the client package in /app/clients/python (PYTHONPATH is /app).
 FILES: tuple[str, ...] = ("vpnagent/__init__.py", "vpnagent/algorithm_client.py",
                           "clients/python/vpnagent_algorithm/__init__.py",
@@ -508,7 +508,7 @@ def main() -> int:
 
 def build(client: Any = None, progress: Callable[[str], None] = print) -> str:
     """The hostile image, on the host (needs `vpnagent images build` first)."""
-    from vpnagent.images import build_algorithm_image
+    from vpnagent.runtime.docker_images import build_algorithm_image
 
     return build_algorithm_image(HOSTILE_IMAGE, FILES, DOCKERFILE, client=client, progress=progress)
 

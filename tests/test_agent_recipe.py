@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vpnagent import images
-from vpnagent.images import AGENT_PACKAGE_DIRS, AGENT_PROJECT_FILES, AgentRecipe
+from vpnagent import image_recipes as recipes
+from vpnagent.image_recipes import AGENT_PACKAGE_DIRS, AGENT_PROJECT_FILES, AgentRecipe
+from vpnagent.runtime import docker_images
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_agent_sources_are_copied_exactly(fake_repo: Path, tmp_path: Path):
 
 def test_missing_package_is_a_clear_error(fake_repo: Path):
     (fake_repo / "server_ext" / "__init__.py").unlink()
-    with pytest.raises(images.ImageBuildError, match="server_ext.*complete vpnagent checkout"):
+    with pytest.raises(recipes.ImageBuildError, match="server_ext.*complete vpnagent checkout"):
         AgentRecipe(root=fake_repo).recipe_hash("b")
 
 
@@ -76,7 +77,7 @@ def test_agent_context_installs_from_the_wheelhouse_only(fake_repo: Path, tmp_pa
         dockerfile = tar.extractfile("Dockerfile").read().decode()
     assert names == {"Dockerfile", "wheels/vpnagent-0.1.0-py3-none-any.whl",
                      "wheels/PyYAML-6.0-cp311-cp311-manylinux_2_17_x86_64.whl"}
-    assert f"FROM {images.AGENT_BASE_IMAGE} AS wheels" in dockerfile
+    assert f"FROM {recipes.AGENT_BASE_IMAGE} AS wheels" in dockerfile
     assert "pip install --no-index" in dockerfile and "--find-links /wheels vpnagent" in dockerfile
     assert "COPY --from=wheels /opt/vpnagent /opt/vpnagent" in dockerfile
     assert "ENV PATH=/opt/vpnagent/bin:" in dockerfile and 'CMD ["vpnagent", "--help"]' in dockerfile
@@ -93,20 +94,20 @@ def test_agent_context_installs_from_the_wheelhouse_only(fake_repo: Path, tmp_pa
 
 
 def test_agent_base_has_what_the_agent_shells_out_to():
-    pkgs = images.AGENT_BASE_RECIPE.packages
+    pkgs = recipes.AGENT_BASE_RECIPE.packages
     for pkg in ("python3", "python3-venv", "iptables", "iproute2", "util-linux", "ca-certificates"):
         assert pkg in pkgs
-    assert images.AGENT_BASE_RECIPE.recipe_hash() != images.ALGO_BASE_RECIPE.recipe_hash()
+    assert recipes.AGENT_BASE_RECIPE.recipe_hash() != recipes.ALGO_BASE_RECIPE.recipe_hash()
 
 
 def test_pip_failure_names_the_fix(fake_repo: Path, tmp_path: Path):
     # an interpreter that exits 1 stands in for a pip that cannot reach its index
     recipe = AgentRecipe(root=fake_repo, python="/bin/false")
-    with pytest.raises(images.ImageBuildError, match="pip wheel failed.*PyPI"):
-        images._make_wheelhouse(recipe, tmp_path / "w", tmp_path / "s", progress=lambda m: None)
+    with pytest.raises(recipes.ImageBuildError, match="pip wheel failed.*PyPI"):
+        docker_images._make_wheelhouse(recipe, tmp_path / "w", tmp_path / "s", progress=lambda m: None)
     recipe = AgentRecipe(root=fake_repo, python=str(tmp_path / "no-such-python"))
-    with pytest.raises(images.ImageBuildError, match="cannot run"):
-        images._make_wheelhouse(recipe, tmp_path / "w", tmp_path / "s", progress=lambda m: None)
+    with pytest.raises(recipes.ImageBuildError, match="cannot run"):
+        docker_images._make_wheelhouse(recipe, tmp_path / "w", tmp_path / "s", progress=lambda m: None)
 
 
 @pytest.mark.parametrize("argv,built", [(["images", "build"], ["default"]),
@@ -116,7 +117,7 @@ def test_agent_image_is_built_only_when_asked(monkeypatch, argv, built):
     from vpnagent import cli
 
     calls: list[str] = []
-    monkeypatch.setattr(images, "build_images", lambda **kw: calls.append("default"))
-    monkeypatch.setattr(images, "build_agent_image", lambda **kw: calls.append("agent"))
+    monkeypatch.setattr(docker_images, "build_images", lambda **kw: calls.append("default"))
+    monkeypatch.setattr(docker_images, "build_agent_image", lambda **kw: calls.append("agent"))
     assert cli.main(argv) == 0
     assert calls == built

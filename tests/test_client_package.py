@@ -65,7 +65,7 @@ def test_project_metadata():
 def test_every_algorithm_image_carries_the_whole_package():
     from examples.ring_sum import build as ring_sum_build
     from test_algorithms import hostile
-    from vpnagent.images import ECHO_FILES
+    from vpnagent.image_recipes import ECHO_FILES
 
     assert MODULES and "clients/python/vpnagent_algorithm/__init__.py" in MODULES
     for name, files in (("echo", ECHO_FILES), ("hostile", hostile.FILES), ("ring_sum", ring_sum_build.FILES)):

@@ -181,7 +181,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
-    from .images import ImageBuildError, build_agent_image, build_images
+    from .runtime.docker_images import ImageBuildError, build_agent_image, build_images
 
     try:
         say = lambda m: print(m, flush=True)  # noqa: E731 - progress lines show up while building

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vpnagent.images import ImageBuildError, build_algorithm_image
+from vpnagent.runtime.docker_images import ImageBuildError, build_algorithm_image
 
 TAG = "vpnagent/ring-sum:latest"
 # Copied to /app/<path> in the image; the Dockerfile's PYTHONPATH=/app:/app/clients/python

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from examples.ring_sum import build as ring_sum_build
-from vpnagent.images import REPO_ROOT, ImageBuildError, build_algorithm_image
+from vpnagent.image_recipes import REPO_ROOT
+from vpnagent.runtime.docker_images import ImageBuildError, build_algorithm_image
 
 TAG = "vpnagent/ring-sum-v6:latest"
 V6_TOOLS = "vantage6-algorithm-tools==4.13.7"

@@ -12,7 +12,7 @@ from test_algorithms.cluster import LocalCluster
 
 @pytest.fixture(scope="session")
 def images(docker_client):
-    from vpnagent.images import build_images
+    from vpnagent.runtime.docker_images import build_images
 
     build_images(docker_client, progress=lambda m: print(f"[images] {m}"))
 

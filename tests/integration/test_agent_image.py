@@ -15,7 +15,8 @@ import pytest
 
 from tests.waiting import wait_for
 from vpnagent.config import load_config
-from vpnagent.images import AGENT_IMAGE, build_agent_image
+from vpnagent.image_recipes import AGENT_IMAGE
+from vpnagent.runtime.docker_images import build_agent_image
 
 pytestmark = pytest.mark.docker
 

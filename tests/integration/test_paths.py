@@ -16,7 +16,7 @@ import pytest
 from test_algorithms.cluster import LocalCluster
 from test_algorithms.send_echo import SendEchoError, format_matrix, send_echo
 from tests.waiting import wait_for
-from vpnagent.images import tar_context
+from vpnagent.image_recipes import tar_context
 
 from test_algorithms.middlebox import FragmentDropper, host_veth
 from .util import kill_run, live_run, wait_task_done

@@ -1,5 +1,7 @@
-"""Build the local images (no registry is reachable): the VPN image, the algorithm base
-image and the echo test algorithm; on demand also the node agent's own image.
+"""Build the local images for the Docker engine (no registry is reachable): the VPN image,
+the algorithm base image and the echo test algorithm; on demand also the node agent's own
+image. What goes into each image, and the hash that decides whether it is rebuilt, is in
+`vpnagent.image_recipes`; this module only turns those recipes into Docker images.
 
 The two base images come from `mmdebstrap --variant=essential` (≈20 s each when built in
 parallel, 73 / 102 MB) imported with the docker SDK; the echo image is a small `docker build`
@@ -15,259 +17,48 @@ wheels made on the host, so nothing inside the build touches the network.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import docker
 import docker.errors
 
+from ..image_recipes import (AGENT_BASE_RECIPE, AGENT_IMAGE, AGENT_STAGE_LABEL, ALGO_BASE_IMAGE,
+                             ALGO_BASE_RECIPE, ECHO_IMAGE, MERGED_USR_HOOK, RECIPE_LABEL, SOURCE_DATE_EPOCH,
+                             VPN_IMAGE, VPN_RECIPE, AgentRecipe, AlgorithmRecipe, DebootstrapRecipe,
+                             ImageBuildError, echo_recipe)
+
+# ImageBuildError is what every build here raises: callers catch it from this module.
+__all__ = ["ImageBuildError", "Progress", "build_agent_image", "build_algorithm_image", "build_images", "main"]
+
 Progress = Callable[[str], None]
 
-RECIPE_LABEL = "vpnagent.recipe"
-VPN_IMAGE = "vpnagent/vpn:latest"
-ALGO_BASE_IMAGE = "vpnagent/algo-base:latest"
-ECHO_IMAGE = "vpnagent/echo:latest"
-AGENT_BASE_IMAGE = "vpnagent/agent-base:latest"
-AGENT_IMAGE = "vpnagent/agent:latest"
-
-SUITE = "bookworm"
-MIRROR = os.environ.get("VPNAGENT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-SOURCE_DATE_EPOCH = "1700000000"  # reproducible tarball timestamps
-MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr"
 MMDEBSTRAP_TIMEOUT_S = 900
-
-# Without the merged-usr hook, `usrmerge` (and with it Perl) lands in the image.
-MMDEBSTRAP_OPTIONS: tuple[str, ...] = (
-    "--variant=essential",
-    f"--hook-dir={MERGED_USR_HOOK}",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-    '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*.log',
-)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Files copied into the echo image, as (path relative to the repo root) = path under /app.
-ECHO_FILES: tuple[str, ...] = (
-    "vpnagent/__init__.py",
-    "vpnagent/algorithm_client.py",  # finds the package below in /app/clients/python
-    "clients/python/vpnagent_algorithm/__init__.py",
-    "clients/python/vpnagent_algorithm/client.py",
-    "clients/python/vpnagent_algorithm/environment.py",
-    "clients/python/vpnagent_algorithm/errors.py",
-    "clients/python/vpnagent_algorithm/mock.py",
-    "test_algorithms/__init__.py",
-    "test_algorithms/echo.py",
-)
-ECHO_DOCKERFILE = f"""\
-FROM {ALGO_BASE_IMAGE}
-COPY app/ /app/
-ENV PYTHONPATH=/app PYTHONUNBUFFERED=1
-WORKDIR /app
-EXPOSE 8888
-LABEL p8888=echo
-CMD ["python3", "-m", "test_algorithms.echo"]
-"""
-
-
-def tar_context(files: dict[str, bytes]) -> io.BytesIO:
-    """An in-memory Docker build context of `files` (name -> bytes), with fixed times and
-    modes so the same files give the same context."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = int(SOURCE_DATE_EPOCH)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
-
-
-class ImageBuildError(RuntimeError):
-    """An image could not be built; the message names the image, the cause and the fix."""
-
-
-@dataclass(frozen=True)
-class DebootstrapRecipe:
-    """A registry-free Debian image: essential variant plus `packages`."""
-
-    tag: str
-    packages: tuple[str, ...]
-    cmd: tuple[str, ...] = ("/bin/bash",)
-    estimate_s: int = 20
-    suite: str = SUITE
-    mirror: str = MIRROR
-    options: tuple[str, ...] = MMDEBSTRAP_OPTIONS
-
-    def recipe_hash(self) -> str:
-        text = json.dumps({"suite": self.suite, "mirror": self.mirror, "packages": list(self.packages),
-                           "options": list(self.options), "cmd": list(self.cmd), "v": 1}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def changes(self) -> list[str]:
-        return [f"LABEL {RECIPE_LABEL}={self.recipe_hash()}", f"CMD {json.dumps(list(self.cmd))}"]
-
-    def command(self, target: str) -> list[str]:
-        return ["mmdebstrap", "-q", *self.options, f"--include={','.join(self.packages)}",
-                self.suite, target, self.mirror]
-
-
-VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "iputils-ping", "procps"))
-# python3, not python3-minimal: the minimal one has no http.server. libstdc++6: the C++
-# runtime compiled Python wheels link (numpy, pandas: every vantage6 algorithm has them).
-ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping", "libstdc++6"))
-# What the agent shells out to (iptables-restore, nsenter, ip, ping for the path MTU probe)
-# plus a venv-capable python3 and the CA bundle for a server whose certificate a public CA
-# signed. Debian 12's iptables is the nf_tables backend, like the host's: the agent's rules
-# must land in the tables the host uses.
-AGENT_BASE_RECIPE = DebootstrapRecipe(AGENT_BASE_IMAGE, ("python3", "python3-venv", "iptables", "iproute2",
-                                                         "util-linux", "ca-certificates", "iputils-ping"))
-
-
-@dataclass
-class EchoRecipe:
-    """The echo algorithm: source files of this repo on top of the algorithm base image."""
-
-    tag: str = ECHO_IMAGE
-    root: Path = REPO_ROOT
-    files: tuple[str, ...] = ECHO_FILES
-    dockerfile: str = ECHO_DOCKERFILE
-    estimate_s: int = 3
-    # More build-context files from outside the repo (context path -> host file), e.g. wheels.
-    extra: dict[str, Path] = field(default_factory=dict)
-    _contents: dict[str, bytes] = field(default_factory=dict, repr=False)
-
-    def contents(self) -> dict[str, bytes]:
-        """Build-context path -> bytes: app/<file> for the repo files, then the extra files."""
-        if not self._contents:
-            wanted = {f"app/{rel}": self.root / rel for rel in self.files} | dict(self.extra)
-            for name, path in wanted.items():
-                try:
-                    self._contents[name] = path.read_bytes()
-                except OSError as exc:
-                    raise ImageBuildError(f"{self.tag}: cannot read {path} ({exc}); run from a complete "
-                                          "vpnagent checkout") from None
-        return self._contents
-
-    def recipe_hash(self, base_image_id: str) -> str:
-        h = hashlib.sha256()
-        h.update(self.dockerfile.encode())
-        h.update(base_image_id.encode())
-        for rel, data in sorted(self.contents().items()):
-            h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-        return h.hexdigest()[:16]
-
-    def context(self) -> io.BytesIO:
-        """An in-memory tar build context: the Dockerfile, app/<files> and the extra files."""
-        return tar_context({"Dockerfile": self.dockerfile.encode(), **dict(sorted(self.contents().items()))})
-
-
-# What the vpnagent wheel is built from: these files and every file under these packages.
-AGENT_PROJECT_FILES: tuple[str, ...] = ("setup.cfg", "pyproject.toml", "README.md")
-AGENT_PACKAGE_DIRS: tuple[str, ...] = ("vpnagent", "server_ext", "test_algorithms")
-AGENT_PREFIX = "/opt/vpnagent"
-AGENT_STAGE_LABEL = "vpnagent.stage"  # marks the throw-away wheel stage, removed after the build
 WHEEL_TIMEOUT_S = 600
-HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def _skipped(rel: Path) -> bool:
-    return any(part == "__pycache__" or part.startswith(".") for part in rel.parts) or rel.suffix == ".pyc"
+def _connect(client: docker.DockerClient | None) -> docker.DockerClient:
+    """`client`, or a new one to the local engine (long timeout: an import or a build takes
+    minutes); an unreachable engine fails here, with the fix, not halfway through a build."""
+    if client is not None:
+        return client
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"Docker engine unreachable ({exc}); start dockerd (and run as root)") from None
+    return client
 
 
-@dataclass
-class AgentRecipe:
-    """The node agent: vpnagent installed from a host-built wheelhouse into a venv at
-    /opt/vpnagent, on top of the agent base image."""
-
-    tag: str = AGENT_IMAGE
-    base_tag: str = AGENT_BASE_IMAGE
-    root: Path = REPO_ROOT
-    python: str = sys.executable  # builds the wheelhouse; its X.Y must be the image's python3
-    python_version: str = HOST_PYTHON
-    estimate_s: int = 40
-    _sources: dict[str, bytes] = field(default_factory=dict, repr=False)
-
-    def sources(self) -> dict[str, bytes]:
-        """Every file the wheel is built from (repo-relative path → content); caches, dot
-        files and bytecode are left out, so they neither rebuild the image nor end up in it."""
-        if not self._sources:
-            found: dict[str, bytes] = {}
-            try:
-                for rel in AGENT_PROJECT_FILES:
-                    found[rel] = (self.root / rel).read_bytes()
-                for top in AGENT_PACKAGE_DIRS:
-                    if not (self.root / top / "__init__.py").is_file():
-                        raise OSError(f"{self.root / top} is not a Python package")
-                    for path in sorted((self.root / top).rglob("*")):
-                        rel = path.relative_to(self.root)
-                        if path.is_file() and not _skipped(rel):
-                            found[rel.as_posix()] = path.read_bytes()
-            except OSError as exc:
-                raise ImageBuildError(f"{self.tag}: cannot read the vpnagent sources ({exc}); build from a "
-                                      "complete vpnagent checkout") from None
-            self._sources = found
-        return self._sources
-
-    def dockerfile(self) -> str:
-        # The wheels were made by the host's python: binary ones (cryptography, PyYAML, ...)
-        # only fit a python3 of the same minor version, so the build checks that first.
-        check = ("import sys; v = '%d.%d' % sys.version_info[:2]; "
-                 f"sys.exit(None if v == {self.python_version!r} else 'the image has python3 ' + v + "
-                 f"', the wheelhouse was built with Python {self.python_version} on the host: build with a "
-                 "Python ' + v + ' interpreter (its venv) instead')")
-        install = (f"python3 -m venv {AGENT_PREFIX} && {AGENT_PREFIX}/bin/pip install --no-index "
-                   "--no-cache-dir --disable-pip-version-check --find-links /wheels vpnagent")
-        # Two stages, so the wheelhouse (≈17 MB) is not a layer of the final image.
-        return (f"FROM {self.base_tag} AS wheels\n"
-                f"LABEL {AGENT_STAGE_LABEL}=agent-wheels\n"
-                "COPY wheels/ /wheels/\n"
-                f"RUN {json.dumps(['python3', '-c', check])}\n"
-                f"RUN {install}\n"
-                f"FROM {self.base_tag}\n"
-                f"COPY --from=wheels {AGENT_PREFIX} {AGENT_PREFIX}\n"
-                f"ENV PATH={AGENT_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
-                "PYTHONUNBUFFERED=1\n"
-                'CMD ["vpnagent", "--help"]\n')
-
-    def recipe_hash(self, base_image_id: str) -> str:
-        h = hashlib.sha256()
-        h.update(b"agent v1\0" + self.dockerfile().encode() + b"\0" + base_image_id.encode())
-        for rel, data in sorted(self.sources().items()):
-            h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-        return h.hexdigest()[:16]
-
-    def write_sources(self, target: Path) -> None:
-        """Copy exactly the hashed files to `target`, so the wheel is built from what the hash
-        covers and the build leaves no build/ or *.egg-info in the checkout."""
-        for rel, data in self.sources().items():
-            path = target / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-    def context(self, wheel_dir: Path) -> io.BytesIO:
-        """An in-memory tar build context: the Dockerfile and wheels/<every wheel>."""
-        return tar_context({"Dockerfile": self.dockerfile().encode(),
-                            **{f"wheels/{w.name}": w.read_bytes() for w in sorted(wheel_dir.glob("*.whl"))}})
-
-
-def _label(client: docker.DockerClient, tag: str) -> tuple[str | None, str | None]:
+def _recipe_and_id(client: docker.DockerClient, tag: str) -> tuple[str | None, str | None]:
     """(recipe label, image id) of `tag`, or (None, None) when it does not exist."""
     try:
         image = client.images.get(tag)
@@ -287,7 +78,7 @@ def _size_mb(client: docker.DockerClient, tag: str) -> str:
 def _cached(client: docker.DockerClient, tag: str, key: str, force: bool, progress: Progress,
             replaced: list[str] | None) -> str | None:
     """The image id when `tag` already carries this recipe; else note the id it replaces."""
-    current, image_id = _label(client, tag)
+    current, image_id = _recipe_and_id(client, tag)
     if current == key and not force:
         progress(f"{tag}: cached")
         return image_id
@@ -333,15 +124,15 @@ def _build_debootstrap(client: docker.DockerClient, recipe: DebootstrapRecipe, p
                                   "and is there disk space left?") from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    label, image_id = _label(client, recipe.tag)
+    label, image_id = _recipe_and_id(client, recipe.tag)
     if label != key:
         raise ImageBuildError(f"{recipe.tag}: imported, but the image does not carry the recipe label")
     progress(f"{recipe.tag}: built in {time.monotonic() - t0:.1f} s, {_size_mb(client, recipe.tag)}")
     return image_id  # type: ignore[return-value]
 
 
-def _build_echo(client: docker.DockerClient, recipe: EchoRecipe, base_id: str, progress: Progress,
-                force: bool, replaced: list[str] | None = None) -> str:
+def _build_algorithm(client: docker.DockerClient, recipe: AlgorithmRecipe, base_id: str, progress: Progress,
+                     force: bool, replaced: list[str] | None = None) -> str:
     key = recipe.recipe_hash(base_id)
     cached = _cached(client, recipe.tag, key, force, progress, replaced)
     if cached:
@@ -382,12 +173,7 @@ def build_images(client: docker.DockerClient | None = None, progress: Progress =
 
     The two mmdebstrap builds run in parallel: each is mostly single-threaded dpkg work."""
     own_client = client is None
-    if client is None:
-        try:
-            client = docker.from_env(timeout=300)
-            client.ping()
-        except docker.errors.DockerException as exc:
-            raise ImageBuildError(f"Docker engine unreachable ({exc}); start dockerd (and run as root)") from None
+    client = _connect(client)
     try:
         results: dict[str, str] = {}
         errors: list[BaseException] = []
@@ -414,8 +200,8 @@ def build_images(client: docker.DockerClient | None = None, progress: Progress =
             if len(errors) > 1:
                 raise ImageBuildError("; ".join(str(e) for e in errors))
             raise errors[0]
-        results[ECHO_IMAGE] = _build_echo(client, EchoRecipe(), results[ALGO_BASE_IMAGE], progress, force,
-                                          replaced)
+        results[ECHO_IMAGE] = _build_algorithm(client, echo_recipe(), results[ALGO_BASE_IMAGE], progress, force,
+                                               replaced)
         _remove_replaced(client, replaced, keep=set(results.values()))
         return {tag: results[tag] for tag in (VPN_IMAGE, ALGO_BASE_IMAGE, ECHO_IMAGE)}
     finally:
@@ -432,14 +218,14 @@ def build_algorithm_image(tag: str, files: tuple[str, ...], dockerfile: str,
     skipped while files, Dockerfile and base are unchanged. Returns the image id. The base
     image must exist (`vpnagent images build`)."""
     own_client = client is None
-    client = client or docker.from_env(timeout=300)
+    client = _connect(client)
     try:
-        _, base_id = _label(client, ALGO_BASE_IMAGE)
+        _, base_id = _recipe_and_id(client, ALGO_BASE_IMAGE)
         if base_id is None:
             raise ImageBuildError(f"{tag}: the base image {ALGO_BASE_IMAGE} is missing; fix: vpnagent images build")
-        recipe = EchoRecipe(tag=tag, files=files, dockerfile=dockerfile, extra=dict(extra or {}),
-                            estimate_s=estimate_s)
-        return _build_echo(client, recipe, base_id, progress, force)
+        recipe = AlgorithmRecipe(tag=tag, files=files, dockerfile=dockerfile, extra=dict(extra or {}),
+                                 estimate_s=estimate_s)
+        return _build_algorithm(client, recipe, base_id, progress, force)
     finally:
         if own_client:
             client.close()
@@ -489,21 +275,10 @@ def _docker_build_streamed(client: docker.DockerClient, tag: str, context: io.By
     except docker.errors.DockerException as exc:
         raise ImageBuildError(f"{tag}: docker build failed: {exc}; is the Docker engine running and is there "
                               "disk space left?") from None
-    label, image_id = _label(client, tag)
+    label, image_id = _recipe_and_id(client, tag)
     if label != key or image_id is None:
         raise ImageBuildError(f"{tag}: built, but the image does not carry the recipe label {key}")
     return image_id
-
-
-def _connect(client: docker.DockerClient | None) -> docker.DockerClient:
-    if client is not None:
-        return client
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise ImageBuildError(f"Docker engine unreachable ({exc}); start dockerd (and run as root)") from None
-    return client
 
 
 def build_agent_image(client: docker.DockerClient | None = None, progress: Progress = print,
@@ -545,14 +320,8 @@ def build_agent_image(client: docker.DockerClient | None = None, progress: Progr
             client.close()
 
 
-def ensure_images(client: docker.DockerClient | None = None, progress: Progress = print,
-                  force: bool = False) -> dict[str, str]:
-    """Make sure the images exist and match their recipes (building what changed)."""
-    return build_images(client, progress=progress, force=force)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnagent.images",
+    parser = argparse.ArgumentParser(prog="python -m vpnagent.runtime.docker_images",
                                      description="Build the local vpnagent images (vpn, algo-base, echo).")
     parser.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     parser.add_argument("--agent", action="store_true",
