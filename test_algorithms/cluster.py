@@ -246,11 +246,12 @@ class LocalCluster:
     def clean_node(self, node: NodeHandle, client: docker.DockerClient) -> None:
         from vpnagent.agent import cleanup
         from vpnagent.config import parse_config
+        from vpnagent.runtime.dockerengine import DockerRuntime
 
         if node.config_path.exists():
             raw = yaml.safe_load(node.config_path.read_text())
             raw.pop("server_ca_file", None)  # absent when the server never started; cleanup needs no TLS
-            cleanup(parse_config(raw, node.config_path.parent), client)
+            cleanup(parse_config(raw, node.config_path.parent), DockerRuntime(client))
 
     def kill_server(self) -> None:
         """SIGKILL the API server (its OpenVPN server container keeps running, as after a crash)."""
