@@ -210,6 +210,16 @@ def render_run_added(d: VpnClientRules, run: RunRules) -> str:
     return "\n".join(["*nat", *nat, "COMMIT", "*filter", *flt, "COMMIT"]) + "\n"
 
 
+def render_run_replaced(d: VpnClientRules, run: RunRules) -> str:
+    """Fast path: a live run's holder address or ports changed (not only its family):
+    rewrite both of its chains. Declaring them empties them; the jumps into them depend only
+    on the VPN IP, so they stay."""
+    _check(d.vpn_ip, d.iso_if, d.tun_if)
+    n, f = nat_chain(run.run_id), filter_chain(run.run_id)
+    return "\n".join(["*nat", f":{n} - [0:0]", *_nat_rules(d, run), "COMMIT",
+                      "*filter", f":{f} - [0:0]", *_filter_rules(d, run), "COMMIT"]) + "\n"
+
+
 def render_run_removed(d: VpnClientRules, run_id: int) -> str:
     """Fast path: remove one run's jumps and chains exactly (the jump specs match the ones
     render_run_added wrote, so -D finds them)."""
@@ -234,6 +244,17 @@ def drift(desired: VpnClientRules, current: TableState) -> list[str]:
             and current.has_rule("mangle", f"-A FORWARD -j {MSS}")):
         found.append("installed the base rules (FORWARD policy DROP, dispatch chains, MSS clamp)")
     return found
+
+
+def host_drift(chain: str, current: TableState) -> list[str]:
+    """What a host rewrite is about to correct, in words: our chains or the jumps into them
+    are gone (a restarted dockerd rebuilds DOCKER-USER; someone flushed INPUT)."""
+    in_chain = f"{chain}-IN"
+    have = current.chains.get("filter", set())
+    missing = [c for c in (chain, in_chain) if c not in have]
+    missing += [f"{hook} -> {target}" for hook, target in (("DOCKER-USER", chain), ("INPUT", in_chain))
+                if target in have and not current.has_rule("filter", f"-A {hook} -j {target}")]
+    return [f"restored the host rules of the isolated bridge ({', '.join(missing)})"] if missing else []
 
 
 def render_host(chain: str, bridge: str, vpn_subnet: str, current: TableState, present: bool = True,

@@ -171,3 +171,21 @@ def test_mss_clamp_lowers_syns_both_ways_through_the_tunnel_only():
     # without a clamp the chain is emptied, the jump stays
     bare = fw.render_vpn_client(fw.VpnClientRules("10.76.0.5", "eth1", "172.29.1.0/24"), fw.TableState())
     assert "TCPMSS" not in bare and ":VPNAGENT-MSS - [0:0]" in bare
+
+
+def test_replaced_run_rewrites_both_chains_and_keeps_the_jumps():
+    run = fw.RunRules(7, "172.29.1.3", (fw.Forward(6010, 8888),), peer_ips=("10.76.0.9",))
+    lines = fw.render_run_replaced(RULES, run).splitlines()
+    assert lines[:2] == ["*nat", ":VA-7-N - [0:0]"] and ":VA-7-F - [0:0]" in lines
+    assert "-A VA-7-N -d 10.76.0.5/32 -p tcp -m tcp --dport 6010 -j DNAT --to-destination 172.29.1.3:8888" in lines
+    assert not any(line.startswith(("-A VPNAGENT-", "-D", "-X")) for line in lines)
+
+
+def test_host_drift_names_missing_chains_and_jumps():
+    batch = fw.render_host("VA-HOST-t", "va-t", "10.76.0.0/16", fw.TableState())
+    whole = fw.parse_save(batch.replace("-I DOCKER-USER 1", "-A DOCKER-USER").replace("-I INPUT 1", "-A INPUT"))
+    assert fw.host_drift("VA-HOST-t", whole) == []
+    whole.rules["filter"].remove("-A INPUT -j VA-HOST-t-IN")
+    assert fw.host_drift("VA-HOST-t", whole) == ["restored the host rules of the isolated bridge (INPUT -> VA-HOST-t-IN)"]
+    assert fw.host_drift("VA-HOST-t", fw.TableState()) == [
+        "restored the host rules of the isolated bridge (VA-HOST-t, VA-HOST-t-IN)"]
