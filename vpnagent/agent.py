@@ -1,7 +1,9 @@
 """The node agent: keeps a declarative picture of what the node's network must look like
-(VPN client, host exception, one entry per live run) and a `reconcile()` that makes the
-kernel match it. Run start, run end, start-up and a replaced VPN client all end in the same
-reconcile, so there is one code path that touches the firewall.
+(VPN client, host exception, one entry per live run: `desired_network()`) and hands it to
+the one applier (netapply.py) that makes the kernel match it. Run start, run end, a family
+change, start-up and a replaced VPN client all end in the same `apply_network()`; the
+applier picks the batch. Containers go through the runtime seam (runtime/), the tunnel
+through the data-plane seam (dataplane/).
 
 Runs are level-triggered too: the journal on disk (journal.py) says which runs the node
 owns, so a new agent process adopts live runs instead of killing them, and reports wait
@@ -26,6 +28,7 @@ from .config import NodeConfig
 from .dataplane import DataPlane, SessionState, VPNError
 from .dataplane.openvpn import OpenVPN
 from .journal import DONE, RUNNING, Journal, RunRecord
+from .netapply import ApplyResult, HostRules, NetworkApplier, NodeNetwork, VpnClientNet
 from .netns import Netns, NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy, unverified_claims
@@ -121,7 +124,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._last_vpn_attempt = 0.0
         self._last_renewal = -RENEW_RETRY_S
-        self._synced_pid: int | None = None  # VPN client pid whose namespace matches the desired state
+        self.net = NetworkApplier()  # the one way to the kernel: it diffs and picks the batch
         self.reconciles = 0  # full reconcile passes done (status: a test or operator can wait for the next one)
         self.vpn_checks = 0  # VPN health/certificate check passes done
         self.metrics = m.AgentMetrics(self.metrics_snapshot)
@@ -239,27 +242,14 @@ class Agent:
 
     def sync_peers(self) -> None:
         """Follow each run's task family as runs appear and end: one request for all live
-        runs; a run whose family changed gets its filter chain rewritten."""
+        runs; the applier rewrites the chains of runs whose family changed (and of local
+        family runs whose hairpin rules follow)."""
         if not self.runs or self.vpn.state is None:
             return
         families = {int(r["run_id"]): r["peers"] for r in self.api.node_peers()}
         self._converge_ports(families)
-        changed = self._set_families(families)
-        with self._lock:
-            if not changed:
-                return
-            desired = self.desired_rules()
-            # a local peer appearing changes the hairpin rules of the other local runs too
-            targets = [r for r in desired.runs if r.run_id in changed or set(self.runs[r.run_id].peer_run_ids) & set(changed)]
-            if self._synced_pid == self.vpn.state.pid:
-                try:
-                    batch = "".join(firewall.render_run_refreshed(desired, r) for r in targets)
-                    Netns(self._synced_pid).iptables_restore(batch)
-                    return
-                except NetnsError as exc:
-                    log.warning("peers: fast refresh failed (%s); full reconcile", exc)
-                    self._synced_pid = None
-            self.reconcile()
+        if self._set_families(families):
+            self.apply_network()
 
     def _converge_ports(self, families: dict[int, list[dict]]) -> None:
         """Ports are part of a run's actual state at the server: a registered port the
@@ -297,76 +287,37 @@ class Agent:
         if any((a.get("ip"), int(a.get("port", 0))) not in allowed for a in addresses):
             self.sync_peers()
 
-    def reconcile(self) -> None:
-        """Make host exception, VPN client rules and run routes match the desired state.
-        Idempotent: calling it again with nothing changed rewrites the same rules. What it
-        had to correct in a namespace it believed in sync is recorded for `status`."""
+    def desired_network(self) -> NodeNetwork:
+        """The whole node network as it must be now: host exception, VPN client rules and
+        every holder's route."""
+        host = HostRules(self.cfg.host_chain, self.cfg.bridge_name, str(self.cfg.vpn_subnet),
+                         gateway=self.iso_gateway, proxy_port=self.cfg.proxy_port)
         with self._lock:
-            host = Netns(None)
-            batch = firewall.render_host(self.cfg.host_chain, self.cfg.bridge_name, str(self.cfg.vpn_subnet),
-                                         firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout),
-                                         gateway=self.iso_gateway, proxy_port=self.cfg.proxy_port,
-                                         vpn_client_ip=self.vpn.state.iso_ip if self.vpn.state else None)
-            host.iptables_restore(batch)
-            desired = self.desired_rules()
-            if desired is None:
-                self._synced_pid = None
-                self._write_status()
-                return
-            pid = self.vpn.state.pid
-            ns = Netns(pid)
-            current = firewall.parse_save(ns.iptables_save())
-            drifted = firewall.drift(desired, current) if self._synced_pid == pid else []
-            ns.iptables_restore(firewall.render_vpn_client(desired, current))
-            for run in self.runs.values():
-                try:
-                    Netns(run.holder_pid).set_default_route(self.vpn.state.iso_ip)
-                except NetnsError as exc:  # its holder is gone: _check_runs ends the run; the others go on
-                    log.warning("run %s: cannot set the route in its holder (%s)", run.run_id, exc)
-            self._synced_pid = pid
-            self.reconciles += 1
-            # recorded once repaired: whoever reads status or metrics sees the fix in place
-            for fix in drifted:
+            rules = self.desired_rules()
+            st = self.vpn.state
+            if rules is None or st is None:
+                return NodeNetwork(host)
+            holders = {r.run_id: r.holder_pid for r in self.runs.values()}
+        return NodeNetwork(host, VpnClientNet(st.pid, st.iso_ip, rules, holders))
+
+    def apply_network(self, verify: bool = False) -> ApplyResult:
+        """Make the kernel match desired_network(). The applier picks the batch (per-run
+        when it knows the namespace is in sync, else a full rewrite); what it had to correct
+        in a namespace it believed in sync is recorded for `status` once repaired."""
+        with self._lock:
+            result = self.net.apply(self.desired_network(), verify=verify)
+            if result.path == "full":
+                self.reconciles += 1
+            for failure in result.route_failures:  # its holder is gone: _check_runs ends the run
+                log.warning("run %s: cannot set the route in its holder (%s)", failure.run_id, failure.error)
+            for fix in result.fixes:
                 self._record_fix(fix, m.FIX_DRIFT)
         self._write_status()
+        return result
 
-    def _apply_run_added(self, live: LiveRun) -> None:
-        """Fast path for one new run: a constant-size batch plus its route, when the
-        namespace is known to be in sync; otherwise (or on any error) a full reconcile."""
-        with self._lock:
-            desired = self.desired_rules()
-            if desired is not None and self._synced_pid == self.vpn.state.pid:
-                run = next(r for r in desired.runs if r.run_id == live.run_id)
-                # local family runs wired earlier must now admit this run's holder (hairpin)
-                others = [r for r in desired.runs if live.run_id in self.runs[r.run_id].peer_run_ids]
-                batch = firewall.render_run_added(desired, run)
-                batch += "".join(firewall.render_run_refreshed(desired, r) for r in others)
-                try:
-                    Netns(self._synced_pid).iptables_restore(batch)
-                    Netns(live.holder_pid).set_default_route(self.vpn.state.iso_ip)
-                    return
-                except NetnsError as exc:
-                    log.warning("run %s: fast path failed (%s); full reconcile", live.run_id, exc)
-                    self._synced_pid = None
-            self.reconcile()
-
-    def _apply_run_removed(self, run_id: int) -> None:
-        """Fast path for a run that ended (already out of self.runs): its chains go, and
-        family runs on this node stop admitting its holder address at once (a new holder may
-        get that address next)."""
-        with self._lock:
-            desired = self.desired_rules()
-            if desired is not None and self._synced_pid == self.vpn.state.pid:
-                others = [r for r in desired.runs if run_id in self.runs[r.run_id].peer_run_ids]
-                batch = firewall.render_run_removed(desired, run_id)
-                batch += "".join(firewall.render_run_refreshed(desired, r) for r in others)
-                try:
-                    Netns(self._synced_pid).iptables_restore(batch)
-                    return
-                except NetnsError as exc:
-                    log.warning("run %s: fast removal failed (%s); full reconcile", run_id, exc)
-                    self._synced_pid = None
-            self.reconcile()
+    def reconcile(self) -> None:
+        """The level-triggered pass: everything re-read and rewritten (idempotent)."""
+        self.apply_network(verify=True)
 
     def _record_fix(self, fix: str, kind: str) -> None:
         """Called once the fix is in place; status and metrics say so at the same moment."""
@@ -420,7 +371,7 @@ class Agent:
         why = "VPN client container is gone or lost its tunnel" if self.vpn.state else "no VPN yet"
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.bring_up(self.network):
-            self.reconcile()
+            self.apply_network()  # a new namespace: the applier rewrites everything
             self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)",
                              m.FIX_VPN_CLIENT)
@@ -506,7 +457,9 @@ class Agent:
             live.ports = [PortMap(vp, s.port, s.label) for vp, s in zip(vpn_ports, specs)]
         with self._lock:
             self.runs[run_id] = live
-        self._apply_run_added(live)
+        result = self.apply_network()
+        if any(f.run_id == run_id for f in result.route_failures):
+            raise RunError("its holder container is gone: the run has no network")
         live.wired_ms = (time.perf_counter() - t0) * 1e3
         self.metrics.observe_wiring(live.wired_ms / 1e3)
         return live
@@ -560,7 +513,7 @@ class Agent:
             self._tokens.pop(run_id, None)
         try:
             if live is not None:
-                self._apply_run_removed(run_id)
+                self.apply_network()
         except (NetnsError, OSError) as exc:
             log.error("run %s: could not update rules: %s", run_id, exc)
         self.ports.release(run_id)
@@ -855,6 +808,7 @@ class Agent:
             "node": self.cfg.name,
             "written_at": time.time(), "pid": os.getpid(),
             "reconciles": self.reconciles, "vpn_checks": self.vpn_checks,
+            "last_apply": _apply_summary(self.net.last),
             "vpn": {"connected": connected, "session": asdict(session) if session and st else None, "vpn_ip": st.vpn_ip if st else None,
                     "tunnel_mtu": st.path.mtu if st else None, "tunnel_mtu_source": st.path.source if st else None,
                     "tunnel_mtu_detail": st.path.detail if st else None,
@@ -887,6 +841,14 @@ class Agent:
         except ServerError as exc:
             log.warning("server: %s", exc)
             return None
+
+
+def _apply_summary(result: ApplyResult | None) -> dict[str, Any] | None:
+    """How the network was last applied (for `status`: which path, why, how long)."""
+    if result is None:
+        return None
+    return {"path": result.path, "reason": result.reason, "ms": round(result.seconds * 1e3, 2),
+            "batch_lines": result.batch_lines, "route_failures": [f.run_id for f in result.route_failures]}
 
 
 def family_fields(peers: list[dict]) -> tuple[tuple[str, ...], tuple[int, ...], tuple[tuple[str, int], ...]]:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fake_iptables import FakeRunner, Tables
+
 from vpnagent import agent as agent_mod
 from vpnagent import firewall
 from vpnagent import metrics as m
@@ -22,6 +24,7 @@ from vpnagent.agent import Agent
 from vpnagent.cli import render_status, status_freshness
 from vpnagent.config import parse_config
 from vpnagent.dataplane import Tunnel
+from vpnagent.netapply import NetworkApplier
 
 
 class _Unreachable:
@@ -47,46 +50,28 @@ def test_a_recorded_fix_is_in_the_status_file_at_once(tmp_path):
     assert any("reconnected the VPN client (test)" in f for f in _status(agent)["fixes"])
 
 
-class _FakeNetns:
-    """A namespace whose iptables-save lacks the base rules (the FORWARD jump was deleted)."""
-    calls: list[str] = []
-    batches: list[str] = []
-
-    def __init__(self, pid):
-        self.pid = pid
-
-    def run(self, argv, stdin=None, check=True):
-        return subprocess.CompletedProcess(argv, 0, stdout="*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", stderr="")
-
-    def iptables_save(self) -> str:
-        return "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
-
-    def iptables_restore(self, batch: str) -> None:
-        _FakeNetns.calls.append(f"restore pid={self.pid}")
-        _FakeNetns.batches.append(batch)
-
-    def set_default_route(self, gateway: str) -> None:
-        _FakeNetns.calls.append("route")
-
-
-def _synced_agent(tmp_path, monkeypatch) -> Agent:
-    """An agent whose VPN client (pid 4242) is believed in sync, its namespace faked."""
-    monkeypatch.setattr(agent_mod, "Netns", _FakeNetns)
-    _FakeNetns.calls, _FakeNetns.batches = [], []
+def _synced_agent(tmp_path) -> tuple[Agent, FakeRunner]:
+    """An agent whose VPN client (pid 4242) is applied once and so believed in sync, its
+    namespaces faked by a model of iptables."""
+    runner = FakeRunner()
+    runner.ns(None).restore("*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n")  # Docker's own, on the host
     agent = _agent(tmp_path)
+    agent.net = NetworkApplier(runner)
     agent.vpn.state = Tunnel("c1", 4242, "10.76.0.3", "172.30.0.2", "eth1", time.time())
-    agent._synced_pid = 4242  # believed in sync: what reconcile finds wrong is drift
-    return agent
+    agent.apply_network()
+    runner.take_calls()
+    return agent, runner
 
 
 def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypatch):
-    agent = _synced_agent(tmp_path, monkeypatch)
+    agent, runner = _synced_agent(tmp_path)
+    runner.namespaces[4242] = Tables()  # someone flushed the VPN client's tables
 
-    seen_at_count: list[list[str]] = []  # the namespace calls made when the metric moved
+    seen_at_count: list[list[tuple]] = []  # the namespace writes made when the metric moved
     counted = agent.metrics.count_correction
 
     def spy(kind: str) -> None:
-        seen_at_count.append(list(_FakeNetns.calls))
+        seen_at_count.append([c[:2] for c in runner.calls if c[0] == "restore"])
         counted(kind)
 
     monkeypatch.setattr(agent.metrics, "count_correction", spy)
@@ -94,10 +79,11 @@ def test_drift_is_counted_and_reported_only_after_the_repair(tmp_path, monkeypat
     agent.reconcile()
     assert agent.reconciles == before + 1
     assert len(seen_at_count) == 1, "one drift: the base rules"
-    # host batch and the VPN client's batch both went in before the drift was counted
-    assert seen_at_count[0] == ["restore pid=None", "restore pid=4242"]
+    # the VPN client's batch went in before the drift was counted
+    assert ("restore", 4242) in seen_at_count[0]
     assert any("installed the base rules" in f for f in _status(agent)["fixes"])
     assert _status(agent)["reconciles"] == before + 1
+    assert _status(agent)["last_apply"]["path"] == "full"
 
 
 def test_status_says_who_wrote_it_and_when(tmp_path):
@@ -153,27 +139,30 @@ def test_status_command_exit_code_follows_the_agent(tmp_path, alive):
 def test_firewall_drift_names_the_base_rules():
     """The words the status shows for the case above come from firewall.drift."""
     desired = firewall.VpnClientRules("10.76.0.3", "eth1", "172.30.0.0/24", runs=())
-    found = firewall.drift(desired, firewall.parse_save(_FakeNetns(1).iptables_save()))
+    empty = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+    found = firewall.drift(desired, firewall.parse_save(empty))
     assert found == ["installed the base rules (FORWARD policy DROP, dispatch chains, MSS clamp)"]
 
 
-def test_removed_run_leaves_the_allow_rules_of_its_family(tmp_path, monkeypatch):
+def test_removed_run_leaves_the_allow_rules_of_its_family(tmp_path):
     """Runs 1 and 2 of one family on this node admit each other's holder (hairpin). When 2
     ends, the batch that removes its chains also rewrites 1's chain without 2's address: a
     new holder that gets that address must not inherit the trust."""
-    agent = _synced_agent(tmp_path, monkeypatch)
+    agent, runner = _synced_agent(tmp_path)
     for run_id, ip in ((1, "172.30.0.11"), (2, "172.30.0.12")):
         agent.runs[run_id] = agent_mod.LiveRun(run_id, 7, "img", f"h{run_id}", ip, 100 + run_id,
                                                ports=[agent_mod.PortMap(6000 + run_id, 8888, "echo")],
                                                peer_run_ids=(1, 2))
-    before = firewall.render_run_refreshed(agent.desired_rules(), agent.desired_rules().runs[0])
-    assert "-s 172.30.0.12/32" in before  # run 1 admits run 2's holder while both live
+    agent.apply_network()
+    assert "-s 172.30.0.12/32" in runner.ns(4242).save("filter")  # run 1 admits run 2's holder while both live
+    runner.take_calls()
     agent.runs.pop(2)
-    agent._apply_run_removed(2)
-    assert len(_FakeNetns.batches) == 1, "one batch for the removal"
-    batch = _FakeNetns.batches[0]
-    assert "-X VA-2-N" in batch and "-X VA-2-F" in batch
-    assert ":VA-1-F - [0:0]" in batch and "172.30.0.12" not in batch
+    agent.apply_network()
+    batches = [c[2] for c in runner.take_calls() if c[0] == "restore"]
+    assert len(batches) == 1, "one batch for the removal"
+    assert "-X VA-2-N" in batches[0] and "-X VA-2-F" in batches[0]
+    assert ":VA-1-F - [0:0]" in batches[0] and "172.30.0.12" not in batches[0]
+    assert "172.30.0.12" not in runner.ns(4242).save("filter")
 
 
 # --- what `vpnagent status` says about the VPN session, the server and a stopped agent

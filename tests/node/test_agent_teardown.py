@@ -45,7 +45,7 @@ def _agent(tmp_path: Path, monkeypatch, fail_start: bool = False) -> tuple[Agent
     for cid in ("holder-1", "algo-1"):
         docker.add(Container(cid, cid, "running"))
     agent = Agent(cfg, runtime=docker, api=api)
-    monkeypatch.setattr(agent, "_apply_run_removed", lambda run_id: None)  # no VPN client here
+    monkeypatch.setattr(agent, "apply_network", lambda verify=False: None)  # no VPN client here
 
     def start_run(run: dict) -> LiveRun:
         live = LiveRun(run["id"], run["task_id"], "img", "holder-1", "172.30.0.2", 4242, container_id="algo-1")
