@@ -51,7 +51,7 @@ VANTAGE6_PROFILE = Profile()  # UDP, AES-256-GCM, default buffers and MTU
 # The default must work on any internet path: tun-mtu stays OpenVPN's 1500 and OpenVPN's own
 # MSS clamp (1492-byte packets) stays on, so no tunnel packet is split into IP fragments on a
 # 1500-byte path (many networks drop fragments). Each node measures its own path at connect
-# and clamps further where it is smaller (vpnagent/pathmtu.py). Within that envelope the
+# and clamps further where it is smaller (vpnagent/dataplane/pathmtu.py). Within that envelope the
 # buffers and fast-io were kept by measurement (docs/performance.md). A jumbo profile
 # (tun_mtu 9000, mssfix 0) is faster on a LAN that carries it, and is the operator's choice.
 DEFAULT_PROFILE = Profile(sndbuf=524288, rcvbuf=524288, fast_io=True)

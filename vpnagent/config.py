@@ -270,6 +270,10 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
             kwargs[key] = raw[key]
     if raw.get("labels"):
         kwargs["labels"] = {str(k): str(v) for k, v in raw["labels"].items()}
+        own = sorted(k for k in kwargs["labels"] if k.startswith("vpnagent."))
+        if own:  # the agent finds its containers by these: a config must not be able to forge them
+            raise ConfigError(f"labels: {', '.join(own)}: keys starting with 'vpnagent.' are the agent's own; "
+                              "choose another prefix (e.g. org.example.team)")
     kwargs.update(_run_limits(raw))
     if raw.get("databases") is not None:
         kwargs["databases"] = _databases(raw["databases"], base_dir)

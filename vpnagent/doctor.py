@@ -387,12 +387,12 @@ def check_vpn_handshake(ctx: Context) -> str:
                           f"read `docker logs {name}`; restart the agent: {run_it}")
     if seen.address is None:
         raise CheckFailed(f"{tun} has no address: the handshake did not complete; {dp.name} says: {seen.log_tail}",
-                          "check that this node reaches the VPN server's host and port (UDP 1194 by default) "
+                          f"check that this node reaches the {dp.name} server's host and port (UDP 1194 by default) "
                           "and that its certificate is valid (`docker logs " + name + "`)")
     answered, server_ip, how = dp.server_answers()
     if not answered:
         raise CheckFailed(f"{tun} has {seen.address} but the VPN server {server_ip} does not answer through the "
-                          "tunnel (session lost)", "check that the VPN server runs and is reachable; the agent "
+                          "tunnel (session lost)", f"check that the {dp.name} server runs and is reachable; the agent "
                           "reconnects within 30 s, or restart it: " + run_it)
     ctx.vpn_pid, ctx.vpn_ip = seen.container.pid, seen.address
     return f"{name}: {tun} {seen.address}, server {server_ip} answers in {how}"

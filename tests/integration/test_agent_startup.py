@@ -2,9 +2,12 @@
 POST /vpn/update → GET /vpn → run without VPN, each step seen in the agent's log."""
 import docker
 import pytest
+import yaml
 
 from server_ext.store import Certificate, Store
 from tests.waiting import wait_for
+
+from .util import reachable_run
 
 pytestmark = pytest.mark.docker
 
@@ -113,3 +116,26 @@ def test_without_a_reachable_vpn_server_the_node_runs_and_says_why(cluster, dock
             net.remove()
         except docker.errors.NotFound:
             pass
+
+
+def test_node_labels_reach_every_container(cluster, docker_client):
+    """The node config's `labels` are on every container the agent creates for the node:
+    its VPN client, and each run's holder and algorithm container."""
+    prober, node = cluster.nodes[0], cluster.nodes[1]
+    original = node.config_path.read_text()
+    raw = yaml.safe_load(original)
+    cluster.stop_node(node)
+    node.config_path.write_text(yaml.safe_dump({**raw, "labels": {"org.example.team": "fl-ops"}}))
+    try:
+        cluster.start_node(node)
+        cluster.wait_connected(90, nodes=[node])
+        with reachable_run(cluster, docker_client, prober, node):
+            found = {c.labels.get("vpnagent.role"): c.labels
+                     for c in docker_client.containers.list(filters={"label": f"vpnagent.node={node.name}"})}
+            assert {"vpn-client", "holder", "algorithm"} <= set(found), found
+            assert all(labels.get("org.example.team") == "fl-ops" for labels in found.values()), found
+    finally:
+        cluster.stop_node(node)
+        node.config_path.write_text(original)
+        cluster.start_node(node)
+        cluster.wait_connected(90, nodes=[node])

@@ -103,3 +103,13 @@ def test_run_limits_default_from_the_host_and_parse_units():
                         "allowed_images": ["vpnagent/*"]})
     assert cfg.run_limits() == (int(1.5 * (1 << 30)), 0.5, 64)
     assert cfg.allowed_images == ("vpnagent/*",)
+
+
+def test_labels_may_not_use_the_agents_own_prefix():
+    """The agent finds its containers by vpnagent.* labels; a config cannot forge them."""
+    raw = {"name": "lb1", "server_url": "https://127.0.0.1:1/api", "api_key": "k", "data_dir": "/tmp/lb1",
+           "labels": {"org.example.team": "fl", "vpnagent.role": "holder"}}
+    with pytest.raises(ConfigError, match="labels: vpnagent.role: keys starting with 'vpnagent.' are the agent's own"):
+        parse_config(raw)
+    raw["labels"] = {"org.example.team": "fl"}
+    assert parse_config(raw).labels == {"org.example.team": "fl"}

@@ -68,7 +68,7 @@ class DataPlane(Protocol):
     """One node's tunnel. `state` is None while there is no tunnel (the node then runs
     without VPN, and says why in `last_error`)."""
 
-    name: str  # "openvpn": in logs and the doctor's messages
+    name: str  # "OpenVPN": in the doctor's messages ("the OpenVPN server")
     tunnel_if: str  # the tunnel interface inside the client's namespace
     state: Tunnel | None
     last_error: str | None

@@ -128,7 +128,7 @@ def session_from_log(lines: list[str], connected_before: bool = False) -> Sessio
 class OpenVPN:
     """The DataPlane on OpenVPN: one client container per node, its config in data_dir/vpn."""
 
-    name = "openvpn"
+    name = "OpenVPN"
     tunnel_if = TUN
 
     def __init__(self, cfg: NodeConfig, runtime: Runtime, api: ServerAPI | None) -> None:
