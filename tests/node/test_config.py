@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from vpnagent.config import ConfigError, load_config, parse_config
+from vpnagent.config import SCHEMA, ConfigError, load_config, parse_config
 
 BASE = {"name": "n1", "server_url": "https://127.0.0.1:5000/api", "api_key": "k", "data_dir": "/tmp/x"}
 
@@ -103,3 +103,14 @@ def test_run_limits_default_from_the_host_and_parse_units():
                         "allowed_images": ["vpnagent/*"]})
     assert cfg.run_limits() == (int(1.5 * (1 << 30)), 0.5, 64)
     assert cfg.allowed_images == ("vpnagent/*",)
+
+
+def test_node_config_defaults_are_the_schemas():
+    """Each default is written once, in SCHEMA: the loaded config and the reference agree."""
+    cfg = parse_config({"name": "n", "server_url": "https://x/api", "api_key": "k", "data_dir": "/tmp/d"})
+    plain = {key: spec.default for key, spec in SCHEMA.items() if spec.default is not None}
+    assert plain.pop("tunnel_mtu") == "auto" and cfg.tunnel_mtu is None  # auto: probe at connect
+    loaded = {key: getattr(cfg, key) for key in plain}
+    loaded["vpn_subnet"] = str(loaded["vpn_subnet"])
+    loaded["port_range"] = list(loaded["port_range"])
+    assert loaded == plain
