@@ -24,7 +24,7 @@ from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
-                    Node, Organization, Port, Run, Task, User, hash_key)
+                    Node, Organization, Port, Run, StoreError, Task, User, hash_key)
 from .tokens import Identity, TokenError
 
 bp = Blueprint("vpnagent", __name__)
@@ -78,7 +78,10 @@ def _bounded_and_ready() -> None:
     """This API's body limit on its routes only (a host app's may take more), and a clear
     503 until the migrate command has set the extension up."""
     request.max_content_length = setting(current_app.config, "max_body")
-    reason = ext().not_ready()
+    try:
+        reason = ext().not_ready()
+    except StoreError as exc:  # the database is unreachable: say so, as JSON
+        raise ApiError(503, str(exc)) from None
     if reason:
         raise ApiError(503, reason)
 

@@ -11,15 +11,17 @@ from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import ServerConfigError, default, setting
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
 from .pki import PKI, write_private
-from .schema import Step
 from .store import Store
 from .tokens import TokenService
 from .vpnserver import OpenVPNFiles
+
+if TYPE_CHECKING:
+    from .schema import Step  # alembic: imported when migrating, not with the package
 
 MIGRATE_HINT = ("run `flask --app <your app> vpnagent migrate` (standalone: `vpnagent-server migrate --config "
                 "<server.yaml>`)")

@@ -20,10 +20,10 @@ GUIDE = ROOT / "docs" / "operator-guide.md"
 LIMIT = 64 * 1024
 
 
-def host_app(data_dir: Path) -> Flask:
+def host_app(data_dir: Path, **config) -> Flask:
     """A host with its own routes, error handlers and a route that takes big uploads."""
     app = Flask("host", instance_path=str(data_dir.parent / "host-instance"))
-    app.config.update(TESTING=True, VPNAGENT_DATA_DIR=str(data_dir))
+    app.config.update(TESTING=True, VPNAGENT_DATA_DIR=str(data_dir), **config)
 
     @app.get("/hello")
     def hello():
@@ -171,3 +171,14 @@ def test_vpnagent_server_migrate_prepares_and_is_idempotent(tmp_path, capsys):
     assert server_main(["migrate", "--config", str(config)]) == 0
     assert "already at the newest schema" in capsys.readouterr().out
     assert (tmp_path / "server" / "secret").is_file() and (tmp_path / "server" / "openvpn" / "server.conf").is_file()
+
+
+def test_an_unusable_database_is_a_json_503_not_a_host_500(tmp_path):
+    first = host_app(tmp_path / "vpn")
+    migrate(first)  # secret and PKI exist; only the database is wrong below
+    first.extensions["vpnagent"].store.close()
+    directory = tmp_path / "not-a-database"
+    directory.mkdir()
+    app = host_app(tmp_path / "vpn", VPNAGENT_DATABASE_URL=f"sqlite:///{directory}")  # SQLite cannot open it
+    r = app.test_client().get("/api/health")
+    assert r.status_code == 503 and r.is_json and "unable to open" in r.json["msg"].lower()
