@@ -38,6 +38,12 @@ def _server_reference() -> str:
     return reference_markdown()
 
 
+def _extension_reference() -> str:
+    from server_ext.config import extension_reference_markdown
+
+    return extension_reference_markdown()
+
+
 def _example(rel: str) -> Callable[[], str]:
     def render() -> str:
         return f"```yaml\n# {rel}\n{(REPO / rel).read_text().rstrip()}\n```\n"
@@ -47,6 +53,7 @@ def _example(rel: str) -> Callable[[], str]:
 SECTIONS: dict[str, Callable[[], str]] = {
     "node-config-reference": _node_reference,
     "server-config-reference": _server_reference,
+    "server-extension-reference": _extension_reference,
     "server-config-example": _example("docs/examples/server.yaml"),
     "node-config-example": _example("docs/examples/node.yaml"),
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import ExtensionState
+from .state import ExtensionState
 from .store import User
 from .vpnserver import Management
 

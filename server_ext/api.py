@@ -8,24 +8,29 @@ import datetime as dt
 import functools
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, default_exceptions
+from werkzeug.routing import Map
 
 from .addresses import FLAGS, AddressQuery, AddressQueryError, flag_is_set, select_runs
+from .config import setting
 from .inputs import InputError, check_id, check_ids, check_text, parse_id, parse_json
 from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
-                    Node, Organization, Port, Run, Task, User, hash_key)
+                    Node, Organization, Port, Run, StoreError, Task, User, hash_key)
 from .tokens import Identity, TokenError
 
 bp = Blueprint("vpnagent", __name__)
 log = logging.getLogger(__name__)
+
+UNMATCHED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 MAX_LOG = 20_000  # characters of a run's log kept: its tail, where the error is
 MAX_HELD_RUNS = 100_000  # runs a node may say it holds in one POST /node/runs
@@ -45,6 +50,59 @@ def _api_error(exc: ApiError):
 @bp.errorhandler(InputError)
 def _input_error(exc: InputError):
     return jsonify(msg=str(exc)), 400
+
+
+def _http_error(exc: HTTPException):
+    msg = {413: f"request body larger than {_size(setting(current_app.config, 'max_body'))}",
+           404: "no such endpoint", 405: "method not allowed here"}
+    response = jsonify(msg=msg.get(exc.code, exc.description))
+    if exc.code == 405 and isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response, exc.code
+
+
+# On the Blueprint, not the app: the host app's own routes keep their own error pages. By code
+# as well as by class, because Flask prefers a handler for the code, even the host app's, to
+# one for the class.
+bp.register_error_handler(HTTPException, _http_error)
+for _code in default_exceptions:
+    bp.register_error_handler(_code, _http_error)
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
+
+
+@bp.before_request
+def _bounded_and_ready() -> None:
+    """This API's body limit on its routes only (a host app's may take more), and a clear
+    503 until the migrate command has set the extension up."""
+    request.max_content_length = setting(current_app.config, "max_body")
+    try:
+        reason = ext().not_ready()
+    except StoreError as exc:  # the database is unreachable: say so, as JSON
+        raise ApiError(503, str(exc)) from None
+    if reason:
+        raise ApiError(503, reason)
+
+
+@bp.route("/<path:_rest>", methods=UNMATCHED_METHODS)
+def _unmatched(_rest: str) -> NoReturn:
+    """A path under the API's prefix that no route takes. Flask hands routing errors to
+    app-wide handlers only, which belong to the host app; this route makes them the API's
+    own JSON 404 (or 405 for a route that takes other methods)."""
+    raise _routing_error()
+
+
+def _routing_error() -> HTTPException:
+    rules = [rule.empty() for rule in current_app.url_map.iter_rules()
+             if rule.endpoint.startswith(f"{bp.name}.") and rule.endpoint != f"{bp.name}._unmatched"]
+    adapter = Map(rules, converters=current_app.url_map.converters).bind("api")
+    try:
+        adapter.match(request.path, method=request.method)
+    except HTTPException as exc:
+        return exc
+    return NotFound()
 
 
 @bp.url_value_preprocessor
@@ -201,7 +259,7 @@ def health():
 def openapi():
     from .openapi import spec
 
-    return jsonify(spec(current_app.config.get("VPNAGENT_URL_PREFIX", "/api")))
+    return jsonify(spec(setting(current_app.config, "url_prefix")))
 
 
 # ---------------------------------------------------------------- node

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import SCHEMA, ServerConfigError
+from .config import ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, flask_config
 
 if TYPE_CHECKING:
     from .pki import PKI
@@ -37,22 +37,17 @@ def load_server_config(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ServerConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; allowed: {', '.join(KEYS)}")
     for key, value in raw.items():
-        # YAML's true/false must not pass for a number, nor a number for a flag.
-        if value is not None and (isinstance(value, bool) != (KEYS[key] is bool) or not isinstance(value, KEYS[key])):
-            raise ServerConfigError(f"'{key}' in {path} has the wrong type ({type(value).__name__})")
+        if value is not None and not SCHEMA[key].accepts(value):
+            raise ServerConfigError(f"'{key}' in {path} has the wrong type ({type(value).__name__}); "
+                                    f"give {SCHEMA[key].type_names}")
     if "data_dir" not in raw:
         raise ServerConfigError(f"'data_dir' is required in {path}")
     return raw
 
 
-def flask_config(raw: dict[str, Any]) -> dict[str, Any]:
-    mapping = {"data_dir": "VPNAGENT_DATA_DIR", "database_url": "VPNAGENT_DATABASE_URL", "secret": "VPNAGENT_SECRET",
-               "vpn_subnet": "VPNAGENT_VPN_SUBNET", "openvpn_remote_host": "VPNAGENT_OPENVPN_REMOTE_HOST",
-               "openvpn_remote_port": "VPNAGENT_OPENVPN_REMOTE_PORT", "openvpn_proto": "VPNAGENT_OPENVPN_PROTO",
-               "cert_days": "VPNAGENT_CERT_DAYS", "openvpn_profile": "VPNAGENT_OPENVPN_PROFILE",
-               "openvpn_processes": "VPNAGENT_OPENVPN_PROCESSES",
-               "container_token_seconds": "VPNAGENT_CONTAINER_TOKEN_SECONDS"}
-    return {flask_key: raw[key] for key, flask_key in mapping.items() if raw.get(key) is not None}
+def _get(raw: dict[str, Any], key: str) -> Any:
+    """A key of a loaded config, else its default from the schema."""
+    return default(key) if raw.get(key) is None else raw[key]
 
 
 def _database_url(args) -> str:
@@ -75,21 +70,21 @@ def cmd_serve(args) -> int:
 
     raw = load_server_config(args.config)
     limits = Limits.from_config(raw)  # refused before anything starts
-    host = raw.get("host", "127.0.0.1")
+    host = _get(raw, "host")
     flask_cfg = flask_config(raw)
     if raw.get("one_port"):
         if not args.with_openvpn:
             raise ServerConfigError("one_port: the API is reached through the OpenVPN server's port, so serve "
                                     "needs --with-openvpn")
         host, flask_cfg = one_port_setup(raw, flask_cfg)
-    # This app migrates the store and writes the PKI and OpenVPN files; the worker process
-    # builds its own to serve (nothing of a database connection survives the fork).
-    state = create_app(flask_cfg).extensions["vpnagent"]
+    # This app prepares the data directory and migrates the store (the migrate command); the
+    # worker process builds its own to serve (nothing of a database connection survives the fork).
+    state = create_app(flask_cfg, migrate=True).extensions["vpnagent"]
     state.store.close()
     vpn = None
     extra_names: list[str] = []
     if args.with_openvpn:
-        vpn = OpenVPNServer(state.files, name=raw.get("openvpn_container", "vpnagent-openvpn"),
+        vpn = OpenVPNServer(state.files, name=_get(raw, "openvpn_container"),
                             network=raw.get("openvpn_network"))
         vpn.ensure_running()
     try:
@@ -101,7 +96,7 @@ def cmd_serve(args) -> int:
             logging.getLogger(__name__).warning(
                 "serving the API over plain HTTP (insecure_http): API keys and tokens cross the network "
                 "unencrypted; use this for local development only")
-        return serve(lambda: create_app(flask_cfg), host, raw.get("port", 5000), limits, tls)
+        return serve(lambda: create_app(flask_cfg), host, _get(raw, "port"), limits, tls)
     finally:
         if vpn is not None:
             vpn.stop()
@@ -109,15 +104,17 @@ def cmd_serve(args) -> int:
 
 
 def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """One-port mode: OpenVPN over TCP owns the public port (openvpn_remote_port, default
-    443) and hands every connection that is not OpenVPN to the API (port-share). The API
-    then listens where the OpenVPN container reaches it: the host's address on the
-    container's Docker network. Returns the API's listen address and the app config."""
+    """One-port mode: OpenVPN over TCP owns the public port (openvpn_remote_port, by default
+    443: ONE_PORT_DEFAULTS) and hands every connection that is not OpenVPN to the API
+    (port-share). The API then listens where the OpenVPN container reaches it: the host's
+    address on the container's Docker network. Returns the API's listen address and the
+    app config."""
     import docker
 
-    if raw.get("openvpn_proto", "tcp") != "tcp":
+    one_port = {**ONE_PORT_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    if one_port["openvpn_proto"] != "tcp":
         raise ServerConfigError("one_port needs openvpn_proto: tcp (OpenVPN shares a TCP port with HTTPS)")
-    if raw.get("openvpn_processes", 1) != 1:
+    if _get(raw, "openvpn_processes") != 1:
         raise ServerConfigError("one_port serves one OpenVPN process: leave openvpn_processes at 1")
     network = raw.get("openvpn_network") or "bridge"
     try:
@@ -125,15 +122,15 @@ def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str,
         gateway = next(c["Gateway"] for c in ipam if "Gateway" in c and ":" not in c["Gateway"])
     except (docker.errors.DockerException, StopIteration, KeyError) as exc:
         raise ServerConfigError(f"one_port: cannot find the host's address on Docker network {network}: {exc}") from exc
-    host = raw.get("host", "127.0.0.1")
+    host, port = _get(raw, "host"), _get(raw, "port")
     if host in ("127.0.0.1", "localhost", "::1"):
         host = gateway  # loopback is out of the container's reach
     share = gateway if host == "0.0.0.0" else host
-    print(f"one-port mode: OpenVPN (TCP) and the API share port {raw.get('openvpn_remote_port', 443)}; "
-          f"the API listens on {host}:{raw.get('port', 5000)} behind it", flush=True)
+    print(f"one-port mode: OpenVPN (TCP) and the API share port {one_port['openvpn_remote_port']}; "
+          f"the API listens on {host}:{port} behind it", flush=True)
     return host, {**flask_cfg, "VPNAGENT_OPENVPN_PROTO": "tcp",
-                  "VPNAGENT_OPENVPN_REMOTE_PORT": raw.get("openvpn_remote_port", 443),
-                  "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{raw.get('port', 5000)}"}
+                  "VPNAGENT_OPENVPN_REMOTE_PORT": one_port["openvpn_remote_port"],
+                  "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{port}"}
 
 
 def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> ssl.SSLContext:
@@ -153,7 +150,7 @@ def api_tls(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None)
         cert, key = Path(raw["tls_cert"]), Path(raw["tls_key"])
         trust = "the CA that issued tls_cert"
     else:
-        host = raw.get("host", "127.0.0.1")
+        host = _get(raw, "host")
         names = raw.get("tls_hostnames") or [n for n in (host, "localhost", "127.0.0.1", raw.get("openvpn_remote_host"))
                                              if n and n != "0.0.0.0"]
         names = [*names, *(extra_names or [])]
@@ -230,7 +227,7 @@ def cmd_rotate_user_key(args) -> int:
 def _admin_state(args):
     from . import create_app
 
-    return create_app(flask_config(load_server_config(args.config))).extensions["vpnagent"]
+    return create_app(flask_config(load_server_config(args.config)), migrate=True).extensions["vpnagent"]
 
 
 def cmd_remove_node(args) -> int:
@@ -250,6 +247,19 @@ def cmd_remove_org(args) -> int:
     for user in removed.users:
         print(f"user {user.id} ({user.name}) removed")
     print(f"organization {args.organization_id}: {len(removed.nodes)} node(s) and {len(removed.users)} user(s) removed")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    """What `flask vpnagent migrate` does for an app embedding the extension: the data
+    directory's files where missing, and the database at the newest schema."""
+    from . import create_app
+
+    state = create_app(flask_config(load_server_config(args.config))).extensions["vpnagent"]
+    steps = state.prepare(progress=lambda msg: print(msg, flush=True))
+    state.store.close()
+    done = "migrated to" if steps else "already at"
+    print(f"{state.data_dir} ready; database {state.store.url} {done} the newest schema")
     return 0
 
 
@@ -342,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("node_id", type=db_id)
     s = add("remove-organization", cmd_remove_org, "remove every node and every researcher of an organisation")
     s.add_argument("organization_id", type=db_id)
-    add("db-upgrade", cmd_db_upgrade, "migrate the database to the newest schema (serve does it too)")
+    add("migrate", cmd_migrate, "make the data directory's files (secret, PKI, OpenVPN configs) where missing "
+        "and migrate the database (serve does it too)")
+    add("db-upgrade", cmd_db_upgrade, "migrate the database only, saying each step (serve does it too)")
     add("db-current", cmd_db_current, "show the database's schema revision; exit 1 if an upgrade is pending")
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
     s.set_defaults(fn=cmd_config_reference)

@@ -46,18 +46,21 @@ class StateCollector(Collector):
         self.management_socket = management_socket
         self.clock = clock
 
+    def describe(self) -> Iterator[Metric]:
+        """The gauges' names, without reading the store or OpenVPN: the registry asks at
+        init_app, when the database may not exist yet."""
+        for name, doc in GAUGES.items():
+            yield GaugeMetricFamily(name, doc)
+
     def collect(self) -> Iterator[Metric]:
         try:
             connected = Management(self.management_socket, timeout=MGMT_TIMEOUT_S).connected()
         except (OSError, ValueError, IndexError) as exc:  # no socket, refused, timed out, garbled
             log.debug("metrics: OpenVPN management socket %s: %s", self.management_socket, exc)
             connected = None
-        yield GaugeMetricFamily("vpnagent_server_openvpn_up",
-                                "1 when the OpenVPN server answers on its management socket.",
-                                value=0 if connected is None else 1)
+        yield _gauge("vpnagent_server_openvpn_up", 0 if connected is None else 1)
         if connected is not None:
-            yield GaugeMetricFamily("vpnagent_server_nodes_connected",
-                                    "Nodes with a live VPN session (OpenVPN's client list).", value=len(connected))
+            yield _gauge("vpnagent_server_nodes_connected", len(connected))
         now = self.clock()
         with self.store.session() as s:
             expiring = s.scalar(select(func.count(Certificate.id)).where(
@@ -67,15 +70,25 @@ class StateCollector(Collector):
             runs = dict(s.execute(select(Run.status, func.count(Run.id))
                                   .where(Run.status.in_(("pending", "initializing", "active")))
                                   .group_by(Run.status)).all())
-        yield GaugeMetricFamily("vpnagent_server_certificates_expiring",
-                                f"Node certificates, not revoked, that expire within {EXPIRY_WINDOW.days} days.",
-                                value=expiring)
-        yield GaugeMetricFamily("vpnagent_server_nodes_registered", "Nodes known to the server and not removed.",
-                                value=registered)
-        yield GaugeMetricFamily("vpnagent_server_live_runs", "Runs a node has picked up and not finished "
-                                "(initializing or active).", value=runs.get("initializing", 0) + runs.get("active", 0))
-        yield GaugeMetricFamily("vpnagent_server_pending_runs", "Runs waiting for their node to pick them up.",
-                                value=runs.get("pending", 0))
+        yield _gauge("vpnagent_server_certificates_expiring", expiring)
+        yield _gauge("vpnagent_server_nodes_registered", registered)
+        yield _gauge("vpnagent_server_live_runs", runs.get("initializing", 0) + runs.get("active", 0))
+        yield _gauge("vpnagent_server_pending_runs", runs.get("pending", 0))
+
+
+GAUGES = {
+    "vpnagent_server_openvpn_up": "1 when the OpenVPN server answers on its management socket.",
+    "vpnagent_server_nodes_connected": "Nodes with a live VPN session (OpenVPN's client list).",
+    "vpnagent_server_certificates_expiring": f"Node certificates, not revoked, that expire within "
+                                             f"{EXPIRY_WINDOW.days} days.",
+    "vpnagent_server_nodes_registered": "Nodes known to the server and not removed.",
+    "vpnagent_server_live_runs": "Runs a node has picked up and not finished (initializing or active).",
+    "vpnagent_server_pending_runs": "Runs waiting for their node to pick them up.",
+}
+
+
+def _gauge(name: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, GAUGES[name], value=value)
 
 
 class ServerMetrics:
@@ -111,5 +124,8 @@ def init_metrics(app: Flask, store: Store, management_socket: Path | list[Path])
 
 @bp.get("/metrics")
 def scrape() -> Response:
+    reason = current_app.extensions["vpnagent"].not_ready()
+    if reason:  # no tables to count yet
+        return Response(f"{reason}\n", status=503, content_type="text/plain; charset=utf-8")
     metrics: ServerMetrics = current_app.extensions["vpnagent_metrics"]
     return Response(metrics.render(), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -7,8 +7,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from vpnagent.ovpncheck import CIPHERS, HOST
+from vpnshared.openvpn import CIPHERS, HOST
 
+from .config import default
 from .pki import SERVER_CN
 from .tlscrypt import VERIFY_HOOK_NAME
 
@@ -63,13 +64,13 @@ class VPNSettings:
     subnet is cut into that many slices, one OpenVPN process each (its own port,
     remote_port + i, and tun device), and the kernel in the server container routes between
     them: OpenVPN is single-threaded, so one process per core lets the data plane use them."""
-    subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.76.0.0/16")
-    remote_host: str = "127.0.0.1"
-    remote_port: int = 1194
-    proto: str = "udp"  # or "tcp"
+    subnet: ipaddress.IPv4Network = ipaddress.IPv4Network(default("vpn_subnet"))
+    remote_host: str = default("openvpn_remote_host")
+    remote_port: int = default("openvpn_remote_port")
+    proto: str = default("openvpn_proto")  # udp or tcp
     config_dir_in_container: str = "/etc/openvpn/vpnagent"
     profile: Profile = DEFAULT_PROFILE
-    processes: int = 1
+    processes: int = default("openvpn_processes")
     port_share: tuple[str, int] | None = None  # one-port mode: non-OpenVPN TCP goes to the API here
 
     def __post_init__(self) -> None:

@@ -8,7 +8,8 @@ import ipaddress
 import logging
 import secrets
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
                         event, func, select, text, update)
@@ -16,6 +17,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+if TYPE_CHECKING:
+    from .schema import Step
 
 ACTIVE_STATES = ("pending", "initializing", "active")
 # What an algorithm of a task expects from its node (docs/api.md): our own contract, or
@@ -159,21 +163,42 @@ URL_HELP = "sqlite:////absolute/path/store.db or postgresql+psycopg://user:passw
 
 
 class Store:
-    """The store on the database at `url`, migrated to the newest schema on start-up."""
+    """The store on the database at `url`. By default migrated to the newest schema on
+    start-up (the CLI, tests); the Flask extension passes migrate=False, so building it
+    touches no database, and migrates through its migrate command instead."""
 
-    def __init__(self, url: str = "sqlite:///vpnagent.db", progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, url: str = "sqlite:///vpnagent.db", progress: Callable[[str], None] | None = None,
+                 migrate: bool = True) -> None:
         """`progress` hears what the migration does (default: the log)."""
+        self.engine = make_engine(url)  # connects on first use only
+        self.url = self.engine.url.render_as_string(hide_password=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            try:
+                self.migrate(progress)
+            except DatabaseError:
+                self.engine.dispose()
+                raise
+
+    def migrate(self, progress: Callable[[str], None] | None = None) -> list[Step]:
+        """Bring the database to the newest schema; the steps applied (none when it was
+        there already)."""
         from . import schema
 
-        self.engine = make_engine(url)
-        self.url = self.engine.url.render_as_string(hide_password=True)
-        try:
-            with database_errors(self.url):
-                schema.upgrade(self.engine, progress or _log.info)
-        except DatabaseError:
-            self.engine.dispose()
-            raise
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with database_errors(self.url):
+            return schema.upgrade(self.engine, progress or _log.info)
+
+    def is_current(self) -> bool:
+        """Whether the database is at the newest schema. A SQLite file that does not exist
+        yet is not current, and is not created by asking."""
+        from . import schema
+
+        database = self.engine.url.database
+        if self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") \
+                and not Path(database).exists():
+            return False
+        with database_errors(self.url), self.engine.connect() as conn:
+            return schema.current_revision(conn) == schema.head_revision()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -8,8 +8,11 @@ from typing import Any
 
 import jwt
 
+from .config import default
+
 KINDS = ("node", "user", "container")
-LIFETIMES = {"node": 15 * 60, "user": 60 * 60, "container": 6 * 60 * 60}
+# The container token lifetime is a server config key; its default lives with the others.
+LIFETIMES = {"node": 15 * 60, "user": 60 * 60, "container": default("container_token_seconds")}
 
 
 class TokenError(ValueError):

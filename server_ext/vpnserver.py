@@ -7,17 +7,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-
-import docker
-import docker.errors
+from typing import TYPE_CHECKING
 
 from .ovpn import VPNSettings, ccd_dir, management_socket, render_ccd, render_server_conf
 from .pki import PKI, write_private, write_public
 from .tlscrypt import VERIFY_HOOK, VERIFY_HOOK_NAME
 
+if TYPE_CHECKING:
+    import docker
+
 log = logging.getLogger(__name__)
 VPN_IMAGE = "vpnagent/vpn:latest"
 MGMT_DIR = "/run/vpnagent"  # in the container; the socket is management.sock there
+RUNTIME_DIR = "openvpn-run"  # on the host, beside the config directory: MGMT_DIR is mounted from it
 # Several OpenVPN processes in one container: start one per config given as arguments; when
 # one ends, stop the rest and exit, so Docker's restart policy brings the set back whole.
 # A fixed script: the config paths arrive as its arguments, never pasted into it.
@@ -90,17 +92,19 @@ class OpenVPNFiles:
     """The directory mounted read-only into the OpenVPN server container."""
 
     def __init__(self, directory: Path, pki: PKI, settings: VPNSettings) -> None:
+        """Writes nothing: write_all makes the directories and files."""
         self.dir = Path(directory)
         self.pki = pki
         self.settings = settings
-        for i in range(settings.processes):
-            (self.dir / ccd_dir(i)).mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def conf_name(index: int) -> str:
         return "server.conf" if index == 0 else f"server-{index}.conf"
 
     def write_all(self) -> None:
+        for i in range(self.settings.processes):
+            (self.dir / ccd_dir(i)).mkdir(parents=True, exist_ok=True)
+        self.runtime_dir.mkdir(mode=0o700, exist_ok=True)
         cert, key = self.pki.server_pair()
         for i in range(self.settings.processes):
             conf = render_server_conf(self.settings, self.pki.ca_pem, cert, key, self.pki.tls_crypt_v2_server_key(),
@@ -113,7 +117,12 @@ class OpenVPNFiles:
 
     @property
     def management_sockets(self) -> list[Path]:
-        return [self.runtime_dir / management_socket(i) for i in range(self.settings.processes)]
+        return self.socket_paths(self.dir, self.settings)
+
+    @staticmethod
+    def socket_paths(directory: Path, settings: VPNSettings) -> list[Path]:
+        """OpenVPN's management sockets for the files in `directory`, without touching it."""
+        return [Path(directory).parent / RUNTIME_DIR / management_socket(i) for i in range(settings.processes)]
 
     def write_crl(self, revoked: list | None = None) -> None:
         """Sign a CRL of `revoked` (serial, when) pairs if given, and publish it to OpenVPN."""
@@ -124,9 +133,7 @@ class OpenVPNFiles:
     @property
     def runtime_dir(self) -> Path:
         """Read-write beside the read-only config: OpenVPN's management socket lives here."""
-        path = self.dir.parent / "openvpn-run"
-        path.mkdir(mode=0o700, exist_ok=True)
-        return path
+        return self.dir.parent / RUNTIME_DIR
 
     def write_ccd(self, common_name: str, vpn_ip: str) -> None:
         """The node's entry, in the ccd directory of the process that serves its IP only."""
@@ -148,9 +155,15 @@ class OpenVPNServer:
         self.name = name
         self.network = network
         self.image = image
-        self.docker = client or docker.from_env()
+        if client is None:
+            import docker  # only the path that runs the container needs the Docker SDK
+
+            client = docker.from_env()
+        self.docker = client
 
     def ensure_running(self, timeout: float = 30.0) -> None:
+        import docker.errors
+
         self.files.write_all()
         try:
             c = self.docker.containers.get(self.name)
@@ -196,6 +209,8 @@ class OpenVPNServer:
         return [n["IPAddress"] for n in c.attrs["NetworkSettings"]["Networks"].values() if n.get("IPAddress")]
 
     def stop(self) -> None:
+        import docker.errors
+
         try:
             self.docker.containers.get(self.name).remove(force=True)
         except docker.errors.NotFound:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
-from .config import ServerConfigError
+from .config import ServerConfigError, default
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ WORKER_HEARTBEAT_S = 30
 @dataclass(frozen=True)
 class Limits:
     """What one client, and all of them together, may hold. Each field is the server config
-    key `api_<field>` (server_ext/config.py)."""
-    threads: int = 16
-    max_connections: int = 256
-    header_timeout: float = 10.0
-    request_timeout: float = 60.0
-    keepalive: int = 5  # gunicorn takes whole seconds for these two
-    shutdown_timeout: int = 10
+    key `api_<field>` (server_ext/config.py), and takes its default from there."""
+    threads: int = default("api_threads")
+    max_connections: int = default("api_max_connections")
+    header_timeout: float = float(default("api_header_timeout"))
+    request_timeout: float = float(default("api_request_timeout"))
+    keepalive: int = default("api_keepalive")  # gunicorn takes whole seconds for these two
+    shutdown_timeout: int = default("api_shutdown_timeout")
 
     def __post_init__(self) -> None:
         if not 1 <= self.threads <= 1024:

@@ -163,3 +163,34 @@ def test_systemd_units_are_shipped_and_verify(tmp_path):
         problems = [line for line in proc.stderr.splitlines()
                     if line.strip() and "is not executable" not in line]
         assert not problems, f"{unit.name}: {problems}"
+
+
+def test_server_defaults_are_the_schemas(tmp_path):
+    """The HTTP server's limits, the OpenVPN settings and the Flask extension take their
+    defaults from server_ext/config.py, where the reference is rendered from."""
+    from server_ext import create_app
+    from server_ext.ovpn import VPNSettings
+    from server_ext.wsgi import Limits
+
+    schema = server_config.SCHEMA
+    assert {f"api_{k}": v for k, v in vars(Limits()).items()} == \
+        {k: spec.default for k, spec in schema.items() if k.startswith("api_")}
+    settings = VPNSettings()
+    assert (str(settings.subnet), settings.remote_host, settings.remote_port, settings.proto, settings.processes) == \
+        tuple(schema[k].default for k in ("vpn_subnet", "openvpn_remote_host", "openvpn_remote_port",
+                                          "openvpn_proto", "openvpn_processes"))
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path)})
+    state = app.extensions["vpnagent"]
+    assert state.settings == settings and state.cert_days == schema["cert_days"].default
+    assert state._container_seconds == schema["container_token_seconds"].default
+    assert [r.rule for r in app.url_map.iter_rules() if r.endpoint == "vpnagent.health"] == ["/api/health"]
+    assert list(tmp_path.iterdir()) == []  # building it wrote nothing
+
+
+def test_extension_keys_are_server_keys_or_documented_extension_only():
+    assert set(server_config.EXTENSION_KEYS) <= set(server_config.SCHEMA)
+    assert not set(server_config.EXTENSION_ONLY) & set(server_config.SCHEMA)
+    assert all(spec.help.strip() for spec in server_config.EXTENSION_ONLY.values())
+    text = GUIDE.read_text()
+    for key in (*server_config.EXTENSION_KEYS, *server_config.EXTENSION_ONLY):
+        assert f"| `{server_config.flask_key(key)}` |" in text, key

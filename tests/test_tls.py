@@ -17,7 +17,7 @@ from vpnagent.tls import make_session
 
 @pytest.fixture
 def https_server(tmp_path):
-    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True})
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True}, migrate=True)
     state = app.extensions["vpnagent"]
     org = state.store.create_organization("o")
     collab = state.store.create_collaboration("c", [org.id])

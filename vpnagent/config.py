@@ -1,8 +1,9 @@
 """The node's YAML configuration, validated up front so a typo fails at start with the
 key and the fix in the message instead of half-way through wiring a run.
 
-SCHEMA is the one description of every key: parse_config checks against it and
-`vpnagent config-reference` renders the reference in docs/operator-guide.md from it."""
+SCHEMA is the one description of every key (vpnshared/schema.py's Key): parse_config checks
+against it, NodeConfig takes its defaults from it and `vpnagent config-reference` renders the
+reference in docs/operator-guide.md from it."""
 from __future__ import annotations
 
 import ipaddress
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vpnshared.schema import Key, schema_table
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -37,6 +40,77 @@ class Database:
     env: dict[str, str] = field(default_factory=dict)
 
 
+SCHEMA: dict[str, Key] = {
+    "name": Key(str, "This node's name: 1-16 of a-z, 0-9 and '-'. It names the node's containers, "
+                     "network and firewall chains.", required=True),
+    "server_url": Key(str, "Base URL of the server API, e.g. https://vpn.example.org/api. https:// is required "
+                           "unless allow_insecure_http is true.", required=True),
+    "api_key": Key(str, "The node's API key, printed once by `vpnagent-server add-node`.", required=True),
+    "data_dir": Key(str, "Directory for the VPN config, port records and status.json (relative paths are "
+                         "relative to the config file).", required=True),
+    "server_ca_file": Key(str, "PEM file of the CA that signed the server's HTTPS certificate (the server's "
+                               "data_dir/pki/ca.crt by default). Without it the system CAs are used."),
+    "server_fingerprint": Key(str, "SHA-256 fingerprint of the server's HTTPS certificate (hex, colons allowed), "
+                                   "printed by `vpnagent-server serve`. When set, only that certificate is accepted."),
+    "allow_insecure_http": Key(bool, "Allow an http:// server_url (local development only; the API key and tokens "
+                                     "then cross the network in clear, and the agent warns at start).", False),
+    "vpn_subnet": Key(str, "The VPN subnet the server hands out addresses from; must match the server.",
+                      "10.76.0.0/16"),
+    "port_range": Key((list, str), "Host-unique range the agent allocates VPN ports for algorithm ports from, "
+                                   "as [low, high] or 'low-high'.", [6000, 6999]),
+    "isolated_subnet": Key(str, "Subnet of the node's isolated algorithm network (default: chosen by Docker)."),
+    "vpn_client_network": Key(str, "Docker network the VPN client container's outside leg joins.", "bridge"),
+    "proxy_port": Key(int, "Port of the node proxy algorithms reach the server through.", 8765),
+    "max_concurrent_runs": Key(int, "Top-level runs this node executes at the same time (1-1000); more wait at "
+                                    "the server.", 8),
+    "max_concurrent_subtasks": Key(int, "Subtask runs (created by a running algorithm) this node executes at the "
+                                        "same time besides (1-4000). They have their own limit and are taken "
+                                        "first: their parents hold run slots while they wait for them, so a "
+                                        "shared limit could be filled by parents alone.",
+                                   shown="4 x max_concurrent_runs"),
+    "isolated_mtu": Key(int, "MTU of the isolated network (Docker's default when absent). Raise it only with a "
+                             "jumbo server profile on a path that carries it.",
+                        shown="Docker's (1500)"),
+    "tunnel_mtu": Key((str, int), "Largest packet the tunnel carries (bytes): `auto` probes the path to the OpenVPN "
+                                  "server at every connect (pings through the tunnel with don't-fragment); a number "
+                                  "skips the probe. Shown in `vpnagent status` and checked by `vpnagent doctor`.",
+                      "auto"),
+    "poll_interval": Key((int, float), "Seconds between polls of the server for new runs.", 0.5),
+    "vpn_connect_timeout": Key((int, float), "Seconds to wait for the VPN tunnel before going on without VPN.",
+                               30),
+    "cert_renew_days": Key((int, float), "Renew the VPN certificate through /vpn/update when it expires within "
+                                         "this many days.", 7),
+    "metrics_listen": Key(str, "host:port for the Prometheus metrics endpoint (/metrics), e.g. 127.0.0.1:9477; "
+                               "off when absent."),
+    "vpn_image": Key(str, "Image of the VPN client container.", "vpnagent/vpn:latest"),
+    "holder_image": Key(str, "Image of the per-run network holder container.", "vpnagent/algo-base:latest"),
+    "labels": Key(dict, "Extra labels put on every container the agent starts (VPN client, holders, algorithms, "
+                        "the doctor's echo container). Keys starting with `vpnagent.` are the agent's own and refused."),
+    "algorithm_memory": Key((str, int), "Memory limit of each algorithm container, in bytes or with a unit "
+                                        "(512m, 4g).", shown="half the host's memory"),
+    "algorithm_cpus": Key((int, float), "CPU limit of each algorithm container, in CPUs (1.5 = one and a half "
+                                        "cores).", shown="host CPUs - 1, at least 1"),
+    "algorithm_pids": Key(int, "Process (and thread) limit of each algorithm container.", 1024),
+    "allowed_images": Key(list, "Images this node runs: patterns matched against the task's image reference "
+                                "(vpnagent/*, registry.example.org/fl/*:1.*) or a digest (sha256:<image id>, "
+                                "name@sha256:<repo digest>). A run of any other image is refused and reported "
+                                "failed. Absent: every image present on the node may run (the agent warns)."),
+    "databases": Key(list, "Data sources runs of the vantage6 contract may ask for by label: a list of "
+                           "{label, uri, type, env}. `uri` is a file or directory on this host (mounted "
+                           "read-only, only into runs whose task asks for that label) or a URI like "
+                           "postgresql://...; `type` is one of " + ", ".join(DB_TYPES) + "; `env` (optional) "
+                           "becomes <LABEL>_DB_PARAM_<KEY> variables."),
+    "max_output_bytes": Key(int, "Largest result file an algorithm may leave; a bigger one (or a link, FIFO or "
+                                 "directory in its place) fails the run with the reason.", 48 * 1024),
+}
+
+
+
+def _default(key: str) -> Any:
+    """The schema's default of a key: NodeConfig's fields take theirs from here."""
+    return SCHEMA[key].default
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
@@ -45,29 +119,29 @@ class NodeConfig:
     data_dir: Path
     server_ca_file: Path | None = None
     server_fingerprint: str | None = None
-    allow_insecure_http: bool = False
-    vpn_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.76.0.0/16")
-    port_range: tuple[int, int] = (6000, 6999)
+    allow_insecure_http: bool = _default("allow_insecure_http")
+    vpn_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network(_default("vpn_subnet"))
+    port_range: tuple[int, int] = tuple(_default("port_range"))
     isolated_subnet: ipaddress.IPv4Network | None = None
-    vpn_client_network: str = "bridge"
-    proxy_port: int = 8765
-    poll_interval: float = 0.5
-    max_concurrent_runs: int = 8
+    vpn_client_network: str = _default("vpn_client_network")
+    proxy_port: int = _default("proxy_port")
+    poll_interval: float = float(_default("poll_interval"))
+    max_concurrent_runs: int = _default("max_concurrent_runs")
     max_concurrent_subtasks: int | None = None  # None: 4 x max_concurrent_runs
     isolated_mtu: int | None = None  # MTU of the isolated network (None: Docker's, 1500)
     tunnel_mtu: int | None = None  # None: probe the path at connect (pathmtu.py)
-    vpn_connect_timeout: float = 30.0
-    cert_renew_days: float = 7.0
+    vpn_connect_timeout: float = float(_default("vpn_connect_timeout"))
+    cert_renew_days: float = float(_default("cert_renew_days"))
     metrics_listen: tuple[str, int] | None = None
-    vpn_image: str = "vpnagent/vpn:latest"
-    holder_image: str = "vpnagent/algo-base:latest"
+    vpn_image: str = _default("vpn_image")
+    holder_image: str = _default("holder_image")
     labels: dict[str, str] = field(default_factory=dict)
     # Per algorithm container. None: the defaults below, taken from the host at start.
     algorithm_memory: int | None = None  # bytes
     algorithm_cpus: float | None = None
-    algorithm_pids: int = 1024
+    algorithm_pids: int = _default("algorithm_pids")
     allowed_images: tuple[str, ...] | None = None  # None: any image present on the node
-    max_output_bytes: int = 48 * 1024
+    max_output_bytes: int = _default("max_output_bytes")
     databases: tuple[Database, ...] = ()
 
     def run_limits(self) -> tuple[int, float, int]:
@@ -106,78 +180,6 @@ class NodeConfig:
         return str(self.server_ca_file) if self.server_ca_file else True
 
 
-@dataclass(frozen=True)
-class Key:
-    """One config key: its YAML type(s), whether it is required, its default as the
-    reference shows it, and what it does."""
-    types: type | tuple[type, ...]
-    help: str
-    default: str = ""
-    required: bool = False
-
-
-SCHEMA: dict[str, Key] = {
-    "name": Key(str, "This node's name: 1-16 of a-z, 0-9 and '-'. It names the node's containers, "
-                     "network and firewall chains.", required=True),
-    "server_url": Key(str, "Base URL of the server API, e.g. https://vpn.example.org/api. https:// is required "
-                           "unless allow_insecure_http is true.", required=True),
-    "api_key": Key(str, "The node's API key, printed once by `vpnagent-server add-node`.", required=True),
-    "data_dir": Key(str, "Directory for the VPN config, port records and status.json (relative paths are "
-                         "relative to the config file).", required=True),
-    "server_ca_file": Key(str, "PEM file of the CA that signed the server's HTTPS certificate (the server's "
-                               "data_dir/pki/ca.crt by default). Without it the system CAs are used."),
-    "server_fingerprint": Key(str, "SHA-256 fingerprint of the server's HTTPS certificate (hex, colons allowed), "
-                                   "printed by `vpnagent-server serve`. When set, only that certificate is accepted."),
-    "allow_insecure_http": Key(bool, "Allow an http:// server_url (local development only; the API key and tokens "
-                                     "then cross the network in clear, and the agent warns at start).", "false"),
-    "vpn_subnet": Key(str, "The VPN subnet the server hands out addresses from; must match the server.",
-                      "10.76.0.0/16"),
-    "port_range": Key((list, str), "Host-unique range the agent allocates VPN ports for algorithm ports from, "
-                                   "as [low, high] or 'low-high'.", "[6000, 6999]"),
-    "isolated_subnet": Key(str, "Subnet of the node's isolated algorithm network (default: chosen by Docker)."),
-    "vpn_client_network": Key(str, "Docker network the VPN client container's outside leg joins.", "bridge"),
-    "proxy_port": Key(int, "Port of the node proxy algorithms reach the server through.", "8765"),
-    "max_concurrent_runs": Key(int, "Top-level runs this node executes at the same time (1-1000); more wait at "
-                                    "the server.", "8"),
-    "max_concurrent_subtasks": Key(int, "Subtask runs (created by a running algorithm) this node executes at the "
-                                        "same time besides (1-4000). They have their own limit and are taken "
-                                        "first: their parents hold run slots while they wait for them, so a "
-                                        "shared limit could be filled by parents alone.",
-                                   "4 x max_concurrent_runs"),
-    "isolated_mtu": Key(int, "MTU of the isolated network (Docker's default when absent). Raise it only with a "
-                             "jumbo server profile on a path that carries it.", "1500"),
-    "tunnel_mtu": Key((str, int), "Largest packet the tunnel carries (bytes): `auto` probes the path to the OpenVPN "
-                                  "server at every connect (pings through the tunnel with don't-fragment); a number "
-                                  "skips the probe. Shown in `vpnagent status` and checked by `vpnagent doctor`.",
-                      "auto"),
-    "poll_interval": Key((int, float), "Seconds between polls of the server for new runs.", "0.5"),
-    "vpn_connect_timeout": Key((int, float), "Seconds to wait for the VPN tunnel before going on without VPN.",
-                               "30"),
-    "cert_renew_days": Key((int, float), "Renew the VPN certificate through /vpn/update when it expires within "
-                                         "this many days.", "7"),
-    "metrics_listen": Key(str, "host:port for the Prometheus metrics endpoint (/metrics), e.g. 127.0.0.1:9477; "
-                               "off when absent."),
-    "vpn_image": Key(str, "Image of the VPN client container.", "vpnagent/vpn:latest"),
-    "holder_image": Key(str, "Image of the per-run network holder container.", "vpnagent/algo-base:latest"),
-    "labels": Key(dict, "Extra labels put on every container the agent starts."),
-    "algorithm_memory": Key((str, int), "Memory limit of each algorithm container, in bytes or with a unit "
-                                        "(512m, 4g).", "half the host's memory"),
-    "algorithm_cpus": Key((int, float), "CPU limit of each algorithm container, in CPUs (1.5 = one and a half "
-                                        "cores).", "host CPUs - 1, at least 1"),
-    "algorithm_pids": Key(int, "Process (and thread) limit of each algorithm container.", "1024"),
-    "allowed_images": Key(list, "Images this node runs: patterns matched against the task's image reference "
-                                "(vpnagent/*, registry.example.org/fl/*:1.*) or a digest (sha256:<image id>, "
-                                "name@sha256:<repo digest>). A run of any other image is refused and reported "
-                                "failed. Absent: every image present on the node may run (the agent warns)."),
-    "databases": Key(list, "Data sources runs of the vantage6 contract may ask for by label: a list of "
-                           "{label, uri, type, env}. `uri` is a file or directory on this host (mounted "
-                           "read-only, only into runs whose task asks for that label) or a URI like "
-                           "postgresql://...; `type` is one of " + ", ".join(DB_TYPES) + "; `env` (optional) "
-                           "becomes <LABEL>_DB_PARAM_<KEY> variables."),
-    "max_output_bytes": Key(int, "Largest result file an algorithm may leave; a bigger one (or a link, FIFO or "
-                                 "directory in its place) fails the run with the reason.", "49152"),
-}
-
 MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.I)
 IMAGE_PATTERN_RE = re.compile(r"^[A-Za-z0-9._/:@*?\[\]-]{1,300}$")
 
@@ -193,13 +195,8 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if spec.required and raw.get(key) in (None, ""):
             raise ConfigError(f"missing required key '{key}'")
     for key, value in raw.items():
-        want = SCHEMA[key].types
-        if value is None:
-            continue
-        # YAML's true/false must not pass for a number, nor a number for a flag.
-        if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
-            names = want.__name__ if isinstance(want, type) else " or ".join(t.__name__ for t in want)
-            raise ConfigError(f"'{key}' must be {names}, got {type(value).__name__} {value!r}")
+        if value is not None and not SCHEMA[key].accepts(value):
+            raise ConfigError(f"'{key}' must be {SCHEMA[key].type_names}, got {type(value).__name__} {value!r}")
 
     name = raw["name"]
     if not NAME_RE.match(name):
@@ -373,24 +370,6 @@ def load_config(path: str | Path) -> NodeConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     return parse_config(raw, base_dir=path.parent)
-
-
-_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-               "list": "list", "dict": "mapping"}
-
-
-def schema_table(schema: dict[str, Key]) -> str:
-    """A Markdown reference table of a config schema (the node's here, the server's in
-    server_ext.config): key, type, default, meaning."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, spec in schema.items():
-        types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
-        kind = " or ".join(_TYPE_NAMES[t.__name__] for t in types)
-        default = "**required**" if spec.required else (f"`{spec.default}`" if spec.default else "-")
-        if " " in spec.default and not spec.default.startswith("["):  # prose defaults are not code
-            default = spec.default
-        rows.append(f"| `{key}` | {kind} | {default} | {spec.help} |")
-    return "\n".join(rows) + "\n"
 
 
 def reference_markdown() -> str:

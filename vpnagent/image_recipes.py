@@ -172,7 +172,7 @@ def echo_recipe(root: Path = REPO_ROOT) -> AlgorithmRecipe:
 
 # What the vpnagent wheel is built from: these files and every file under these packages.
 AGENT_PROJECT_FILES: tuple[str, ...] = ("setup.cfg", "pyproject.toml", "README.md")
-AGENT_PACKAGE_DIRS: tuple[str, ...] = ("vpnagent", "server_ext", "test_algorithms")
+AGENT_PACKAGE_DIRS: tuple[str, ...] = ("vpnagent", "vpnshared", "server_ext", "test_algorithms")
 AGENT_PREFIX = "/opt/vpnagent"
 AGENT_STAGE_LABEL = "vpnagent.stage"  # marks the throw-away wheel stage, removed after the build
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -16,11 +16,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# shared with the server, which renders the configs this allows
+from vpnshared.openvpn import AEAD_CIPHERS, CIPHERS, HOST
+
 MAX_BYTES = 64 * 1024
 MAX_LINE = 200
-HOST = r"[A-Za-z0-9:][A-Za-z0-9._:-]{0,252}"  # a DNS name or an IP address; never a leading "-"
-AEAD_CIPHERS = ("AES-128-GCM", "AES-192-GCM", "AES-256-GCM", "CHACHA20-POLY1305")
-CIPHERS = "(?:{0})(?::(?:{0}))*".format("|".join(AEAD_CIPHERS))
 _NUMBER = r"[0-9]{1,7}"
 _BLANKS = " \t"
 

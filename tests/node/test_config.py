@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from vpnagent.config import ConfigError, load_config, parse_config
+from vpnagent.config import SCHEMA, ConfigError, load_config, parse_config
 
 BASE = {"name": "n1", "server_url": "https://127.0.0.1:5000/api", "api_key": "k", "data_dir": "/tmp/x"}
 
@@ -113,3 +113,14 @@ def test_labels_may_not_use_the_agents_own_prefix():
         parse_config(raw)
     raw["labels"] = {"org.example.team": "fl"}
     assert parse_config(raw).labels == {"org.example.team": "fl"}
+
+
+def test_node_config_defaults_are_the_schemas():
+    """Each default is written once, in SCHEMA: the loaded config and the reference agree."""
+    cfg = parse_config({"name": "n", "server_url": "https://x/api", "api_key": "k", "data_dir": "/tmp/d"})
+    plain = {key: spec.default for key, spec in SCHEMA.items() if spec.default is not None}
+    assert plain.pop("tunnel_mtu") == "auto" and cfg.tunnel_mtu is None  # auto: probe at connect
+    loaded = {key: getattr(cfg, key) for key in plain}
+    loaded["vpn_subnet"] = str(loaded["vpn_subnet"])
+    loaded["port_range"] = list(loaded["port_range"])
+    assert loaded == plain

@@ -103,7 +103,8 @@ def world(tmp_path, database_url) -> Iterator[World]:
 
 def build_world(tmp_path, database_url: str | None = None, **config) -> World:
     app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True,
-                      "VPNAGENT_VPN_SUBNET": "10.76.0.0/16", "VPNAGENT_DATABASE_URL": database_url, **config})
+                      "VPNAGENT_VPN_SUBNET": "10.76.0.0/16", "VPNAGENT_DATABASE_URL": database_url, **config},
+                     migrate=True)
     store = app.extensions["vpnagent"].store
     orgs = [store.create_organization(f"org{i}").id for i in range(1, 5)]
     collab = store.create_collaboration("C", orgs[:3]).id

@@ -66,7 +66,7 @@ def test_container_token_seconds_reaches_the_app_from_the_server_config(tmp_path
     path.write_text(f"data_dir: {tmp_path / 'server'}\ncontainer_token_seconds: 5\n")
     cfg = flask_config(load_server_config(path))
     assert cfg["VPNAGENT_CONTAINER_TOKEN_SECONDS"] == 5
-    app = create_app({**cfg, "VPNAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
+    app = create_app({**cfg, "VPNAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}, migrate=True)
     assert app.extensions["vpnagent"].tokens.lifetimes["container"] == 5
     app.extensions["vpnagent"].store.close()
 
@@ -338,7 +338,7 @@ def test_node_runs_bad_bodies_are_400(world, task, payload, words):
 def test_node_runs_takes_at_most_100000_ids(tmp_path, database_url):
     from .conftest import build_world
 
-    w = build_world(tmp_path, database_url, MAX_CONTENT_LENGTH=1024 * 1024)  # room for the list
+    w = build_world(tmp_path, database_url, VPNAGENT_MAX_BODY=1024 * 1024)  # room for the list
     try:
         n1 = w.node_headers(0)
         rejected(w, "post", "/api/node/runs", 400, "at most 100000", headers=n1, json={"runs": [0] * 100_001})

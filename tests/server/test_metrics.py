@@ -142,7 +142,8 @@ def test_removed_nodes_are_not_registered_ones(world):
 
 
 def test_metrics_switch_off(tmp_path):
-    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True, "VPNAGENT_METRICS": False})
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True, "VPNAGENT_METRICS": False},
+                     migrate=True)
     client = app.test_client()
     assert client.get("/metrics").status_code == 404
     assert client.get("/api/health").status_code == 200
@@ -150,7 +151,7 @@ def test_metrics_switch_off(tmp_path):
 
 
 def test_two_apps_count_apart(world, tmp_path):
-    other = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "other"), "TESTING": True})
+    other = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "other"), "TESTING": True}, migrate=True)
     assert world.client.get("/api/vpn/algorithm/addresses").status_code == 401
     text = other.test_client().get("/metrics").get_data(as_text=True)
     assert 'vpnagent_server_address_requests_total{code="401"}' not in text

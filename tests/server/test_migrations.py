@@ -215,7 +215,8 @@ def test_upgrading_to_0002_keeps_users_their_keys_and_their_tokens(database_url,
         conn.execute(text("INSERT INTO \"user\" (name, organization_id, api_key_hash) VALUES ('alice', 1, :h)"),
                      {"h": hash_key("alice-key")})
     engine.dispose()
-    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url})
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url},
+                     migrate=True)
     state = app.extensions["vpnagent"]
     try:
         assert [(u.name, u.key_version, u.removed_at) for u in state.store.list_users()] == [("alice", 1, None)]
@@ -234,7 +235,8 @@ def test_upgrading_to_0003_keeps_tasks_and_runs_and_their_input(database_url, tm
     from server_ext import create_app
     from server_ext.store import Run, Task
 
-    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url})
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url},
+                     migrate=True)
     state = app.extensions["vpnagent"]
     store = state.store
     try:

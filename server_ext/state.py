@@ -1,0 +1,146 @@
+"""What the extension's routes use, built from a Flask app's config without touching the
+disk or the database: init_app must leave a host app's directories alone. The files (token
+secret, PKI, OpenVPN configs) and the database schema are made by `prepare`, which the
+migrate command (`flask vpnagent migrate`, `vpnagent-server migrate`) and `serve` run; until
+then `not_ready` says what is missing and which command fixes it."""
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .config import ServerConfigError, default, setting
+from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
+from .pki import PKI, write_private
+from .store import Store
+from .tokens import TokenService
+from .vpnserver import OpenVPNFiles
+
+if TYPE_CHECKING:
+    from .schema import Step  # alembic: imported when migrating, not with the package
+
+MIGRATE_HINT = ("run `flask --app <your app> vpnagent migrate` (standalone: `vpnagent-server migrate --config "
+                "<server.yaml>`)")
+
+
+class ExtensionState:
+    """The store, PKI, token service and OpenVPN files of one app. The store is an engine
+    that has not connected yet; the rest are loaded on first use, which comes after
+    `prepare` has made them."""
+
+    def __init__(self, data_dir: Path, database_url: str, settings: VPNSettings, cert_days: float,
+                 container_token_seconds: int, secret: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.store = Store(database_url, migrate=False)
+        self.settings = settings
+        self.cert_days = cert_days
+        self._secret = secret
+        self._container_seconds = container_token_seconds
+        self._ready = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], instance_path: str) -> ExtensionState:
+        """The state the VPNAGENT_* keys of an app's config describe (server_ext/config.py);
+        refuses a bad value before the app serves anything."""
+        data_dir = Path(setting(config, "data_dir") or instance_path).resolve()
+        try:
+            settings = VPNSettings(
+                subnet=ipaddress.IPv4Network(setting(config, "vpn_subnet")),
+                remote_host=setting(config, "openvpn_remote_host"),
+                remote_port=int(setting(config, "openvpn_remote_port")),
+                proto=setting(config, "openvpn_proto"),
+                profile=profile_from_config(setting(config, "openvpn_profile")),
+                processes=int(setting(config, "openvpn_processes")),
+                port_share=_host_port(setting(config, "openvpn_port_share")),
+            )
+        except ValueError as exc:
+            if isinstance(exc, ServerConfigError):
+                raise
+            raise ServerConfigError(f"the vpnagent extension's config: {exc}") from exc
+        return cls(data_dir=data_dir,
+                   database_url=setting(config, "database_url") or f"sqlite:///{data_dir / 'store.db'}",
+                   settings=settings, cert_days=float(setting(config, "cert_days")),
+                   container_token_seconds=container_token_seconds(setting(config, "container_token_seconds")),
+                   secret=setting(config, "secret"))
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "secret"
+
+    @cached_property
+    def pki(self) -> PKI:
+        return PKI(self.data_dir / "pki")
+
+    @cached_property
+    def tokens(self) -> TokenService:
+        secret = self._secret or self.secret_path.read_text().strip()
+        return TokenService(secret, {"container": self._container_seconds})
+
+    @cached_property
+    def files(self) -> OpenVPNFiles:
+        return OpenVPNFiles(self.data_dir / "openvpn", self.pki, self.settings)
+
+    @property
+    def management_sockets(self) -> list[Path]:
+        return OpenVPNFiles.socket_paths(self.data_dir / "openvpn", self.settings)
+
+    def prepare(self, progress: Callable[[str], None] | None = None) -> list[Step]:
+        """Make what the routes need, where missing: the data directory (0700), the token
+        secret (unless configured), the PKI and the OpenVPN files; then migrate the database.
+        Running it again changes nothing but rewriting the OpenVPN files. Returns the
+        migration steps applied."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._secret and not self.secret_path.exists():
+            write_private(self.secret_path, secrets.token_urlsafe(48))
+        self.files.write_all()  # makes the PKI on first use
+        steps = self.store.migrate(progress)
+        self._ready = True
+        return steps
+
+    def not_ready(self) -> str | None:
+        """Why the routes cannot serve yet, with the command that fixes it; None once they
+        can (remembered: a prepared app does not ask again)."""
+        if self._ready:
+            return None
+        if not self._secret and not self.secret_path.exists():
+            missing = f"its token secret ({self.secret_path}) does not exist"
+        elif not (self.data_dir / "pki" / "ca.crt").exists():
+            missing = f"its PKI ({self.data_dir / 'pki'}) does not exist"
+        elif not self.store.is_current():
+            missing = f"the database ({self.store.url}) is not at the newest schema"
+        else:
+            self._ready = True
+            return None
+        return f"the vpnagent extension is not set up: {missing}; {MIGRATE_HINT}"
+
+
+def profile_from_config(raw: dict | None) -> Profile:
+    """The data-plane profile: the tuned default, with any field overridden by config."""
+    if not raw:
+        return DEFAULT_PROFILE
+    fields = set(Profile.__dataclass_fields__)
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"unknown openvpn_profile key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    return replace(DEFAULT_PROFILE, **raw)
+
+
+def container_token_seconds(value: Any) -> int:
+    """The container token lifetime: at least 2 s, so a token outlives the request that
+    fetched it; at most 7 days, so a leaked one is not good for long (the node renews tokens
+    of live runs anyway)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 604_800:
+        raise ServerConfigError(f"container_token_seconds is {value!r}; give whole seconds from 2 to 604800 "
+                                f"(7 days), or leave it out for {default('container_token_seconds')}")
+    return value
+
+
+def _host_port(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, _, port = str(value).rpartition(":")
+    return host, int(port)
