@@ -394,6 +394,11 @@ def port_add(s: Session, ident: Identity):
         raise ApiError(400, f"run {run.id} is {run.status}; ports can only be registered for active runs")
     if _node(s, ident).vpn_ip is None:
         raise ApiError(409, "this node has no VPN IP yet; fetch its VPN config (GET /vpn) first")
+    # at least once: a node repeats a registration whose answer it never got; the repeat
+    # confirms the record instead of adding a second one
+    found = s.scalar(select(Port).where(Port.run_id == run.id, Port.port == data["port"]))
+    if found is not None and found.label == label:
+        return jsonify(id=found.id, run_id=found.run_id, port=found.port, label=found.label), 200
     port = Port(run_id=run.id, port=data["port"], label=label)
     s.add(port)
     s.flush()

@@ -29,6 +29,15 @@ def _op(summary: str, who: str | None, body: dict | None = None, params: list | 
     return op
 
 
+def _port_post() -> dict:
+    op = _op("Register a port of an active run (201); the same registration again confirms it (200)", "node",
+             _obj({"run_id": INT, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                   "label": {"type": "string", "minLength": 1, "maxLength": 64}}, ["run_id", "port"]),
+             ok="201", errors=("400", "401", "403", "404", "409", "413"))
+    op["responses"]["200"] = op["responses"]["201"]
+    return op
+
+
 def _q(name: str, schema: dict, required: bool = False) -> dict:
     return {"name": name, "in": "query", "required": required, "schema": schema}
 
@@ -89,10 +98,7 @@ def spec(prefix: str = "/api") -> dict:
         "/result/{run_id}": {"get": _op("One run with its result, base64 JSON (vantage6's shape)", "user or container",
                                         params=[RUN_ID])},
         "/port": {
-            "post": _op("Register a port of an active run", "node", _obj({
-                "run_id": INT, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                "label": {"type": "string", "minLength": 1, "maxLength": 64}}, ["run_id", "port"]),
-                ok="201", errors=("400", "401", "403", "404", "409", "413")),
+            "post": _port_post(),
             "delete": _op("Delete all ports of a run", "node", params=[_q("run_id", INT, True)]),
         },
         "/task": {"post": _op("Create a task: one run per organisation (our body, or vantage6's with one base64 "

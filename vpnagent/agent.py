@@ -417,15 +417,17 @@ class Agent:
         return live
 
     def _patiently(self, call: Callable[..., Any], *args: Any) -> Any:
-        """A server call of a starting run: asked again while the server refuses connections
-        (a restart), for up to START_OUTAGE_S, rather than failing a run the node has taken.
-        Only calls that never reached the server are repeated."""
+        """A server call of a starting run: asked again while the server does not answer (a
+        restart, or the connection cut mid-request), for up to START_OUTAGE_S, rather than
+        failing a run the node has taken. Every call a start makes is idempotent (a container
+        token, the task family, a port the server registers once), so a request that may
+        have reached the server can be repeated; one it answered with an error is not."""
         deadline, pause = time.monotonic() + START_OUTAGE_S, 0.2
         while True:
             try:
                 return call(*args)
             except ServerError as exc:
-                if exc.status is not None or exc.sent or time.monotonic() + pause > deadline:
+                if exc.status is not None or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)
             pause = min(2 * pause, 2.0)

@@ -104,8 +104,11 @@ def test_an_unreadable_journal_record_is_set_aside(tmp_path: Path, monkeypatch):
 
 def test_server_calls_of_a_starting_run_wait_out_a_short_outage(tmp_path: Path, monkeypatch):
     """Found by test_results_reach_a_server_that_was_away: a subtask taken just before the
-    server went down failed at its first call (the container token). A call that never
-    reached the server is asked again for a while; one that may have reached it is not."""
+    server went down failed at its first call (the container token), and (issue 15's full
+    run) a run whose port registration was cut off mid-request by the server's death failed
+    too. Every server call of a starting run is idempotent (a token, the family, a port the
+    server registers once), so one the server never answered is asked again for a while;
+    one the server answered with an error is not."""
     from vpnagent import agent as agent_module
 
     agent, _, _ = _agent(tmp_path, monkeypatch)
@@ -122,8 +125,15 @@ def test_server_calls_of_a_starting_run_wait_out_a_short_outage(tmp_path: Path, 
 
     assert agent._patiently(flaky(3), 7) == "ok 7" and len(calls) == 4
     calls.clear()
+    # sent, and the connection cut before an answer: repeated too (the calls are idempotent)
+    assert agent._patiently(flaky(2, sent=True), 7) == "ok 7" and len(calls) == 3
+    calls.clear()
+
+    def refused(x):
+        calls.append(x)
+        raise ServerError(400, "run 7 is failed; ports can only be registered for active runs")
     try:
-        agent._patiently(flaky(1, sent=True), 7)  # it may have been carried out: not repeated
+        agent._patiently(refused, 7)  # the server answered: asking again would get the same answer
         raise AssertionError("expected ServerError")
     except ServerError:
         assert len(calls) == 1

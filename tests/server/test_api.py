@@ -237,6 +237,18 @@ def test_bad_port_and_run_updates(world, task):
     assert world.store.count_ports() == 0, "a finished run keeps no ports"
 
 
+def test_registering_a_port_again_is_a_no_op(world, task):
+    """A node repeats a registration whose answer it never got (the server died mid-request):
+    the repeat confirms the port, it does not add a second record."""
+    run1 = task["runs"][0]["id"]
+    n1 = world.node_headers(0)
+    first = world.client.post("/api/port", headers=n1, json={"run_id": run1, "port": 6000, "label": "echo"})
+    assert first.status_code == 201, first.json
+    again = world.client.post("/api/port", headers=n1, json={"run_id": run1, "port": 6000, "label": "echo"})
+    assert again.status_code == 200 and again.json == first.json
+    assert world.store.count_ports() == 1
+
+
 def test_a_repeated_final_report_is_200_and_the_first_one_stands(world, task):
     """A node delivers final reports at least once: the repeat confirms, it does not overwrite."""
     run1 = task["runs"][0]["id"]
