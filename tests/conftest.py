@@ -18,6 +18,14 @@ def docker_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def root() -> None:
+    """For `root`-marked tests (network namespaces, no Docker): skip without root, or fail
+    where .ci/run says every such test must run."""
+    if os.geteuid() != 0:
+        docker_unavailable("needs root for a network namespace")
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     if os.geteuid() != 0:
