@@ -54,6 +54,7 @@ try:
 except ImportError:  # not a dependency of vpnagent any more (see the docstring)
     sys.exit("netns_calls: needs pyroute2 for its comparison: pip install pyroute2")
 
+from benchmarks.common import report  # noqa: E402
 from vpnagent.netns import Netns  # noqa: E402
 
 ADDRESS, GATEWAY = "10.231.0.2/24", "10.231.0.1"  # exist only inside the benchmark's namespace
@@ -372,10 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         checked = guarded(lambda: {"ok": check_answers(scratch, kept)})
         results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                                "python": platform.python_version(), "pyroute2": pyroute2.__version__},
-                   "calls_per_figure": n, "answers_checked": "hung" not in checked, "baseline": BASELINE, "calls": {c: {} for c in CALLS}}
+                   "calls_per_figure": n, "answers_checked": "hung" not in checked, "baseline": BASELINE,
+                   "calls": {c: {} for c in CALLS}}
         for variant in VARIANTS:
             for call in CALLS:
-                results["calls"][call][variant] = guarded(lambda: stats(timed(calls_for(variant, scratch, kept)[call], n)))
+                fn = calls_for(variant, scratch, kept)[call]
+                results["calls"][call][variant] = guarded(lambda: stats(timed(fn, n)))
                 progress(f"{call:<18} {variant:<15} {_fmt(results['calls'][call][variant])}")
 
         def open_close_netns() -> None:
@@ -394,17 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         pids = {}
         for variant in VARIANTS:
             fn = calls_for(variant, scratch, kept)["set_default_route"]
-            pids[variant] = guarded(lambda: {"n": min(_pids_used(fn) for _ in range(5))}).get("n", "hung")  # min: other processes on the host
+            # the least of five: other processes on the host start some too
+            pids[variant] = guarded(lambda: {"n": min(_pids_used(fn) for _ in range(5))}).get("n", "hung")
         results["pids_per_call"] = pids
         results["after_death"] = after_death(progress)
+        figures = results["calls"]
         results["ratios"] = {f"{call}: {BASELINE} / setns thread (x faster)":
-                             results["calls"][call][BASELINE]["median"] / results["calls"][call]["setns thread"]["median"]
-                             for call in CALLS if "hung" not in results["calls"][call]["setns thread"]}
-        print()
-        print(table(results))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        progress(f"JSON written to {args.json}")
+                             figures[call][BASELINE]["median"] / figures[call]["setns thread"]["median"]
+                             for call in CALLS if "hung" not in figures[call]["setns thread"]}
+        report(args.json, results, table(results), progress)
         return 0
     finally:
         if kept is not None:
