@@ -66,3 +66,20 @@ def test_controlplane_benchmark_smoke(docker_client, tmp_path):
     assert report["connect_s"]["n"] == 1 and report["echo_task_s"]["median"] > 0
     assert report["addresses_ms"]["runs_in_store"] >= 500 and report["addresses_ms"]["p99"] >= report["addresses_ms"]["p50"]
     assert report["many_nodes"]["nodes"] == 3 and report["many_nodes"]["client_rss_mb"] > 0
+
+
+@pytest.mark.root
+def test_netns_calls_benchmark_smoke(tmp_path):
+    out = tmp_path / "netns_calls.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "netns_calls.py"), "--quick", "--calls", "5",
+                           "--hang-s", "10", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["answers_checked"] is True
+    for call in ("set_default_route", "ipv4_addresses", "link_mtu"):
+        figures = report["calls"][call]
+        assert set(figures) == {"nsenter+ip", "NetNS kept", "NetNS per call", "setns thread"}
+        assert figures["nsenter+ip"]["n"] == 5 and figures["nsenter+ip"]["p95"] >= figures["nsenter+ip"]["median"] > 0
+    # the agent's own path must notice a namespace whose process is gone
+    assert report["after_death"]["nsenter+ip"].startswith("NetnsError")
+    assert "set_default_route" in proc.stdout and "after the namespace's process died" in proc.stdout
