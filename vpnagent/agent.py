@@ -28,8 +28,8 @@ from .config import NodeConfig
 from .dataplane import DataPlane, SessionState, VPNError
 from .dataplane.openvpn import OpenVPN
 from .journal import DONE, RUNNING, Journal, RunRecord
-from .netapply import ApplyResult, HostRules, NetworkApplier, NodeNetwork, VpnClientNet
-from .netns import Netns, NetnsError
+from .netapply import ApplyResult, HostRules, NetworkApplier, NodeNetwork, VpnClientNet, remove_host
+from .netns import NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy, unverified_claims
 from .runtime import Container, EngineError, Mount, Network, NetworkSpec, NotFound, Runtime, WorkloadSpec
@@ -872,10 +872,7 @@ def cleanup(cfg: NodeConfig, runtime: Runtime) -> list[str]:
             pass
         if runtime.remove(c.id):
             removed.append(f"container {c.name}")
-    host = Netns(None)
-    cur = firewall.parse_save(host.run(["iptables-save", "-t", "filter"]).stdout)
-    if cfg.host_chain in cur.chains.get("filter", set()):
-        host.iptables_restore(firewall.render_host(cfg.host_chain, cfg.bridge_name, str(cfg.vpn_subnet), cur, present=False))
+    if remove_host(HostRules(cfg.host_chain, cfg.bridge_name, str(cfg.vpn_subnet))):
         removed.append(f"host chain {cfg.host_chain}")
     if runtime.remove_network(cfg.isolated_network):
         removed.append(f"network {cfg.isolated_network}")

@@ -277,6 +277,19 @@ class NetworkApplier:
         return tuple(routed), tuple(failures)
 
 
+def remove_host(host: HostRules, runner: Runner | None = None) -> bool:
+    """Take the host exception out (`vpnagent cleanup`, whether or not an agent runs): the
+    node's chain and its jumps. False when there was none. The VPN client's rules go with
+    its namespace."""
+    runner = runner or NetnsRunner()
+    current = firewall.parse_save(runner.iptables_save(HOST, "filter"))
+    if host.chain not in current.chains.get("filter", set()):
+        return False
+    runner.iptables_restore(HOST, firewall.render_host(host.chain, host.bridge, host.vpn_subnet, current,
+                                                       present=False))
+    return True
+
+
 def _base(vpn: VpnClientNet) -> tuple[str, firewall.VpnClientRules]:
     """Everything of the VPN part that is not per run: when it differs, per-run batches
     cannot express the change (every run's rules and every route mention it)."""

@@ -19,7 +19,7 @@ from tests.fake_iptables import FakeRunner, Tables
 from tests.waiting import wait_for
 from vpnagent import firewall as fw
 from vpnagent.netapply import (HostRules, NetnsRunner, NetworkApplier, NodeNetwork, RouteFailure,
-                               VpnClientNet)
+                               VpnClientNet, remove_host)
 from vpnagent.netns import Netns, NetnsError
 
 HOST = HostRules("VA-HOST-n1", "va-n1", "10.76.0.0/16", gateway="172.30.0.1", proxy_port=8765)
@@ -480,3 +480,14 @@ def test_fast_path_in_real_namespaces_ends_where_a_full_render_does(scratch_name
     # a verify pass over the real namespace finds nothing to fix and changes nothing
     assert applier.apply(final, verify=True).fixes == ()
     assert _real_view(client_a) == _real_view(client_b)
+
+
+def test_remove_host_takes_the_chain_and_its_jumps_out_and_leaves_dockers():
+    """`vpnagent cleanup`: the host exception goes, Docker's own DOCKER-USER stays as it was."""
+    runner = fresh_runner()
+    NetworkApplier(runner).apply(node())
+    assert HOST.chain in runner.ns(None).save("filter")
+    assert remove_host(HOST, runner) is True
+    assert HOST.chain not in runner.ns(None).save("filter")
+    assert runner.ns(None).save("filter") == fresh_runner().ns(None).save("filter")
+    assert remove_host(HOST, runner) is False  # nothing left: nothing to do
