@@ -232,7 +232,8 @@ class Agent:
             return None
         with self._lock:
             runs = tuple(self._run_rules(r) for r in sorted(self.runs.values(), key=lambda r: r.run_id))
-        return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs, mss=st.path.mss)
+        return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs, mss=st.path.mss,
+                                      tun_if=self.vpn.tunnel_if)
 
     def _run_rules(self, r: LiveRun) -> firewall.RunRules:
         local = tuple(self.runs[i].holder_ip for i in r.peer_run_ids if i in self.runs)
@@ -806,7 +807,7 @@ class Agent:
     def status(self) -> dict:
         st, session = self.vpn.state, self.session
         # connected means packets can pass: a client whose session is lost, or a node the
-        # server refuses (removed: its session was cut), is not, whatever tun0 still says
+        # server refuses (removed: its session was cut), is not, whatever the tunnel interface says
         connected = (st is not None and (session is None or session.state != "reconnecting")
                      and self.server["state"] != "refused")
         return {

@@ -65,8 +65,8 @@ def _clock(t: float, now: float) -> str:
 
 
 def _vpn_headline(vpn: dict, now: float) -> str:
-    """tun0 holding its address says "connected"; openvpn's session (status.json "session",
-    from its log) says whether packets pass: persist-tun keeps tun0 while it reconnects.
+    """The tunnel interface holding its address says "connected"; the data plane's session
+    (status.json "session") says whether packets pass: the interface outlives a lost session.
     A file without "session" comes from an agent that did not read it."""
     session = vpn.get("session")
     headline = "VPN connected" if vpn["connected"] else "VPN NOT connected"
