@@ -101,7 +101,7 @@ def _database_url(value: str) -> str | None:
     try:
         url = make_url(value)
     except ArgumentError:
-        return f"is not a SQLAlchemy database URL: give {URL_HELP}"
+        return f"is not a database URL (SQLAlchemy's form): give {URL_HELP}"
     try:
         url.get_dialect()
     except NoSuchModuleError:

@@ -54,7 +54,7 @@ BAD = [
     ({"cert_days": -2.5}, "more than 0, at most 3650 days"),
     ({"container_token_seconds": 1}, "within 2-604800 seconds"),
     ({"container_token_seconds": 604_801}, "within 2-604800 seconds"),
-    ({"database_url": "no url at all"}, "not a SQLAlchemy database URL"),
+    ({"database_url": "no url at all"}, "is not a database URL (SQLAlchemy's form): give sqlite:"),
     ({"database_url": "mysqlx://db/vpnagent"}, "unknown database kind"),
     ({"openvpn_profile": {"mtu": 1500}}, "unknown openvpn_profile key 'mtu' (did you mean 'tun_mtu'?)"),
     ({"openvpn_profile": {"cipher": "BF-CBC"}}, "AEAD"),
