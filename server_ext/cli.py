@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from .config import ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, flask_config
+from .config import (ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, default_tls_hostnames, flask_config,
+                     load_server_config)
 
 if TYPE_CHECKING:
     from .pki import PKI
@@ -24,35 +23,16 @@ if TYPE_CHECKING:
 KEYS = {key: spec.types for key, spec in SCHEMA.items()}
 
 
-def load_server_config(path: str | Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ServerConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ServerConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ServerConfigError(f"{path} must be a mapping of key: value")
-    unknown = sorted(set(raw) - set(KEYS))
-    if unknown:
-        raise ServerConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; allowed: {', '.join(KEYS)}")
-    for key, value in raw.items():
-        if value is not None and not SCHEMA[key].accepts(value):
-            raise ServerConfigError(f"'{key}' in {path} has the wrong type ({type(value).__name__}); "
-                                    f"give {SCHEMA[key].type_names}")
-    if "data_dir" not in raw:
-        raise ServerConfigError(f"'data_dir' is required in {path}")
-    return raw
-
-
 def _get(raw: dict[str, Any], key: str) -> Any:
     """A key of a loaded config, else its default from the schema."""
     return default(key) if raw.get(key) is None else raw[key]
 
 
 def _database_url(args) -> str:
+    from .datadir import private_data_dir
+
     raw = load_server_config(args.config)
-    Path(raw["data_dir"]).mkdir(parents=True, exist_ok=True)
+    private_data_dir(Path(raw["data_dir"]))
     return raw.get("database_url") or f"sqlite:///{Path(raw['data_dir']).resolve() / 'store.db'}"
 
 
@@ -150,10 +130,7 @@ def api_tls(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None)
         cert, key = Path(raw["tls_cert"]), Path(raw["tls_key"])
         trust = "the CA that issued tls_cert"
     else:
-        host = _get(raw, "host")
-        names = raw.get("tls_hostnames") or [n for n in (host, "localhost", "127.0.0.1", raw.get("openvpn_remote_host"))
-                                             if n and n != "0.0.0.0"]
-        names = [*names, *(extra_names or [])]
+        names = [*(raw.get("tls_hostnames") or default_tls_hostnames(raw)), *(extra_names or [])]
         cert, key = pki.api_pair(list(dict.fromkeys(str(n) for n in names)))
         trust = f"server_ca_file: {pki.dir / 'ca.crt'}"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import ServerConfigError, default, setting
+from .datadir import private_data_dir
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
 from .pki import PKI, write_private
 from .store import Store
@@ -89,11 +90,11 @@ class ExtensionState:
         return OpenVPNFiles.socket_paths(self.data_dir / "openvpn", self.settings)
 
     def prepare(self, progress: Callable[[str], None] | None = None) -> list[Step]:
-        """Make what the routes need, where missing: the data directory (0700), the token
-        secret (unless configured), the PKI and the OpenVPN files; then migrate the database.
-        Running it again changes nothing but rewriting the OpenVPN files. Returns the
-        migration steps applied."""
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Make what the routes need, where missing: the data directory (0700, or tightened
+        to it), the token secret (unless configured), the PKI and the OpenVPN files; then
+        migrate the database. Running it again changes nothing but rewriting the OpenVPN
+        files. Returns the migration steps applied."""
+        private_data_dir(self.data_dir)
         if not self._secret and not self.secret_path.exists():
             write_private(self.secret_path, secrets.token_urlsafe(48))
         self.files.write_all()  # makes the PKI on first use

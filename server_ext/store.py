@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
                         event, func, select, text, update)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -185,6 +185,11 @@ class Store:
         there already)."""
         from . import schema
 
+        database = self.engine.url.database
+        if self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+            from .datadir import private_file
+
+            private_file(Path(database))  # 0600 before SQLite makes it (it would make it 0644)
         with database_errors(self.url):
             return schema.upgrade(self.engine, progress or _log.info)
 
@@ -220,19 +225,17 @@ class Store:
     # --- admin operations
     def create_organization(self, name: str) -> Organization:
         with self.session() as s:
-            if s.scalar(select(Organization).where(Organization.name == name)):
-                raise StoreError(f"organisation {name!r} exists already")
+            _name_is_free(s, Organization, name)
             org = Organization(name=name)
-            s.add(org)
-            s.flush()
+            _add_named(s, org)
             return org
 
     def create_collaboration(self, name: str, organization_ids: list[int]) -> Collaboration:
         with self.session() as s:
+            _name_is_free(s, Collaboration, name)
             orgs = [self._get(s, Organization, i) for i in organization_ids]
             collab = Collaboration(name=name, organizations=orgs)
-            s.add(collab)
-            s.flush()
+            _add_named(s, collab)
             return collab
 
     def create_node(self, organization_id: int, collaboration_id: int, name: str) -> tuple[Node, str]:
@@ -246,10 +249,10 @@ class Store:
             if s.scalar(select(Node).where(Node.organization_id == organization_id,
                                            Node.collaboration_id == collaboration_id)):
                 raise StoreError(f"organisation {organization_id} has a node in collaboration {collaboration_id} already")
+            _name_is_free(s, Node, name)
             node = Node(name=name, organization_id=organization_id, collaboration_id=collaboration_id,
                         api_key_hash=hash_key(key))
-            s.add(node)
-            s.flush()
+            _add_named(s, node)
             return node, key
 
     def create_user(self, organization_id: int, name: str) -> tuple[User, str]:
@@ -382,6 +385,35 @@ class Store:
                     s.flush()
                     return node.vpn_ip
         raise StoreError(f"VPN subnet {subnet} is full; use a larger vpn_subnet")
+
+
+# What the store calls each kind whose names are unique, in messages.
+_KINDS = {"Organization": "organisation", "Collaboration": "collaboration", "Node": "node"}
+
+
+def _taken(kind: str, name: str, ident: int | None) -> StoreError:
+    who = f"{kind} {ident}" if ident is not None else f"another {kind}"
+    return StoreError(f"{kind} name {name!r} is taken by {who}; choose another name ({kind} names are unique)")
+
+
+def _name_is_free(s: Session, model: type, name: str) -> None:
+    """Refuse a name its kind has already, naming the one that has it: a clear message
+    instead of the database's unique-constraint error, and nothing written."""
+    ident = s.scalar(select(model.id).where(model.name == name))
+    if ident is not None:
+        raise _taken(_KINDS[model.__name__], name, ident)
+
+
+def _add_named(s: Session, obj: Any) -> None:
+    """Insert a named row; a name taken by a concurrent insert since _name_is_free looked
+    gets the same message (the transaction rolls back)."""
+    s.add(obj)
+    try:
+        s.flush()
+    except IntegrityError as exc:
+        if "name" not in str(exc.orig):
+            raise
+        raise _taken(_KINDS[type(obj).__name__], obj.name, None) from None
 
 
 def _disable_user(user: User, now: dt.datetime) -> None:

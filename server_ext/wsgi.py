@@ -30,7 +30,7 @@ from typing import Any, Callable
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
-from .config import ServerConfigError, default
+from .config import ConfigProblems, default, problems
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,10 @@ class Limits:
     shutdown_timeout: int = default("api_shutdown_timeout")
 
     def __post_init__(self) -> None:
-        if not 1 <= self.threads <= 1024:
-            raise ServerConfigError(f"api_threads is {self.threads}; give 1-1024")
-        if not self.threads < self.max_connections <= 100_000:
-            raise ServerConfigError(f"api_max_connections is {self.max_connections}; give more than api_threads "
-                                    f"({self.threads}), at most 100000 (the rest are idle kept-alive connections)")
-        for name in ("header_timeout", "request_timeout", "keepalive", "shutdown_timeout"):
-            value = getattr(self, name)
-            if not 0 < value <= 3600:
-                raise ServerConfigError(f"api_{name} is {value}; give seconds, more than 0 and at most 3600")
+        # the schema's checks of the api_* keys, for limits built in code too
+        found = problems({f"api_{f.name}": getattr(self, f.name) for f in fields(self)}, partial=True)
+        if found:
+            raise ConfigProblems(found, "the API limits")
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> Limits:

@@ -115,7 +115,7 @@ def test_server_keys_come_from_the_schema(tmp_path):
     assert KEYS == {k: v.types for k, v in server_config.SCHEMA.items()}
     bad = tmp_path / "s.yaml"
     bad.write_text("data_dir: /x\nportt: 1\n")
-    with pytest.raises(ServerConfigError, match="unknown key.*portt"):
+    with pytest.raises(ServerConfigError, match="unknown key 'portt' \\(did you mean 'port'\\?\\)"):
         load_server_config(bad)
     bad.write_text("data_dir: /x\nport: '5000'\n")
     with pytest.raises(ServerConfigError, match="'port'.*wrong type"):

@@ -191,10 +191,10 @@ def test_insecure_http_serves_plain_http_and_warns(serve):
 
 
 @pytest.mark.parametrize("keys, words", [
-    ({"api_threads": 0}, "api_threads is 0"),
-    ({"api_threads": 8, "api_max_connections": 8}, "api_max_connections is 8"),
-    ({"api_header_timeout": 0}, "api_header_timeout is 0"),
-    ({"api_request_timeout": -1}, "api_request_timeout is -1"),
+    ({"api_threads": 0}, "'api_threads' is 0"),
+    ({"api_threads": 8, "api_max_connections": 8}, "'api_max_connections' is 8"),
+    ({"api_header_timeout": 0}, "'api_header_timeout' is 0"),
+    ({"api_request_timeout": -1}, "'api_request_timeout' is -1"),
     ({"api_keepalive": 1.5}, "'api_keepalive'"),
 ])
 def test_bad_limits_are_refused_before_anything_starts(tmp_path, keys, words):
