@@ -151,3 +151,15 @@ def test_removed_ones_are_409(world):
         assert r.status_code == 409 and "stays removed" in r.json["msg"], r.json
     assert world.client.delete("/api/admin/user/1", headers=admin).status_code == 409
     assert world.snapshot() == before
+
+
+def test_a_node_token_from_before_key_versions_works_until_the_key_is_rotated(world):
+    from server_ext.tokens import TokenService
+
+    state = world.app.extensions["vpnagent"]
+    old = TokenService(state.tokens.secret).issue("node", {"client_type": "node", "node_id": 1, "organization_id": 1,
+                                                           "collaboration_id": 1})
+    headers = {"Authorization": f"Bearer {old}"}
+    assert world.client.get("/api/node/self", headers=headers).status_code == 200
+    world.store.rotate_node_key(1)
+    assert world.client.get("/api/node/self", headers=headers).status_code == 401

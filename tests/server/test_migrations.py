@@ -93,6 +93,7 @@ def test_a_database_from_before_migrations_is_stamped_and_keeps_its_rows(databas
                 ["hospital-a", "hospital-b"]
             node = s.get(Node, 1)
             assert (node.name, node.vpn_ip) == ("node-a", "10.76.0.2")
+            assert (node.key_version, node.last_seen_at) == (1, None), "0004: the first key, never seen"
             assert s.scalar(select(Certificate.serial)) == "123"
         # and it goes on working: new rows next to the old ones (PostgreSQL's id sequences included)
         org = store.create_organization("hospital-c")
