@@ -11,8 +11,6 @@ from typing import Any, Callable
 
 import yaml
 
-from . import inventory
-
 JSON_HELP = "print JSON (what /api/admin answers) instead of lines"
 # Admin commands that cli.main defines itself; register() gives them --json too.
 EARLIER = ("add-organization", "add-collaboration", "add-node", "add-user", "remove-user", "rotate-user-key",
@@ -24,10 +22,13 @@ def print_json(data: Any) -> int:
     return 0
 
 
-def view(args: argparse.Namespace, fn: Callable[..., Any], *ids: Any, **extra: Any) -> Any:
-    """An inventory view of the server's store (extra keys added, e.g. the new api_key)."""
+def view(args: argparse.Namespace, what: str, *ids: Any, **extra: Any) -> Any:
+    """The view `what` of server_ext/inventory.py on the server's store (extra keys added,
+    e.g. the new api_key). By name, so that importing the CLI loads no database code."""
+    from . import inventory
     from .cli import _store
 
+    fn = getattr(inventory, what)
     store = _store(args)
     try:
         with store.session() as s:
@@ -37,9 +38,9 @@ def view(args: argparse.Namespace, fn: Callable[..., Any], *ids: Any, **extra: A
     return {**data, **extra} if extra else data
 
 
-def _show(args: argparse.Namespace, fn: Callable[..., Any], ident: int) -> int:
+def _show(args: argparse.Namespace, what: str, ident: int) -> int:
     """One object with its relations: JSON, or the same as YAML for reading."""
-    data = view(args, fn, ident)
+    data = view(args, what, ident)
     if args.json:
         return print_json(data)
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
@@ -62,13 +63,13 @@ def _gone(row: dict) -> str:
 
 # ---------------------------------------------------------------- list and show
 def cmd_list_organizations(args: argparse.Namespace) -> int:
-    return _list(args, view(args, inventory.organizations),
+    return _list(args, view(args, "organizations"),
                  lambda o: f"organization {o['id']} {o['name']} (collaborations: "
                            f"{', '.join(str(c['id']) for c in o['collaborations']) or 'none'})", "no organizations")
 
 
 def cmd_list_collaborations(args: argparse.Namespace) -> int:
-    return _list(args, view(args, inventory.collaborations),
+    return _list(args, view(args, "collaborations"),
                  lambda c: f"collaboration {c['id']} {c['name']} (organizations: "
                            f"{', '.join(str(o['id']) for o in c['organizations'])})", "no collaborations")
 
@@ -80,7 +81,7 @@ def _node_line(n: dict) -> str:
 
 
 def cmd_list_nodes(args: argparse.Namespace) -> int:
-    return _list(args, view(args, inventory.nodes, args.org, args.collaboration), _node_line, "no nodes")
+    return _list(args, view(args, "nodes", args.org, args.collaboration), _node_line, "no nodes")
 
 
 def cmd_list_tasks(args: argparse.Namespace) -> int:
@@ -88,31 +89,31 @@ def cmd_list_tasks(args: argparse.Namespace) -> int:
         runs = ", ".join(f"{n} {state}" for state, n in t["run_states"].items()) or "no runs"
         return f"task {t['id']} {t['name'] or '-'} {t['image']} (collaboration {t['collaboration_id']}) " \
                f"{t['status']}: {runs}"
-    return _list(args, view(args, inventory.tasks, args.collaboration), line, "no tasks")
+    return _list(args, view(args, "tasks", args.collaboration), line, "no tasks")
 
 
 def cmd_list_admins(args: argparse.Namespace) -> int:
-    return _list(args, view(args, inventory.admins), lambda a: f"admin {a['id']} {a['name']}{_gone(a)}", "no admins")
+    return _list(args, view(args, "admins"), lambda a: f"admin {a['id']} {a['name']}{_gone(a)}", "no admins")
 
 
 def cmd_show_organization(args: argparse.Namespace) -> int:
-    return _show(args, inventory.organization, args.organization_id)
+    return _show(args, "organization", args.organization_id)
 
 
 def cmd_show_collaboration(args: argparse.Namespace) -> int:
-    return _show(args, inventory.collaboration, args.collaboration_id)
+    return _show(args, "collaboration", args.collaboration_id)
 
 
 def cmd_show_node(args: argparse.Namespace) -> int:
-    return _show(args, inventory.node, args.node_id)
+    return _show(args, "node", args.node_id)
 
 
 def cmd_show_user(args: argparse.Namespace) -> int:
-    return _show(args, inventory.user, args.user_id)
+    return _show(args, "user", args.user_id)
 
 
 def cmd_show_task(args: argparse.Namespace) -> int:
-    return _show(args, inventory.task, args.task_id)
+    return _show(args, "task", args.task_id)
 
 
 # ---------------------------------------------------------------- keys and admins
@@ -128,8 +129,8 @@ def _new_key(args: argparse.Namespace, kind: str, data: dict, key: str, note: st
 def cmd_rotate_node_key(args: argparse.Namespace) -> int:
     from .cli import _store
 
-    node, _key = _store(args).rotate_node_key(args.node_id)
-    return _new_key(args, "node", view(args, inventory.node, node.id), _key,
+    node, key = _store(args).rotate_node_key(args.node_id)
+    return _new_key(args, "node", view(args, "node", node.id), key,
                     "; the old key and its tokens stopped working: put this one into the node config's api_key "
                     "and restart the agent")
 
@@ -138,16 +139,20 @@ def cmd_add_admin(args: argparse.Namespace) -> int:
     from .cli import _store
 
     admin, key = _store(args).create_admin(args.name)
-    return _new_key(args, "admin", inventory.admin_json(admin), key,
+    from .inventory import admin_json
+
+    return _new_key(args, "admin", admin_json(admin), key,
                     "; exchange it at POST /api/token/admin for a token of the admin API")
 
 
 def cmd_remove_admin(args: argparse.Namespace) -> int:
     from .cli import _store
 
+    from .inventory import admin_json
+
     admin = _store(args).remove_admin(args.admin_id)
     if args.json:
-        return print_json(inventory.admin_json(admin))
+        return print_json(admin_json(admin))
     print(f"admin {admin.id} ({admin.name}) removed: its API key and every token issued with it stopped working")
     return 0
 
@@ -156,7 +161,9 @@ def cmd_rotate_admin_key(args: argparse.Namespace) -> int:
     from .cli import _store
 
     admin, key = _store(args).rotate_admin_key(args.admin_id)
-    return _new_key(args, "admin", inventory.admin_json(admin), key, "; the old key and its tokens stopped working")
+    from .inventory import admin_json
+
+    return _new_key(args, "admin", admin_json(admin), key, "; the old key and its tokens stopped working")
 
 
 def register(sub: argparse._SubParsersAction, add: Callable[..., argparse.ArgumentParser],

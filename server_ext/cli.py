@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import inventory
 from .admincli import print_json, view
 from .config import ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, flask_config
 
@@ -173,7 +172,7 @@ def api_tls(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None)
 def cmd_add_org(args) -> int:
     org = _store(args).create_organization(args.name)
     if args.json:
-        return print_json(view(args, inventory.organization, org.id))
+        return print_json(view(args, "organization", org.id))
     print(f"organization {org.id} {org.name}")
     return 0
 
@@ -181,7 +180,7 @@ def cmd_add_org(args) -> int:
 def cmd_add_collab(args) -> int:
     c = _store(args).create_collaboration(args.name, args.org)
     if args.json:
-        return print_json(view(args, inventory.collaboration, c.id))
+        return print_json(view(args, "collaboration", c.id))
     print(f"collaboration {c.id} {c.name}")
     return 0
 
@@ -193,7 +192,7 @@ def _show_key(kind: str, ident: int, name: str, key: str, note: str = "") -> Non
 def cmd_add_node(args) -> int:
     node, key = _store(args).create_node(args.org, args.collaboration, args.name)
     if args.json:
-        return print_json(view(args, inventory.node, node.id, api_key=key))
+        return print_json(view(args, "node", node.id, api_key=key))
     _show_key("node", node.id, node.name, key)
     return 0
 
@@ -201,7 +200,7 @@ def cmd_add_node(args) -> int:
 def cmd_add_user(args) -> int:
     user, key = _store(args).create_user(args.org, args.name)
     if args.json:
-        return print_json(view(args, inventory.user, user.id, api_key=key))
+        return print_json(view(args, "user", user.id, api_key=key))
     _show_key("user", user.id, user.name, key)
     return 0
 
@@ -209,7 +208,9 @@ def cmd_add_user(args) -> int:
 def cmd_list_users(args) -> int:
     users = _store(args).list_users(args.org)
     if args.json:
-        return print_json([inventory.user_json(u) for u in users])
+        from .inventory import user_json
+
+        return print_json([user_json(u) for u in users])
     for u in users:
         gone = f"  removed {u.removed_at:%Y-%m-%d %H:%M} UTC" if u.removed_at else ""
         print(f"user {u.id} {u.name} (organization {u.organization_id}){gone}")
@@ -221,7 +222,7 @@ def cmd_list_users(args) -> int:
 def cmd_remove_user(args) -> int:
     user = _store(args).remove_user(args.user_id)
     if args.json:
-        return print_json(view(args, inventory.user, user.id))
+        return print_json(view(args, "user", user.id))
     print(f"user {user.id} ({user.name}) removed: its API key and every token issued with it stopped working")
     return 0
 
@@ -229,7 +230,7 @@ def cmd_remove_user(args) -> int:
 def cmd_rotate_user_key(args) -> int:
     user, key = _store(args).rotate_user_key(args.user_id)
     if args.json:
-        return print_json(view(args, inventory.user, user.id, api_key=key))
+        return print_json(view(args, "user", user.id, api_key=key))
     _show_key("user", user.id, user.name, key, "; the old key and its tokens stopped working")
     return 0
 
@@ -245,7 +246,7 @@ def cmd_remove_node(args) -> int:
 
     r = remove_node(_admin_state(args), args.node_id)
     if args.json:
-        return print_json(view(args, inventory.node, r.node_id, disconnected=r.disconnected, note=r.note))
+        return print_json(view(args, "node", r.node_id, disconnected=r.disconnected, note=r.note))
     print(f"node {r.node_id} ({r.common_name}) removed: API key disabled, certificates revoked; {r.note}")
     return 0
 
@@ -257,7 +258,7 @@ def cmd_remove_org(args) -> int:
     if args.json:
         from dataclasses import asdict
 
-        return print_json(view(args, inventory.organization, args.organization_id,
+        return print_json(view(args, "organization", args.organization_id,
                                removed_nodes=[asdict(r) for r in removed.nodes],
                                removed_users=[u.id for u in removed.users]))
     for r in removed.nodes:

@@ -417,7 +417,7 @@ class Store:
         user = self._get(s, User, user_id)
         if user.removed_at is not None:
             raise Conflict(f"user {user.id} ({user.name}) was removed on {user.removed_at:%Y-%m-%d %H:%M} UTC; "
-                             "a removed user stays removed: add a new one with add-user")
+                           "a removed user stays removed: add a new one with add-user")
         return user
 
     def nodes_of_organization(self, organization_id: int) -> list[int]:

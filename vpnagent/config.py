@@ -18,7 +18,7 @@ import yaml
 from vpnshared.names import NODE as NODE_NAME
 from vpnshared.schema import Key, schema_table
 
-NAME_RE = re.compile(f"^{NODE_NAME.pattern}$")  # the server's add-node checks the same rule
+NAME_RE = re.compile(f"^{NODE_NAME.pattern}\\Z")  # the server's add-node checks the same rule
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
