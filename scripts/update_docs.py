@@ -8,8 +8,9 @@ A generated section sits between two marker comments:
 
 `python scripts/update_docs.py` rewrites every such section; `--check` only reports which
 ones differ (exit 1), which is what tests/test_docs.py runs. The sources are the config
-schemas (vpnagent/config.py, server_ext/config.py) and the example configs in
-docs/examples/, so the guide shows exactly the files an operator copies.
+schemas (vpnagent/config.py, server_ext/config.py), the name rules (vpnshared/names.py) and
+the example configs in docs/examples/, so the guide shows exactly the files an operator
+copies.
 """
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def _extension_reference() -> str:
     return extension_reference_markdown()
 
 
+def _name_rules() -> str:
+    from vpnshared.names import rules_markdown
+
+    return rules_markdown()
+
+
 def _example(rel: str) -> Callable[[], str]:
     def render() -> str:
         return f"```yaml\n# {rel}\n{(REPO / rel).read_text().rstrip()}\n```\n"
@@ -56,6 +63,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "server-extension-reference": _extension_reference,
     "server-config-example": _example("docs/examples/server.yaml"),
     "node-config-example": _example("docs/examples/node.yaml"),
+    "name-rules": _name_rules,
 }
 
 _MARKER = re.compile(r"(<!-- (?P<name>[a-z0-9-]+):start -->\n)(?P<body>.*?)(<!-- (?P=name):end -->)", re.S)

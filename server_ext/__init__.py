@@ -33,7 +33,7 @@ class VPNExtension:
     def init_app(self, app: Flask) -> None:
         """Mount the API and the `flask vpnagent` commands on `app`; reads its config, writes
         nothing (see the module docstring)."""
-        from .api import bp
+        from .adminapi import bp  # api.py's Blueprint; importing adminapi adds the /admin routes to it
         from .commands import cli
 
         state = ExtensionState.from_config(app.config, app.instance_path)

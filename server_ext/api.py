@@ -182,8 +182,15 @@ def requires(*kinds: str) -> Callable:
                     node = s.get(Node, ident.claims.get("node_id"))
                     if node is None or node.removed_at is not None:
                         raise ApiError(401, "this node was removed from the server")
+                    if node.key_version != ident.claims.get("key_version", 1):  # tokens from before 0004 carry none
+                        raise ApiError(401, "this node's API key was replaced after the token was issued; put the "
+                                            "new key into the node config's api_key and restart the agent")
                 elif ident.kind == "user":
                     _check_user(s.get(User, ident.claims.get("user_id")), ident)
+                elif ident.kind == "admin":
+                    from .adminapi import check_admin
+
+                    check_admin(s, ident)
                 return fn(s, ident, *args, **kwargs)
         return wrapper
     return deco
@@ -219,8 +226,9 @@ def token_node():
         node = s.scalar(select(Node).where(Node.api_key_hash == hash_key(data["api_key"])))
         if node is None:
             raise ApiError(401, "unknown node API key")
+        node.last_seen_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         sub = {"client_type": "node", "node_id": node.id, "organization_id": node.organization_id,
-               "collaboration_id": node.collaboration_id}
+               "collaboration_id": node.collaboration_id, "key_version": node.key_version}
     return jsonify(access_token=ext().tokens.issue("node", sub))
 
 

@@ -3,7 +3,6 @@ commands that create organisations, collaborations, nodes and researchers."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import ssl
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .admincli import print_json, view
 from .config import (ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, default_tls_hostnames, flask_config,
                      load_server_config)
 
@@ -148,12 +148,16 @@ def api_tls(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None)
 
 def cmd_add_org(args) -> int:
     org = _store(args).create_organization(args.name)
+    if args.json:
+        return print_json(view(args, "organization", org.id))
     print(f"organization {org.id} {org.name}")
     return 0
 
 
 def cmd_add_collab(args) -> int:
     c = _store(args).create_collaboration(args.name, args.org)
+    if args.json:
+        return print_json(view(args, "collaboration", c.id))
     print(f"collaboration {c.id} {c.name}")
     return 0
 
@@ -164,12 +168,16 @@ def _show_key(kind: str, ident: int, name: str, key: str, note: str = "") -> Non
 
 def cmd_add_node(args) -> int:
     node, key = _store(args).create_node(args.org, args.collaboration, args.name)
+    if args.json:
+        return print_json(view(args, "node", node.id, api_key=key))
     _show_key("node", node.id, node.name, key)
     return 0
 
 
 def cmd_add_user(args) -> int:
     user, key = _store(args).create_user(args.org, args.name)
+    if args.json:
+        return print_json(view(args, "user", user.id, api_key=key))
     _show_key("user", user.id, user.name, key)
     return 0
 
@@ -177,10 +185,9 @@ def cmd_add_user(args) -> int:
 def cmd_list_users(args) -> int:
     users = _store(args).list_users(args.org)
     if args.json:
-        print(json.dumps([{"id": u.id, "name": u.name, "organization_id": u.organization_id,
-                           "removed_at": u.removed_at.isoformat() + "Z" if u.removed_at else None} for u in users],
-                         indent=2))
-        return 0
+        from .inventory import user_json
+
+        return print_json([user_json(u) for u in users])
     for u in users:
         gone = f"  removed {u.removed_at:%Y-%m-%d %H:%M} UTC" if u.removed_at else ""
         print(f"user {u.id} {u.name} (organization {u.organization_id}){gone}")
@@ -191,12 +198,16 @@ def cmd_list_users(args) -> int:
 
 def cmd_remove_user(args) -> int:
     user = _store(args).remove_user(args.user_id)
+    if args.json:
+        return print_json(view(args, "user", user.id))
     print(f"user {user.id} ({user.name}) removed: its API key and every token issued with it stopped working")
     return 0
 
 
 def cmd_rotate_user_key(args) -> int:
     user, key = _store(args).rotate_user_key(args.user_id)
+    if args.json:
+        return print_json(view(args, "user", user.id, api_key=key))
     _show_key("user", user.id, user.name, key, "; the old key and its tokens stopped working")
     return 0
 
@@ -211,6 +222,8 @@ def cmd_remove_node(args) -> int:
     from .admin import remove_node
 
     r = remove_node(_admin_state(args), args.node_id)
+    if args.json:
+        return print_json(view(args, "node", r.node_id, disconnected=r.disconnected, note=r.note))
     print(f"node {r.node_id} ({r.common_name}) removed: API key disabled, certificates revoked; {r.note}")
     return 0
 
@@ -219,6 +232,12 @@ def cmd_remove_org(args) -> int:
     from .admin import remove_organization
 
     removed = remove_organization(_admin_state(args), args.organization_id)
+    if args.json:
+        from dataclasses import asdict
+
+        return print_json(view(args, "organization", args.organization_id,
+                               removed_nodes=[asdict(r) for r in removed.nodes],
+                               removed_users=[u.id for u in removed.users]))
     for r in removed.nodes:
         print(f"node {r.node_id} ({r.common_name}) removed; {r.note}")
     for user in removed.users:
@@ -329,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("node_id", type=db_id)
     s = add("remove-organization", cmd_remove_org, "remove every node and every researcher of an organisation")
     s.add_argument("organization_id", type=db_id)
+    from .admincli import register
+
+    register(sub, add, db_id)  # list/show, rotate-node-key, admins; --json on every admin command
     add("migrate", cmd_migrate, "make the data directory's files (secret, PKI, OpenVPN configs) where missing "
         "and migrate the database (serve does it too)")
     add("db-upgrade", cmd_db_upgrade, "migrate the database only, saying each step (serve does it too)")

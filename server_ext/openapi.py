@@ -61,6 +61,64 @@ DATABASES = {"type": "array", "maxItems": 100, "items": {
     "required": ["label"]}}
 
 
+def _admin_paths() -> dict:
+    """/admin: the admin commands over HTTP (server_ext/adminapi.py); admin tokens only."""
+    def op(summary: str, body: dict | None = None, params: list | None = None, ok: str = "200",
+           errors: tuple[str, ...] = ("400", "401", "403", "404", "413")) -> dict:
+        return _op(summary, "admin", body, params, ok, errors)
+
+    name = {"type": "string", "minLength": 1, "maxLength": 64, "description": "see the name rules in "
+            "docs/operator-guide.md"}
+    changes = ("400", "401", "403", "404", "409", "413")
+    org_q, collab_q = _q("organization_id", INT), _q("collaboration_id", INT)
+    org_id, collab_id = _path_id("organization_id"), _path_id("collaboration_id")
+    node_id, user_id = _path_id("node_id"), _path_id("user_id")
+    return {
+        "/token/admin": {"post": _op("Admin token from an admin's API key (vpnagent-server add-admin)", None,
+                                     _obj({"api_key": {"type": "string"}}, ["api_key"]))},
+        "/admin/organization": {
+            "get": op("Every organisation with its collaborations"),
+            "post": op("Create an organisation (201)", _obj({"name": name}, ["name"]), ok="201", errors=changes)},
+        "/admin/organization/{organization_id}": {
+            "get": op("An organisation with its collaborations, nodes and researchers", params=[org_id]),
+            "delete": op("Remove every node and researcher of an organisation", params=[org_id])},
+        "/admin/collaboration": {
+            "get": op("Every collaboration with its organisations"),
+            "post": op("Create a collaboration of organisations (201)", _obj({
+                "name": name, "organizations": {"type": "array", "minItems": 1, "maxItems": 1000, "items": INT}},
+                ["name", "organizations"]), ok="201", errors=changes)},
+        "/admin/collaboration/{collaboration_id}": {"get": op(
+            "A collaboration with its organisations, nodes and number of tasks", params=[collab_id])},
+        "/admin/node": {
+            "get": op("Every node (removed ones too), optionally of one organisation or collaboration",
+                      params=[org_q, collab_q]),
+            "post": op("Create a node (201); the answer holds its API key, once", _obj({
+                "name": name, "organization_id": INT, "collaboration_id": INT},
+                ["name", "organization_id", "collaboration_id"]), ok="201", errors=changes)},
+        "/admin/node/{node_id}": {
+            "get": op("A node: organisation, collaboration, VPN IP, last seen, certificates, runs in progress",
+                      params=[node_id]),
+            "delete": op("Remove a node: key disabled, certificates revoked, VPN session ended", params=[node_id])},
+        "/admin/node/{node_id}/key": {"post": op(
+            "A new API key for a node, in the answer once; the old key and its tokens stop working",
+            params=[node_id], errors=changes)},
+        "/admin/user": {
+            "get": op("Every researcher (removed ones too), optionally of one organisation", params=[org_q]),
+            "post": op("Create a researcher (201); the answer holds its API key, once", _obj({
+                "name": name, "organization_id": INT}, ["name", "organization_id"]), ok="201", errors=changes)},
+        "/admin/user/{user_id}": {
+            "get": op("A researcher with its organisation", params=[user_id]),
+            "delete": op("Remove a researcher: its key and tokens stop working", params=[user_id], errors=changes)},
+        "/admin/user/{user_id}/key": {"post": op(
+            "A new API key for a researcher, in the answer once; the old key and its tokens stop working",
+            params=[user_id], errors=changes)},
+        "/admin/task": {"get": op("Every task with its status and run states, optionally of one collaboration",
+                                  params=[collab_q])},
+        "/admin/task/{task_id}": {"get": op("A task with its runs (state, node, times, ports) and subtasks",
+                                            params=[TASK_ID])},
+    }
+
+
 def spec(prefix: str = "/api") -> dict:
     key = _obj({"api_key": {"type": "string"}}, ["api_key"])
     paths = {
@@ -121,6 +179,7 @@ def spec(prefix: str = "/api") -> dict:
                                                          params=[_path_id("collaboration_id")])},
         "/blobstream/status": {"get": _op("Whether blob storage is on (never: inputs and results travel inline)",
                                           "node, user or container", errors=("401",))},
+        **_admin_paths(),
     }
     return {
         "openapi": "3.1.0",

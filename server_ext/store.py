@@ -18,6 +18,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from vpnshared import names
+
 if TYPE_CHECKING:
     from .schema import Step
 
@@ -79,6 +81,10 @@ class Node(Base):
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     vpn_ip: Mapped[str | None] = mapped_column(String(45), unique=True)
     removed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # As a user's: counted up by every key rotation; node tokens carry it (0004).
+    key_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # When the node last got a token with its API key (every 15 minutes while it runs).
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     @property
     def common_name(self) -> str:
@@ -94,6 +100,17 @@ class User(Base):
     removed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     # Every rotation (and the removal) counts it up; user tokens carry the value they were
     # issued with, so the tokens of a replaced key stop working with the key.
+    key_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class Admin(Base):
+    """A server administrator: an API key for /api/admin, in no organisation."""
+    __tablename__ = "admin"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     key_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
@@ -151,6 +168,25 @@ class Certificate(Base):
 class StoreError(ValueError):
     """An admin operation was refused (duplicate name, unknown id, full subnet), or the
     database cannot be used; the message says what to fix."""
+
+
+class UnknownObject(StoreError):
+    """An id that names nothing (HTTP 404)."""
+
+
+class Conflict(StoreError):
+    """The change collides with what is there: a name taken, a member already removed (HTTP 409)."""
+
+
+class BadName(StoreError):
+    """A new name breaks its kind's rule (vpnshared/names.py; HTTP 400)."""
+
+
+def _new_name(rule: names.NameRule, name: str) -> str:
+    try:
+        return rule.check(name)
+    except names.InvalidName as exc:
+        raise BadName(str(exc)) from None
 
 
 class DatabaseError(StoreError):
@@ -224,6 +260,7 @@ class Store:
 
     # --- admin operations
     def create_organization(self, name: str) -> Organization:
+        _new_name(names.ORGANIZATION, name)
         with self.session() as s:
             _name_is_free(s, Organization, name)
             org = Organization(name=name)
@@ -231,31 +268,34 @@ class Store:
             return org
 
     def create_collaboration(self, name: str, organization_ids: list[int]) -> Collaboration:
+        _new_name(names.COLLABORATION, name)
         with self.session() as s:
             _name_is_free(s, Collaboration, name)
-            orgs = [self._get(s, Organization, i) for i in organization_ids]
+            orgs = [self._get(s, Organization, i) for i in dict.fromkeys(organization_ids)]
             collab = Collaboration(name=name, organizations=orgs)
             _add_named(s, collab)
             return collab
 
     def create_node(self, organization_id: int, collaboration_id: int, name: str) -> tuple[Node, str]:
         """A node and its API key (shown once; only its hash is kept)."""
+        _new_name(names.NODE, name)
         key = secrets.token_urlsafe(32)
         with self.session() as s:
             org = self._get(s, Organization, organization_id)
             collab = self._get(s, Collaboration, collaboration_id)
             if org not in collab.organizations:
                 raise StoreError(f"organisation {organization_id} is not in collaboration {collaboration_id}")
+            _name_is_free(s, Node, name)
             if s.scalar(select(Node).where(Node.organization_id == organization_id,
                                            Node.collaboration_id == collaboration_id)):
-                raise StoreError(f"organisation {organization_id} has a node in collaboration {collaboration_id} already")
-            _name_is_free(s, Node, name)
+                raise Conflict(f"organisation {organization_id} has a node in collaboration {collaboration_id} already")
             node = Node(name=name, organization_id=organization_id, collaboration_id=collaboration_id,
                         api_key_hash=hash_key(key))
             _add_named(s, node)
             return node, key
 
     def create_user(self, organization_id: int, name: str) -> tuple[User, str]:
+        _new_name(names.USER, name)
         key = secrets.token_urlsafe(32)
         with self.session() as s:
             self._get(s, Organization, organization_id)
@@ -308,6 +348,58 @@ class Store:
             user.key_version += 1
             return user, key
 
+    def rotate_node_key(self, node_id: int) -> tuple[Node, str]:
+        """A new API key (shown once) for a node; the old key and its tokens stop working at
+        once. Its certificate and VPN IP stay: the running VPN session is not interrupted,
+        the agent needs the new key for its next token."""
+        key = secrets.token_urlsafe(32)
+        with self.session() as s:
+            node = self._get(s, Node, node_id)
+            if node.removed_at is not None:
+                raise Conflict(f"node {node.id} ({node.name}) was removed on {node.removed_at:%Y-%m-%d %H:%M} UTC; "
+                               "a removed node stays removed: add a new one with add-node")
+            node.api_key_hash = hash_key(key)
+            node.key_version += 1
+            return node, key
+
+    # --- admins
+    def create_admin(self, name: str) -> tuple[Admin, str]:
+        """An administrator and its API key (shown once; only its hash is kept)."""
+        _new_name(names.ADMIN, name)
+        key = secrets.token_urlsafe(32)
+        with self.session() as s:
+            admin = Admin(name=name, api_key_hash=hash_key(key))
+            s.add(admin)
+            s.flush()
+            return admin, key
+
+    def list_admins(self) -> list[Admin]:
+        with self.session() as s:
+            return list(s.scalars(select(Admin).order_by(Admin.id)))
+
+    def remove_admin(self, admin_id: int) -> Admin:
+        with self.session() as s:
+            admin = self._active_admin(s, admin_id)
+            admin.removed_at = _now()
+            admin.api_key_hash = f"removed-admin-{admin.id}-{secrets.token_hex(8)}"
+            admin.key_version += 1
+            return admin
+
+    def rotate_admin_key(self, admin_id: int) -> tuple[Admin, str]:
+        key = secrets.token_urlsafe(32)
+        with self.session() as s:
+            admin = self._active_admin(s, admin_id)
+            admin.api_key_hash = hash_key(key)
+            admin.key_version += 1
+            return admin, key
+
+    def _active_admin(self, s: Session, admin_id: int) -> Admin:
+        admin = self._get(s, Admin, admin_id)
+        if admin.removed_at is not None:
+            raise Conflict(f"admin {admin.id} ({admin.name}) was removed on {admin.removed_at:%Y-%m-%d %H:%M} UTC; "
+                           "a removed admin stays removed: add a new one with add-admin")
+        return admin
+
     def remove_users_of_organization(self, organization_id: int) -> list[User]:
         """Remove every researcher of an organisation still in (those removed before stay as
         they were); returns the ones removed now."""
@@ -323,8 +415,8 @@ class Store:
     def _active_user(self, s: Session, user_id: int) -> User:
         user = self._get(s, User, user_id)
         if user.removed_at is not None:
-            raise StoreError(f"user {user.id} ({user.name}) was removed on {user.removed_at:%Y-%m-%d %H:%M} UTC; "
-                             "a removed user stays removed: add a new one with add-user")
+            raise Conflict(f"user {user.id} ({user.name}) was removed on {user.removed_at:%Y-%m-%d %H:%M} UTC; "
+                           "a removed user stays removed: add a new one with add-user")
         return user
 
     def nodes_of_organization(self, organization_id: int) -> list[int]:
@@ -359,7 +451,7 @@ class Store:
     def _get(s: Session, model: type, ident: int):
         obj = s.get(model, ident)
         if obj is None:
-            raise StoreError(f"{model.__name__.lower()} {ident} does not exist")
+            raise UnknownObject(f"{model.__name__.lower()} {ident} does not exist")
         return obj
 
     # --- VPN IPs
@@ -393,7 +485,7 @@ _KINDS = {"Organization": "organisation", "Collaboration": "collaboration", "Nod
 
 def _taken(kind: str, name: str, ident: int | None) -> StoreError:
     who = f"{kind} {ident}" if ident is not None else f"another {kind}"
-    return StoreError(f"{kind} name {name!r} is taken by {who}; choose another name ({kind} names are unique)")
+    return Conflict(f"{kind} name {name!r} is taken by {who}; choose another name ({kind} names are unique)")
 
 
 def _name_is_free(s: Session, model: type, name: str) -> None:

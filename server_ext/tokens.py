@@ -10,9 +10,9 @@ import jwt
 
 from .config import default
 
-KINDS = ("node", "user", "container")
+KINDS = ("node", "user", "container", "admin")
 # The container token lifetime is a server config key; its default lives with the others.
-LIFETIMES = {"node": 15 * 60, "user": 60 * 60, "container": default("container_token_seconds")}
+LIFETIMES = {"node": 15 * 60, "user": 60 * 60, "container": default("container_token_seconds"), "admin": 15 * 60}
 
 
 class TokenError(ValueError):

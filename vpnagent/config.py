@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
+from vpnshared.names import NODE as NODE_NAME
 from vpnshared.schema import Key, schema_table
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+NAME_RE = re.compile(f"^{NODE_NAME.pattern}\\Z")  # the server's add-node checks the same rule
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -200,7 +201,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
 
     name = raw["name"]
     if not NAME_RE.match(name):
-        raise ConfigError(f"'name' {name!r} must be 1-16 of a-z, 0-9 and '-' (it names containers and chains)")
+        raise ConfigError(f"'name' {name!r} must be {NODE_NAME.says} ({NODE_NAME.why})")
     url = raw["server_url"].rstrip("/")
     insecure = bool(raw.get("allow_insecure_http"))
     if url.startswith("http://"):

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from server_ext import create_app
-from server_ext.store import Certificate, Node, Port, Run, Task, User
+from server_ext.store import Admin, Certificate, Collaboration, Node, Organization, Port, Run, Task, User
 from tests.server.postgres import PostgresDatabases, connect_from_env
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -29,6 +29,7 @@ class World:
     node_keys: list
     user_key: str
     other_user_key: str
+    admin_key: str = ""
     tokens: dict = field(default_factory=dict)
 
     def node_headers(self, i: int) -> dict:
@@ -39,6 +40,11 @@ class World:
 
     def user_headers(self, key: str | None = None) -> dict:
         r = self.client.post("/api/token/user", json={"api_key": key or self.user_key})
+        return {"Authorization": f"Bearer {r.json['access_token']}"}
+
+    def admin_headers(self, key: str | None = None) -> dict:
+        r = self.client.post("/api/token/admin", json={"api_key": key or self.admin_key})
+        assert r.status_code == 200, r.json
         return {"Authorization": f"Bearer {r.json['access_token']}"}
 
     def container_headers(self, node_index: int, run_id: int) -> dict:
@@ -62,8 +68,12 @@ class World:
                 [(r.id, r.status, repr(r.result), r.log, repr(r.input)) for r in s.scalars(select(Run))],
                 [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port))],
                 [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate))],
-                [(n.id, n.vpn_ip, n.api_key_hash, n.removed_at) for n in s.scalars(select(Node))],
+                [(n.id, n.name, n.vpn_ip, n.api_key_hash, n.removed_at, n.key_version)
+                 for n in s.scalars(select(Node))],
                 [(u.id, u.api_key_hash, u.removed_at, u.key_version) for u in s.scalars(select(User))],
+                [(o.id, o.name) for o in s.scalars(select(Organization))],
+                [(c.id, c.name, sorted(o.id for o in c.organizations)) for c in s.scalars(select(Collaboration))],
+                [(a.id, a.name, a.api_key_hash, a.removed_at, a.key_version) for a in s.scalars(select(Admin))],
             )
 
 
@@ -113,4 +123,5 @@ def build_world(tmp_path, database_url: str | None = None, **config) -> World:
     keys.append(store.create_node(orgs[3], other, "n4")[1])
     user_key = store.create_user(orgs[0], "alice")[1]
     other_user_key = store.create_user(orgs[3], "mallory")[1]
-    return World(app, app.test_client(), store, collab, other, orgs, keys, user_key, other_user_key)
+    admin_key = store.create_admin("ops")[1]
+    return World(app, app.test_client(), store, collab, other, orgs, keys, user_key, other_user_key, admin_key)

@@ -52,7 +52,7 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
             command.downgrade(schema.alembic_config(conn), "base")
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
-        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003", "0004"]
         with store.engine.connect() as conn:
             assert schema_differences(conn) == []
     finally:
@@ -93,6 +93,7 @@ def test_a_database_from_before_migrations_is_stamped_and_keeps_its_rows(databas
                 ["hospital-a", "hospital-b"]
             node = s.get(Node, 1)
             assert (node.name, node.vpn_ip) == ("node-a", "10.76.0.2")
+            assert (node.key_version, node.last_seen_at) == (1, None), "0004: the first key, never seen"
             assert s.scalar(select(Certificate.serial)) == "123"
         # and it goes on working: new rows next to the old ones (PostgreSQL's id sequences included)
         org = store.create_organization("hospital-c")
@@ -252,7 +253,7 @@ def test_upgrading_to_0003_keeps_tasks_and_runs_and_their_input(database_url, tm
                          {"c": collab, "i": '{"method": "old"}', "t": dt.datetime(2026, 11, 1)})
             conn.execute(text("INSERT INTO run (task_id, organization_id, node_id, status) VALUES (1, :o, :n, 'pending')"),
                          {"o": org, "n": node.id})
-        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003", "0004"]
         with store.session() as s:
             task, run = s.get(Task, 1), s.get(Run, 1)
             assert (task.contract, task.description, task.databases, task.input) == \

@@ -41,7 +41,7 @@ JSON = st.recursive(st.none() | st.booleans() | INTEGERS | st.floats() | st.text
                     max_leaves=12)
 FIELDS = ["api_key", "run_id", "vpn_config", "status", "result", "log", "port", "label", "collaboration_id",
           "organizations", "image", "input", "name", "description", "databases", "contract", "study_id", "store_id",
-          "runs"]
+          "runs", "organization_id"]
 # Nesting past the parser's recursion limit, alone or as a field's value (sent as raw text).
 DEEP = st.one_of(st.integers(1, 30000).map(lambda d: "[" * d + "]" * d),
                  st.tuples(st.sampled_from(FIELDS), st.integers(1, 30000))
@@ -63,7 +63,7 @@ BODY = st.one_of(JSON.map(lambda v: {"json": v}), V6_BODY.map(lambda v: {"json":
                  DEEP.map(lambda text: {"data": text, "content_type": "application/json"}))
 QUERY = st.dictionaries(st.sampled_from(["run_id", "state", "label", "only_children", "only_parent", "only_self",
                                          "only_siblings", "include_children", "include_parent", "collaboration_id",
-                                         "task_id", "page"]),
+                                         "task_id", "page", "organization_id"]),
                         st.text(max_size=8) | st.sampled_from(["1", "true", "0", "-1", "99999999999999", "\u00b2",
                                                                "a\x00b", *map(str, EDGES)]), max_size=4)
 PATHS = [(p, m) for p, ops in spec()["paths"].items() for m in ops]
@@ -71,7 +71,7 @@ PATHS = [(p, m) for p, ops in spec()["paths"].items() for m in ops]
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
-@given(target=st.sampled_from(PATHS), who=st.sampled_from(["none", "node", "user", "container", "garbage"]),
+@given(target=st.sampled_from(PATHS), who=st.sampled_from(["none", "node", "user", "container", "garbage", "admin"]),
        body=BODY, query=QUERY, path_id=st.integers(0, 2**31) | st.integers(0, 2**80) | st.sampled_from(EDGES[:-1]))
 def test_fuzz_finds_no_server_error(fuzz_world, target, who, body, query, path_id):
     world, headers = fuzz_world
@@ -107,5 +107,5 @@ def _headers_after_setup(world) -> dict:
     task = world.create_task([world.orgs[0], world.orgs[1]])
     headers = {"none": {}, "garbage": {"Authorization": "Bearer not.a.token"},
                "node": world.node_headers(0), "user": world.user_headers(),
-               "container": world.container_headers(0, task["runs"][0]["id"])}
+               "container": world.container_headers(0, task["runs"][0]["id"]), "admin": world.admin_headers()}
     return headers
