@@ -153,3 +153,15 @@ def test_gunicorns_log_follows_the_servers_log_level():
         assert _log_level() == "debug"
     finally:
         root.setLevel(before)
+
+
+@pytest.mark.parametrize("cli,prog,var,default", CLIS)
+def test_a_missing_config_names_the_installed_example(cli, prog, var, default, tmp_path, monkeypatch, capsys):
+    kind = "node" if cli is node_cli else "server"
+    example = tmp_path / "share" / "doc" / "vpnagent" / "examples" / f"{kind}.yaml"
+    example.parent.mkdir(parents=True)
+    example.write_text("# example\n")
+    monkeypatch.setattr("sys.prefix", str(tmp_path))
+    monkeypatch.setenv(var, str(tmp_path / "missing.yaml"))
+    assert cli.main(["status"] if cli is node_cli else ["migrate"]) == 2
+    assert f"(example: {example})" in capsys.readouterr().err
