@@ -165,3 +165,20 @@ def test_a_missing_config_names_the_installed_example(cli, prog, var, default, t
     monkeypatch.setenv(var, str(tmp_path / "missing.yaml"))
     assert cli.main(["status"] if cli is node_cli else ["migrate"]) == 2
     assert f"(example: {example})" in capsys.readouterr().err
+
+
+def test_a_new_subcommand_gets_the_shared_options_and_may_define_its_own_config():
+    """How other subcommands slot in: made with add_subcommands they accept the shared
+    options; one that means something else by --config (e.g. where to write one) keeps its own."""
+    from vpnshared.cli import add_subcommands, top_parser
+
+    option = ConfigOption("/etc/x.yaml", "X_CONFIG", "x config", "write one")
+    parser = top_parser("x", "test", option)
+    sub = add_subcommands(parser, option, dest="cmd", required=True)
+    sub.add_parser("plain")
+    own = sub.add_parser("join")
+    own.add_argument("--config", dest="output", default="/etc/x-out.yaml")
+    args = parser.parse_args(["plain", "--log-level", "debug", "-c", "/a.yaml"])
+    assert (args.log_level, args.config) == ("debug", "/a.yaml")
+    args = parser.parse_args(["--config", "/a.yaml", "join", "--config", "/b.yaml", "-v"])
+    assert (args.config, args.output, args.log_level) == ("/a.yaml", "/b.yaml", "debug")
