@@ -47,6 +47,11 @@ def load_server_config(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def _get(raw: dict[str, Any], key: str) -> Any:
+    """A key of a loaded config, else its default from the schema."""
+    return default(key) if raw.get(key) is None else raw[key]
+
+
 CONFIG = ConfigOption("/etc/vpnagent/server.yaml", "VPNAGENT_SERVER_CONFIG", "server config",
                       "write one: only data_dir is required (`data_dir: /var/lib/vpnagent-server`); "
                       "`vpnagent-server config-reference` lists every key", example="examples/server.yaml")
@@ -55,11 +60,6 @@ CONFIG = ConfigOption("/etc/vpnagent/server.yaml", "VPNAGENT_SERVER_CONFIG", "se
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     """The server config the command reads: --config, else $VPNAGENT_SERVER_CONFIG, else the default."""
     return load_server_config(require_config(args.config, CONFIG))
-
-
-def _get(raw: dict[str, Any], key: str) -> Any:
-    """A key of a loaded config, else its default from the schema."""
-    return default(key) if raw.get(key) is None else raw[key]
 
 
 def _database_url(args) -> str:

@@ -54,7 +54,9 @@ def test_log_level_anywhere_on_the_line(cli, prog, var, default, argv, level, le
 @pytest.mark.parametrize("cli,prog,var,default", CLIS)
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_a_bad_log_level_is_a_usage_error_naming_the_levels(cli, prog, var, default, where, levels, capsys):
-    argv = ["--log-level", "loud", "config-reference"] if where == "before" else ["config-reference", "--log-level", "loud"]
+    argv = ["--log-level", "loud", "config-reference"]
+    if where == "after":
+        argv = ["config-reference", "--log-level", "loud"]
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2 and levels == []

@@ -3,8 +3,8 @@ build images."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import logging
 import os
 import signal
 import sys
@@ -210,7 +210,17 @@ def _cmd_logs(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:  # Ctrl-C ends following; the run goes on
         return 130
+    except BrokenPipeError:  # the reader went away (`vpnagent logs 7 -f | head`): done, quietly
+        _silence_stdout()
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit does not fail on a closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 def _run_id(text: str) -> int:

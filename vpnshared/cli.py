@@ -95,8 +95,8 @@ def _shared_options(config: ConfigOption | None, defaults: bool) -> argparse.Arg
     group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
                        default=level, help="the same as --log-level debug")
     if config is not None:
-        group.add_argument("--config", "-c", metavar="PATH", default=config.default() if defaults else argparse.SUPPRESS,
-                           help=config.help())
+        group.add_argument("--config", "-c", metavar="PATH", help=config.help(),
+                           default=config.default() if defaults else argparse.SUPPRESS)
     return parent
 
 
@@ -107,7 +107,8 @@ def top_parser(prog: str, description: str, config: ConfigOption | None) -> argp
     return parser
 
 
-def add_subcommands(parser: argparse.ArgumentParser, config: ConfigOption | None, **kwargs) -> argparse._SubParsersAction:
+def add_subcommands(parser: argparse.ArgumentParser, config: ConfigOption | None,
+                    **kwargs: object) -> argparse._SubParsersAction:
     """`parser.add_subparsers(**kwargs)` whose parsers (and their own subcommands, made
     with this function again) accept the shared options. A subcommand that defines an
     option of the same name itself keeps its own (conflict_handler="resolve")."""

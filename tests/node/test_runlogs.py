@@ -3,6 +3,8 @@ its labels, its log so far is printed, -f follows it until it exits, and a run t
 here (elsewhere, finished) is one clear line with where its log is, exit 1."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import yaml
 
@@ -109,3 +111,22 @@ def test_a_bad_run_id_is_a_usage_error(rt, config, capsysbinary, bad):
     assert exit_.value.code == 2
     assert f"{bad!r} is not a run id" in capsysbinary.readouterr().err.decode()
     assert rt.log_calls == []
+
+
+def test_a_reader_that_goes_away_ends_it_quietly(rt, config, monkeypatch, capsys):
+    class ClosedPipe:
+        def write(self, data: bytes) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+    class Stdout:
+        buffer = ClosedPipe()
+
+        def fileno(self) -> int:
+            raise io.UnsupportedOperation("fileno")
+
+    monkeypatch.setattr("sys.stdout", Stdout())
+    assert cli.main(["logs", "7", "-f"]) == 0  # `vpnagent logs 7 -f | head`
+    assert capsys.readouterr().err == "" and rt.inspect("a7").running
