@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vpnshared.cli import ConfigOption, MissingConfig, add_subcommands, require_config, setup_logging, top_parser
+
 from .admincli import print_json, view
 from .config import (ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, default_tls_hostnames, flask_config,
                      load_server_config)
@@ -28,10 +30,20 @@ def _get(raw: dict[str, Any], key: str) -> Any:
     return default(key) if raw.get(key) is None else raw[key]
 
 
+CONFIG = ConfigOption("/etc/vpnagent/server.yaml", "VPNAGENT_SERVER_CONFIG", "server config",
+                      "write one: only data_dir is required (`data_dir: /var/lib/vpnagent-server`); "
+                      "`vpnagent-server config-reference` lists every key", example="examples/server.yaml")
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The server config the command reads: --config, else $VPNAGENT_SERVER_CONFIG, else the default."""
+    return load_server_config(require_config(args.config, CONFIG))
+
+
 def _database_url(args) -> str:
     from .datadir import private_data_dir
 
-    raw = load_server_config(args.config)
+    raw = _config(args)
     private_data_dir(Path(raw["data_dir"]))
     return raw.get("database_url") or f"sqlite:///{Path(raw['data_dir']).resolve() / 'store.db'}"
 
@@ -48,7 +60,7 @@ def cmd_serve(args) -> int:
     from .vpnserver import OpenVPNServer
     from .wsgi import Limits, serve
 
-    raw = load_server_config(args.config)
+    raw = _config(args)
     limits = Limits.from_config(raw)  # refused before anything starts
     host = _get(raw, "host")
     flask_cfg = flask_config(raw)
@@ -215,7 +227,7 @@ def cmd_rotate_user_key(args) -> int:
 def _admin_state(args):
     from . import create_app
 
-    return create_app(flask_config(load_server_config(args.config)), migrate=True).extensions["vpnagent"]
+    return create_app(flask_config(_config(args)), migrate=True).extensions["vpnagent"]
 
 
 def cmd_remove_node(args) -> int:
@@ -251,7 +263,7 @@ def cmd_migrate(args) -> int:
     directory's files where missing, and the database at the newest schema."""
     from . import create_app
 
-    state = create_app(flask_config(load_server_config(args.config))).extensions["vpnagent"]
+    state = create_app(flask_config(_config(args))).extensions["vpnagent"]
     steps = state.prepare(progress=lambda msg: print(msg, flush=True))
     state.store.close()
     done = "migrated to" if steps else "already at"
@@ -313,12 +325,11 @@ def db_id(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vpnagent-server", description="vpnagent server: API, PKI and OpenVPN server")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = top_parser("vpnagent-server", "vpnagent server: API, PKI and OpenVPN server", CONFIG)
+    sub = add_subcommands(p, CONFIG, dest="cmd", required=True)
 
     def add(name, fn, help_):
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", "-c", required=True, help="server YAML config")
         sp.set_defaults(fn=fn)
         return sp
 
@@ -358,13 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
     s.set_defaults(fn=cmd_config_reference)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # the store reports migration steps itself
+    # alembic: the store reports migration steps itself
+    setup_logging(args.log_level, quiet=("alembic", "urllib3", "docker"))
     from .store import StoreError
 
     try:
         return args.fn(args)
-    except (ServerConfigError, StoreError) as exc:
+    except (MissingConfig, ServerConfigError, StoreError) as exc:
         print(f"vpnagent-server: {exc}", file=sys.stderr)
         return 2
 

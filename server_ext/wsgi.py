@@ -156,6 +156,11 @@ class GuardedThreadWorker(ThreadWorker):
             # else the thread was just swapping the socket for its TLS wrapper: next round
 
 
+def _log_level() -> str:
+    """gunicorn's own log (errorlog) at the level `vpnagent-server --log-level` set."""
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+
+
 def _peer(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
 
@@ -179,7 +184,7 @@ class APIServer(BaseApplication):
             "keepalive": limits.keepalive, "graceful_timeout": limits.shutdown_timeout,
             "timeout": WORKER_HEARTBEAT_S, "limit_request_line": LIMIT_REQUEST_LINE,
             "limit_request_fields": LIMIT_REQUEST_FIELDS, "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
-            "accesslog": "-", "errorlog": "-", "loglevel": "info", "proc_name": "vpnagent-server",
+            "accesslog": "-", "errorlog": "-", "loglevel": _log_level(), "proc_name": "vpnagent-server",
             "when_ready": self.when_ready,
             # gunicorn's runtime control socket (a file in the working directory): not ours to offer
             "control_socket_disable": True,

@@ -248,6 +248,8 @@ def peer(client: AlgorithmClient, timeout: float = 90, n_peers: int | None = Non
     me = f"org{client.organization_id}"
     own_task = client.task_id
     server = EchoServer("0.0.0.0", port).start()
+    _log(f"{me}: serving the echo on port {port}; waiting up to {timeout:.0f} s for "
+         f"{n_peers if n_peers is not None else 'all'} peer addresses")
     errors: list[str] = []
     try:
         # Wait until all runs of this task have registered their echo port.

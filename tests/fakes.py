@@ -20,6 +20,7 @@ class FakeRuntime:
         self.images: dict[str, Image] = {}
         self.log_text: dict[str, bytes] = {}
         self.log_calls: list[dict] = []
+        self.log_follow: dict[str, list[bytes]] = {}  # container id -> chunks written while followed
         self.calls: list[str] = []
         self.exit_codes: dict[str, int] = {}
         self._ids = itertools.count(1)
@@ -99,8 +100,16 @@ class FakeRuntime:
         self.log_calls.append({"tail": tail, "since": since, "until": until, "timestamps": timestamps})
         return self.log_text.get(container_id, b"")
 
-    def log_stream(self, container_id: str) -> Iterator[bytes]:
+    def log_stream(self, container_id: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The log so far; with `follow`, then each chunk of `log_follow` (what the container
+        writes while it is followed), after which it exits, as a followed stream ends."""
         yield self.logs(container_id)
+        if follow:
+            self.log_calls[-1]["follow"] = True
+            for chunk in self.log_follow.pop(container_id, []):
+                self.log_text[container_id] = self.log_text.get(container_id, b"") + chunk
+                yield chunk
+            self.set(container_id, status="exited", pid=0)
 
     def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
         c = self._get(container_id)

@@ -165,6 +165,39 @@ def test_systemd_units_are_shipped_and_verify(tmp_path):
         assert not problems, f"{unit.name}: {problems}"
 
 
+def _installed_data_files() -> dict[str, Path]:
+    """Path under the installation prefix -> the file of this tree that setup.cfg's
+    [options.data_files] installs there (its globs expanded as setuptools does)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    installed = {}
+    for target, sources in cfg["options.data_files"].items():
+        for pattern in (s.strip() for s in sources.split(",") if s.strip()):
+            for source in sorted(REPO.glob(pattern)):
+                installed[f"{target}/{source.name}"] = source
+    return installed
+
+
+def test_systemd_units_document_themselves_with_installed_guides():
+    """Documentation= names files the package's own install puts next to the binaries the
+    unit starts (ExecStart=/opt/vpnagent/bin/...), not paths nothing installs."""
+    installed = _installed_data_files()
+    for unit in UNITS:
+        text = unit.read_text()
+        prefix = re.search(r"^ExecStart=(/\S+)/bin/", text, re.M).group(1)
+        docs = re.findall(r"^Documentation=(\S+)$", text, re.M)
+        assert docs, f"{unit.name} has no Documentation="
+        for uri in docs:
+            assert uri.startswith(f"file://{prefix}/"), f"{unit.name}: {uri} is not under the install {prefix}"
+            relative = uri.removeprefix(f"file://{prefix}/")
+            assert relative in installed, f"{unit.name}: nothing installs {relative}; setup.cfg [options.data_files]"
+            assert installed[relative].is_file()
+    assert "share/doc/vpnagent/examples/node.yaml" in installed  # a missing node config names it (vpnagent/cli.py)
+    assert "share/doc/vpnagent/examples/server.yaml" in installed
+
+
 def test_server_defaults_are_the_schemas(tmp_path):
     """The HTTP server's limits, the OpenVPN settings and the Flask extension take their
     defaults from server_ext/config.py, where the reference is rendered from."""

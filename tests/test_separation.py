@@ -63,7 +63,7 @@ def test_the_check_catches_a_server_that_imports_the_agent(tmp_path):
 
 
 def test_the_shared_package_imports_neither_side(tmp_path):
-    loaded = modules_after("import vpnshared, vpnshared.schema, vpnshared.openvpn", tmp_path)
+    loaded = modules_after("import vpnshared, vpnshared.schema, vpnshared.openvpn, vpnshared.cli", tmp_path)
     assert foreign(loaded, ("vpnagent", "server_ext", "docker", "flask", "sqlalchemy", "yaml")) == []
 
 

@@ -1,20 +1,32 @@
-"""`vpnagent` command line: run the node agent, show its status, clean up, build images."""
+"""`vpnagent` command line: run the node agent, show its status and a run's log, clean up,
+build images."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import logging
 import os
 import signal
 import sys
 import time
+from pathlib import Path
+
+from vpnshared.cli import ConfigOption, MissingConfig, add_subcommands, require_config, setup_logging, top_parser
+
+CONFIG = ConfigOption("/etc/vpnagent/node.yaml", "VPNAGENT_CONFIG", "node config",
+                      "write one: `vpnagent config-reference` lists its keys", example="examples/node.yaml")
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    """The node config file the command reads: --config, else $VPNAGENT_CONFIG, else the default."""
+    return require_config(args.config, CONFIG)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .agent import Agent, StartError
     from .config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(_config_path(args))
     agent = Agent(cfg)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
@@ -34,7 +46,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import connect_engine
 
-    cfg = load_config(args.config)
+    cfg = load_config(_config_path(args))
     removed = cleanup(cfg, connect_engine())
     print("\n".join(f"removed {r}" for r in removed) or "nothing to remove")
     return 0
@@ -43,7 +55,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(_config_path(args))
     path = cfg.data_dir / "status.json"
     try:
         status = json.loads(path.read_text())
@@ -162,7 +174,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from .config import load_config
     from .doctor import diagnose, exit_code, render_json, render_text
 
-    cfg = load_config(args.config)
+    path = _config_path(args)
+    cfg = load_config(path)
 
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt  # so the self-test's finally removes its container and rules
@@ -172,12 +185,50 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     # test's SIGINT) must still reach the self-test's clean-up
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        results = diagnose(cfg, config_path=args.config)
+        results = diagnose(cfg, config_path=str(path))
     except KeyboardInterrupt:
         print("vpnagent doctor: interrupted", file=sys.stderr)
         return 130
     print(render_json(cfg.name, results) if args.json else render_text(results), end="")
     return exit_code(results)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runlogs import RunNotHere, copy_log, find_algorithm
+    from .runtime import EngineError, connect_engine
+
+    cfg = load_config(_config_path(args))
+    try:
+        runtime = connect_engine()
+        copy_log(runtime, find_algorithm(runtime, cfg.name, args.run), sys.stdout.buffer, follow=args.follow)
+    except RunNotHere as exc:
+        print(f"vpnagent: {exc}", file=sys.stderr)
+        return 1
+    except EngineError as exc:
+        print(f"vpnagent: cannot read the log of run {args.run}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C ends following; the run goes on
+        return 130
+    except BrokenPipeError:  # the reader went away (`vpnagent logs 7 -f | head`): done, quietly
+        _silence_stdout()
+    return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit does not fail on a closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def _run_id(text: str) -> int:
+    """A run id on the command line (a positive number), else a usage error (exit 2)."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run id; give the run's number, e.g. 7 "
+                                          "(`vpnagent status` lists the live runs)")
+    return int(text)
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
@@ -202,27 +253,22 @@ def _cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vpnagent", description="vpnagent node agent: wires algorithm "
-                                     "containers into the private OpenVPN network of a collaboration.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser = top_parser("vpnagent", "vpnagent node agent: wires algorithm containers into the private OpenVPN "
+                        "network of a collaboration.", CONFIG)
+    sub = add_subcommands(parser, CONFIG, dest="cmd", required=True)
     p = sub.add_parser("run", help="run the node agent in the foreground")
-    p.add_argument("--config", "-c", required=True, help="node YAML config")
     p.set_defaults(fn=_cmd_run)
     p = sub.add_parser("status", help="show VPN state and live runs of a running agent")
-    p.add_argument("--config", "-c", required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_cmd_status)
     p = sub.add_parser("cleanup", help="remove every container, rule and network this node made")
-    p.add_argument("--config", "-c", required=True)
     p.set_defaults(fn=_cmd_cleanup)
     p = sub.add_parser("doctor", help="check Docker, TUN, iptables, server, TLS, token and VPN; self-test "
                        "(exit 0: all pass, 1: a check failed, 2: bad config)")
-    p.add_argument("--config", "-c", required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_cmd_doctor)
     p = sub.add_parser("images", help="build the local images (vpn, algorithm base, echo)")
-    isub = p.add_subparsers(dest="images_cmd", required=True)
+    isub = add_subcommands(p, CONFIG, dest="images_cmd", required=True)
     b = isub.add_parser("build", help="build the images whose recipe changed")
     b.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     b.add_argument("--agent", action="store_true", help="also build the node agent's own image "
@@ -230,15 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(fn=_cmd_images)
     p = sub.add_parser("config-reference", help="print the node config reference (Markdown table)")
     p.set_defaults(fn=_cmd_config_reference)
+    p = sub.add_parser("logs", help="show a run's algorithm output while it runs (exit 1: the run is not "
+                       "running on this node)")
+    p.add_argument("run", type=_run_id, metavar="RUN", help="the run id (`vpnagent status` lists the live runs)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the algorithm exits or Ctrl-C")
+    p.set_defaults(fn=_cmd_logs)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    logging.getLogger("docker").setLevel(logging.WARNING)
+    setup_logging(args.log_level, quiet=("urllib3", "docker"))
     from .config import ConfigError
 
     try:
         return args.fn(args)
+    except MissingConfig as exc:
+        print(f"vpnagent: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"vpnagent: config error: {exc}", file=sys.stderr)
         return 2

@@ -167,8 +167,9 @@ class Runtime(Protocol):
     def logs(self, container_id: str, *, tail: int | None = None, since: float | None = None,
              until: float | None = None, timestamps: bool = False) -> bytes: ...
 
-    def log_stream(self, container_id: str) -> Iterator[bytes]:
-        """The whole log in chunks (read without holding it all in memory)."""
+    def log_stream(self, container_id: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The whole log in chunks (read without holding it all in memory). With `follow`,
+        also what the container writes from now on, until it exits (`vpnagent logs -f`)."""
 
     def kill(self, container_id: str, signal: str = "SIGKILL") -> None: ...
 

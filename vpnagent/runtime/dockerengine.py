@@ -184,9 +184,9 @@ class DockerRuntime:
         with _engine(f"read the log of container {container_id[:12]}"):
             return self.client.containers.get(container_id).logs(**kwargs)
 
-    def log_stream(self, container_id: str) -> Iterator[bytes]:
+    def log_stream(self, container_id: str, *, follow: bool = False) -> Iterator[bytes]:
         with _engine(f"read the log of container {container_id[:12]}"):
-            stream = self.client.containers.get(container_id).logs(stream=True, follow=False)
+            stream = self.client.containers.get(container_id).logs(stream=True, follow=follow)
         with _engine(f"read the log of container {container_id[:12]}"):
             yield from stream
 
