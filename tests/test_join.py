@@ -221,3 +221,16 @@ def test_an_unreachable_server_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("vpnagent join: cannot reach the server at https://127.0.0.1:9/api") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_add_nodes_whole_output_can_be_piped_in(server, tmp_path, capsys, monkeypatch):
+    import io
+
+    output = f"node 1 n1\njoin_string {server['string']()}\n(on the node, as root: ...)\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(output))
+    assert node_main(["join", "-", "--config", str(tmp_path / "n1.yaml")]) == 0
+    assert load_config(tmp_path / "n1.yaml").name == "n1"
+    monkeypatch.setattr("sys.stdin", io.StringIO("node 1 n1\napi_key abc\n"))
+    assert node_main(["join", "-", "--config", str(tmp_path / "n2.yaml")]) == 2
+    assert "holds 0 join strings" in capsys.readouterr().err
+    assert not (tmp_path / "n2.yaml").exists()

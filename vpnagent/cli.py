@@ -199,8 +199,17 @@ def _cmd_join(args: argparse.Namespace) -> int:
 
     from .join import JoinFailed, join
 
+    from vpnshared.joinstring import JoinStringError, extract
+
+    text = args.join_string
     try:
-        joined = join(args.join_string, Path(args.config) if args.config else None,
+        if text == "-":
+            text = extract(sys.stdin.read())
+    except JoinStringError as exc:
+        print(f"vpnagent join: not a usable join string on stdin: {exc}", file=sys.stderr)
+        return 2
+    try:
+        joined = join(text, Path(args.config) if args.config else None,
                       Path(args.data_dir) if args.data_dir else None, force=args.force)
     except JoinFailed as exc:
         print(f"vpnagent join: {exc}", file=sys.stderr)
@@ -217,7 +226,8 @@ def _cmd_join(args: argparse.Namespace) -> int:
 def _add_join_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("join", help="join a server with the join string `vpnagent-server add-node` printed: "
                        "writes this node's config (exit 0: joined, 1: refused or unreachable, 2: bad input)")
-    p.add_argument("join_string", metavar="JOIN_STRING")
+    p.add_argument("join_string", metavar="JOIN_STRING", help="the join string, or - to read add-node's output "
+                   "from stdin and take the join string in it")
     p.add_argument("--config", "-c", help="where to write the node config (default /etc/vpnagent/NAME.yaml); the "
                    "server's CA goes beside it as NAME.server-ca.crt")
     p.add_argument("--data-dir", help="the node's data_dir (default /var/lib/vpnagent/NAME)")

@@ -80,6 +80,18 @@ def check(js: JoinString) -> None:
         raise JoinStringError("its join token is not 32-128 of A-Z, a-z, 0-9, '-' and '_'")
 
 
+def extract(text: str) -> str:
+    """The one join string in a longer text (what `vpnagent-server add-node` printed, read
+    from a file or a pipe); JoinStringError when it holds none or several."""
+    if len(text) > 64 * 1024:
+        raise JoinStringError(f"the input is {len(text)} characters long; it is not add-node's output")
+    found = [word for word in text.split() if word.startswith(PREFIX)]
+    if len(found) != 1:
+        raise JoinStringError(f"the input holds {len(found)} join strings, not one (a line starting with "
+                              f"{PREFIX!r}); {WHERE_FROM}")
+    return found[0]
+
+
 def decode(text: str) -> JoinString:
     """The join string in `text` (surrounding white space is ignored), or JoinStringError."""
     text = text.strip()
