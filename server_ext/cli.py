@@ -3,6 +3,7 @@ commands that create organisations, collaborations, nodes and researchers."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -195,7 +196,7 @@ def cmd_add_node(args) -> int:
     if url is None:
         _show_key("node", node.id, node.name, key, f"; {why_not}" if why_not else "")
         return 0
-    _show_join(args, raw, node.id, url)
+    _show_join(args, node.id, url)
     return 0
 
 
@@ -206,7 +207,7 @@ def cmd_join_token(args) -> int:
     if why_not:
         raise ServerConfigError(f"no join string: {why_not}")
     node = _store(args).get_node(args.node_id)
-    _show_join(args, raw, node.id, _join_url(raw, args.server_url, node.name))
+    _show_join(args, node.id, _join_url(raw, args.server_url, node.name))
     return 0
 
 
@@ -221,6 +222,9 @@ def _why_no_join(raw: dict[str, Any]) -> str | None:
     return None
 
 
+JOIN_URL_KEYS = ("tls_hostnames", "openvpn_remote_host", "host", "port")
+
+
 def _join_url(raw: dict[str, Any], given: str | None, name: str) -> str:
     """The API URL for a join string, checked before anything is stored."""
     from vpnshared.joinstring import JoinString, JoinStringError
@@ -231,12 +235,13 @@ def _join_url(raw: dict[str, Any], given: str | None, name: str) -> str:
     try:
         JoinString(url, "sha256:" + "0" * 64, name, "x" * 43)
     except JoinStringError as exc:
-        raise ServerConfigError(f"--server-url: {exc}; give the URL nodes reach the API at, like "
+        where = "--server-url" if given else f"the API URL made from {', '.join(JOIN_URL_KEYS)}"
+        raise ServerConfigError(f"{where}: {exc}; give --server-url with the URL nodes reach the API at, like "
                                 "https://vpn.example.org:5000/api") from None
     return url
 
 
-def _show_join(args, raw: dict[str, Any], node_id: int, url: str) -> None:
+def _show_join(args, node_id: int, url: str) -> None:
     from .join import issue_join_token, join_string
 
     state = _admin_state(args)
@@ -251,7 +256,7 @@ def _show_join(args, raw: dict[str, Any], node_id: int, url: str) -> None:
           f"`vpnagent-server join-token {issued.node_id}` issues a new one)")
 
 
-def join_lifetime(text: str):
+def join_lifetime(text: str) -> dt.timedelta:
     """--expires on the command line: a usage error (exit 2) when it cannot be used."""
     from .join import parse_lifetime
 

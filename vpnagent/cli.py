@@ -197,9 +197,9 @@ def _cmd_images(args: argparse.Namespace) -> int:
 def _cmd_join(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .join import JoinFailed, join
-
     from vpnshared.joinstring import JoinStringError, extract
+
+    from .join import JoinFailed, join
 
     text = args.join_string
     try:

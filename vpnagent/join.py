@@ -151,7 +151,8 @@ def _redeem(js: JoinString, ca_pem: str, timeout: float) -> dict:
         ca.write_text(ca_pem)
         session = make_session(str(ca))
         try:
-            resp = session.post(f"{js.url}/node/join", json={"token": js.token, "name": js.node}, timeout=timeout)
+            resp = session.post(f"{js.url}/node/join", json={"token": js.token, "name": js.node}, timeout=timeout,
+                                allow_redirects=False)  # the token goes to this URL and nowhere else
         except requests.exceptions.SSLError as exc:
             raise JoinFailed(f"the server's HTTPS certificate is not accepted with the pinned CA "
                              f"({short_reason(exc)}): the join string's URL must use a name the server's certificate "
