@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import stat
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -56,10 +55,6 @@ def server(tmp_path):
     finally:
         http.shutdown()
         state.store.close()
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def _tokens(state) -> list[tuple]:
