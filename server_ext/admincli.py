@@ -13,7 +13,7 @@ import yaml
 
 JSON_HELP = "print JSON (what /api/admin answers) instead of lines"
 # Admin commands that cli.main defines itself; register() gives them --json too.
-EARLIER = ("add-organization", "add-collaboration", "add-node", "add-user", "remove-user", "rotate-user-key",
+EARLIER = ("add-organization", "add-collaboration", "add-node", "join-token", "add-user", "remove-user", "rotate-user-key",
            "remove-node", "remove-organization")
 
 

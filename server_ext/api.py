@@ -279,6 +279,32 @@ def node_self(s: Session, ident: Identity):
                    collaboration_id=node.collaboration_id, vpn_ip=node.vpn_ip, vpn_subnet=str(ext().settings.subnet))
 
 
+# ---------------------------------------------------------------- join (server_ext/join.py)
+@bp.get("/node/ca")
+def node_ca():
+    """The CA that signs the API's certificate. Public: `vpnagent join` reads it before it
+    trusts anything and accepts it only when its pin matches the one in the join string."""
+    return jsonify(ca_pem=ext().pki.ca_pem)
+
+
+@bp.post("/node/join")
+def node_join():
+    """Spend a join token for the node's API key (a new one: the earlier key stops
+    working). A refused token changes nothing."""
+    from .join import JoinError, redeem
+
+    data = body(token=(str, True), name=(str, True))
+    try:
+        with ext().store.session() as s:
+            node, key = redeem(s, data["token"], data["name"])
+            out = {"api_key": key, "node_id": node.id, "name": node.name, "organization_id": node.organization_id,
+                   "collaboration_id": node.collaboration_id, "vpn_subnet": str(ext().settings.subnet)}
+    except JoinError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    log.info("node %s (%s) joined with a join token; its API key was replaced", out["node_id"], out["name"])
+    return jsonify(out)
+
+
 def _issue_config(s: Session, node: Node) -> str:
     e = ext()
     ip = e.store.allocate_vpn_ip(s, node, e.settings.subnet, e.settings.slices)

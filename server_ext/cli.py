@@ -3,6 +3,7 @@ commands that create organisations, collaborations, nodes and researchers."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import ssl
@@ -179,11 +180,96 @@ def _show_key(kind: str, ident: int, name: str, key: str, note: str = "") -> Non
 
 
 def cmd_add_node(args) -> int:
+    """The node and, by default, its join string (no API key is shown: the node gets one
+    when it joins); with --api-key, or where nodes cannot join, its API key."""
+    raw = _config(args)
+    why_not = None if args.api_key else _why_no_join(raw)
+    url = None if args.api_key or why_not else _join_url(raw, args.server_url, args.name)
     node, key = _store(args).create_node(args.org, args.collaboration, args.name)
-    if args.json:
-        return print_json(view(args, "node", node.id, api_key=key))
-    _show_key("node", node.id, node.name, key)
+    if url is None:
+        if args.json:
+            return print_json(view(args, "node", node.id, api_key=key, join_string=None, why_no_join=why_not))
+        _show_key("node", node.id, node.name, key, f"; {why_not}" if why_not else "")
+        return 0
+    _show_join(args, node.id, url)
     return 0
+
+
+def cmd_join_token(args) -> int:
+    """A new join string for an existing node (its earlier unspent one stops working)."""
+    raw = _config(args)
+    why_not = _why_no_join(raw)
+    if why_not:
+        raise ServerConfigError(f"no join string: {why_not}")
+    node = _store(args).get_node(args.node_id)
+    _show_join(args, node.id, _join_url(raw, args.server_url, node.name))
+    return 0
+
+
+def _why_no_join(raw: dict[str, Any]) -> str | None:
+    """Why this server cannot hand out join strings, or None when it can."""
+    if raw.get("insecure_http"):
+        return ("insecure_http serves the API over plain HTTP, where a join string's CA pin protects nothing: "
+                "put the API key in the node config by hand")
+    if raw.get("tls_cert"):
+        return ("the API serves tls_cert, which this server's CA did not issue, so a join string cannot pin it: "
+                "put the API key in the node config by hand (server_ca_file: the CA of tls_cert)")
+    return None
+
+
+JOIN_URL_KEYS = ("tls_hostnames", "openvpn_remote_host", "host", "port")
+
+
+def _join_url(raw: dict[str, Any], given: str | None, name: str) -> str:
+    """The API URL for a join string, checked before anything is stored."""
+    from vpnshared.joinstring import JoinString, JoinStringError
+
+    from .join import api_url
+
+    url = (given or api_url(raw, default("port"), default("host"))).rstrip("/")
+    try:
+        JoinString(url, "sha256:" + "0" * 64, name, "x" * 43)
+    except JoinStringError as exc:
+        where = "--server-url" if given else f"the API URL made from {', '.join(JOIN_URL_KEYS)}"
+        raise ServerConfigError(f"{where}: {exc}; give --server-url with the URL nodes reach the API at, like "
+                                "https://vpn.example.org:5000/api") from None
+    return url
+
+
+def _show_join(args, node_id: int, url: str) -> None:
+    from .join import issue_join_token, join_string
+
+    state = _admin_state(args)
+    try:
+        issued = issue_join_token(state.store, node_id, args.expires)
+        line = join_string(url, state.pki.ca_pem, issued)
+    finally:
+        state.store.close()
+    if getattr(args, "json", False):
+        print_json({"id": issued.node_id, "name": issued.node_name, "join_string": line, "server_url": url,
+                    "expires_at": issued.expires_at.isoformat()})
+        return
+    print(f"node {issued.node_id} {issued.node_name}\njoin_string {line}\n"
+          f"(on the node, as root: `vpnagent join <join_string>`; it works once, until "
+          f"{issued.expires_at:%Y-%m-%d %H:%M} UTC, and reaches the server at {url}; "
+          f"`vpnagent-server join-token {issued.node_id}` issues a new one)")
+
+
+def join_lifetime(text: str) -> dt.timedelta:
+    """--expires on the command line: a usage error (exit 2) when it cannot be used."""
+    from .join import parse_lifetime
+
+    try:
+        return parse_lifetime(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _join_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--expires", type=join_lifetime, default="24h", metavar="DURATION",
+                    help="how long the join string works, like 30m, 24h (default) or 7d; it works once")
+    sp.add_argument("--server-url", metavar="URL",
+                    help="the API URL nodes reach (default: from tls_hostnames, openvpn_remote_host and port)")
 
 
 def cmd_add_user(args) -> int:
@@ -340,10 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")
     s.add_argument("name")
     s.add_argument("--org", type=db_id, action="append", required=True, help="organisation id (repeat)")
-    s = add("add-node", cmd_add_node, "create a node; prints its API key once")
+    s = add("add-node", cmd_add_node, "create a node; prints its join string (for `vpnagent join`)")
     s.add_argument("name")
     s.add_argument("--org", type=db_id, required=True)
     s.add_argument("--collaboration", type=db_id, required=True)
+    _join_options(s)
+    s.add_argument("--api-key", action="store_true",
+                   help="print the node's API key (once) instead of a join string, for a hand-written node config")
+    s = add("join-token", cmd_join_token, "issue a new join string for a node (its earlier unspent one stops "
+            "working; joining with it replaces the node's API key)")
+    s.add_argument("node_id", type=db_id)
+    _join_options(s)
     s = add("add-user", cmd_add_user, "create a researcher; prints the API key once")
     s.add_argument("name")
     s.add_argument("--org", type=db_id, required=True)

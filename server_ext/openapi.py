@@ -128,6 +128,12 @@ def spec(prefix: str = "/api") -> dict:
                                          _obj({"run_id": INT}, ["run_id"]))},
         "/health": {"get": _op("Liveness", None, errors=())},
         "/openapi.json": {"get": _op("This document", None, errors=())},
+        "/node/ca": {"get": _op("The CA that signs the API's certificate (PEM), for `vpnagent join` to check "
+                                "against the pin in its join string", None, errors=())},
+        "/node/join": {"post": _op("Spend a join token (single use, expiring) for the node's API key; the node's "
+                                   "earlier key stops working", None,
+                                   _obj({"token": {"type": "string"}, "name": {"type": "string"}}, ["token", "name"]),
+                                   errors=("400", "401", "403", "413"))},
         "/node/self": {"get": _op("The calling node", "node")},
         "/node/peers": {"get": _op("Task families of this node's active runs", "node", params=[_q("run_id", INT)])},
         "/node/runs": {"post": _op("The runs this node still has; its other initializing or active runs are failed",

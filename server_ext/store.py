@@ -165,6 +165,18 @@ class Certificate(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class JoinToken(Base):
+    """A single-use, expiring credential a node spends once on POST /node/join for its API
+    key (server_ext/join.py). Only its hash is kept; `used_at` is set when it is spent."""
+    __tablename__ = "join_token"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class StoreError(ValueError):
     """An admin operation was refused (duplicate name, unknown id, full subnet), or the
     database cannot be used; the message says what to fix."""

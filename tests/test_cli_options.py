@@ -184,3 +184,22 @@ def test_a_new_subcommand_gets_the_shared_options_and_may_define_its_own_config(
     assert (args.log_level, args.config) == ("debug", "/a.yaml")
     args = parser.parse_args(["--config", "/a.yaml", "join", "--config", "/b.yaml", "-v"])
     assert (args.config, args.output, args.log_level) == ("/a.yaml", "/b.yaml", "debug")
+
+
+
+def test_a_subcommands_own_config_option_leaves_the_others_theirs():
+    """`vpnagent join --config` means where to write; resolving that conflict must not take
+    --config away from the subcommands made before or after it (argparse shares a parent's
+    actions between its children)."""
+    from vpnshared.cli import ConfigOption, add_subcommands, top_parser
+
+    option = ConfigOption("/etc/x.yaml", "X_CONFIG", "x config", "write one")
+    parser = top_parser("x", "x", option)
+    sub = add_subcommands(parser, option, dest="cmd")
+    sub.add_parser("a")
+    own = sub.add_parser("b")
+    own.add_argument("--config", help="where to write")
+    sub.add_parser("c")
+    for name in ("a", "c"):
+        assert parser.parse_args([name, "--config", "/y.yaml"]).config == "/y.yaml"
+    assert parser.parse_args(["b", "--config", "/z.yaml"]).config == "/z.yaml"

@@ -245,6 +245,47 @@ def _cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_join(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vpnshared.joinstring import JoinStringError, extract
+
+    from .join import JoinFailed, join
+
+    text = args.join_string
+    try:
+        if text == "-":
+            text = extract(sys.stdin.read())
+    except JoinStringError as exc:
+        print(f"vpnagent join: not a usable join string on stdin: {exc}", file=sys.stderr)
+        return 2
+    try:
+        joined = join(text, Path(args.config) if args.config else None,
+                      Path(args.data_dir) if args.data_dir else None, force=args.force)
+    except JoinFailed as exc:
+        print(f"vpnagent join: {exc}", file=sys.stderr)
+        return exc.code
+    print(f"node {joined.name} joined {joined.server_url}\n"
+          f"  config     {joined.config_path} (0600: it holds the node's API key)\n"
+          f"  server CA  {joined.ca_path}\n"
+          f"  data_dir   {joined.data_dir}\n"
+          f"next: vpnagent doctor --config {joined.config_path}\n"
+          f"      vpnagent run --config {joined.config_path}")
+    return 0
+
+
+def _add_join_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("join", help="join a server with the join string `vpnagent-server add-node` printed: "
+                       "writes this node's config (exit 0: joined, 1: refused or unreachable, 2: bad input)")
+    p.add_argument("join_string", metavar="JOIN_STRING", help="the join string, or - to read add-node's output "
+                   "from stdin and take the join string in it")
+    p.add_argument("--config", "-c", help="where to write the node config (default /etc/vpnagent/NAME.yaml); the "
+                   "server's CA goes beside it as NAME.server-ca.crt")
+    p.add_argument("--data-dir", help="the node's data_dir (default /var/lib/vpnagent/NAME)")
+    p.add_argument("--force", action="store_true", help="replace an existing config")
+    p.set_defaults(fn=_cmd_join)
+
+
 def _cmd_config_reference(args: argparse.Namespace) -> int:
     from .config import reference_markdown
 
@@ -274,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--agent", action="store_true", help="also build the node agent's own image "
                    "vpnagent/agent:latest (wheels from PyPI, about a minute; for running the agent in a container)")
     b.set_defaults(fn=_cmd_images)
+    _add_join_parser(sub)
     p = sub.add_parser("config-reference", help="print the node config reference (Markdown table)")
     p.set_defaults(fn=_cmd_config_reference)
     p = sub.add_parser("logs", help="show a run's algorithm output while it runs (exit 1: the run is not "

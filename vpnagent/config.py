@@ -46,7 +46,8 @@ SCHEMA: dict[str, Key] = {
                      "network and firewall chains.", required=True),
     "server_url": Key(str, "Base URL of the server API, e.g. https://vpn.example.org/api. https:// is required "
                            "unless allow_insecure_http is true.", required=True),
-    "api_key": Key(str, "The node's API key, printed once by `vpnagent-server add-node`.", required=True),
+    "api_key": Key(str, "The node's API key: written by `vpnagent join`, or printed once by `vpnagent-server "
+                     "add-node --api-key` for a config written by hand.", required=True),
     "data_dir": Key(str, "Directory for the VPN config, port records and status.json (relative paths are "
                          "relative to the config file).", required=True),
     "server_ca_file": Key(str, "PEM file of the CA that signed the server's HTTPS certificate (the server's "

@@ -363,8 +363,9 @@ def check_token(ctx: Context) -> str:
     except ServerError as exc:
         if exc.status in (401, 403):
             raise CheckFailed(f"the server refused the node's API key ({exc.msg})",
-                              "put the key `vpnagent-server add-node` printed into api_key (a removed node "
-                              "needs a new one)") from None
+                              "join again with a new join string (`vpnagent-server join-token NODE_ID` on "
+                              "the server, then `vpnagent join --force`), or put the key `vpnagent-server "
+                              "add-node --api-key` printed into api_key; a removed node needs a new node") from None
         raise CheckFailed(str(exc), "see the server's log for the request; check server_url's base path") from None
     ctx.facts["node"] = me
     return f"node id {me.get('id')}, organisation {me.get('organization_id')}"

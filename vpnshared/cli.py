@@ -6,13 +6,13 @@ the line, before or after the subcommand: every subcommand parser made through
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 DISTRIBUTION = "vpnagent"  # the installed package both commands come from (setup.cfg [metadata] name)
 DOC_DIR = ("share", "doc", "vpnagent")  # under the installation's prefix (setup.cfg [options.data_files])
@@ -112,8 +112,13 @@ def add_subcommands(parser: argparse.ArgumentParser, config: ConfigOption | None
     """`parser.add_subparsers(**kwargs)` whose parsers (and their own subcommands, made
     with this function again) accept the shared options. A subcommand that defines an
     option of the same name itself keeps its own (conflict_handler="resolve")."""
-    shared = _shared_options(config, False)
-    make = functools.partial(argparse.ArgumentParser, parents=[shared], conflict_handler="resolve")
+    def make(**parser_kwargs: Any) -> argparse.ArgumentParser:
+        # a fresh parent each time: argparse shares a parent's actions with every child, and
+        # "resolve" removes a conflicting option string from the action itself, so one
+        # subcommand's own --config would take --config away from all the others
+        return argparse.ArgumentParser(parents=[_shared_options(config, False)], conflict_handler="resolve",
+                                       **parser_kwargs)
+
     return parser.add_subparsers(parser_class=make, **kwargs)
 
 

@@ -112,7 +112,7 @@ def test_admins_are_added_listed_rotated_and_removed(world, cli):
     assert "removed " in cli("list-admins")[1].splitlines()[1]
 
 
-KEYED = [("add-node", ["n9", "--org", "4", "--collaboration", "3"]), ("add-user", ["bob", "--org", "1"]),
+KEYED = [("add-node", ["n9", "--org", "4", "--collaboration", "3", "--api-key"]), ("add-user", ["bob", "--org", "1"]),
          ("rotate-user-key", ["1"]), ("rotate-node-key", ["2"]), ("add-admin", ["robot"]), ("rotate-admin-key", ["1"])]
 UNKEYED = [("add-organization", ["org5"]), ("add-collaboration", ["E", "--org", "1", "--org", "4"]),
            ("remove-user", ["2"]), ("remove-node", ["3"]), ("remove-organization", ["3"]), ("remove-admin", ["1"]),
@@ -132,6 +132,15 @@ def test_every_admin_command_prints_json_and_a_new_key_exactly_once(world, cli, 
         assert len(key) >= 40 and out.count(key) == 1
     else:
         assert "api_key" not in out
+
+
+def test_add_node_json_carries_the_join_string_and_no_key(world, cli):
+    """By default a new node gets a join string, not a key (the key is made when it joins)."""
+    world.store.create_collaboration("F", [world.orgs[3]])
+    status, out, err = cli("add-node", "n9", "--org", "4", "--collaboration", "3", "--json")
+    assert status == 0, err
+    data = json.loads(out)
+    assert data["join_string"].startswith("vpnagent-join-1.") and data["name"] == "n9" and "api_key" not in out
 
 
 def test_names_made_before_the_rules_are_still_listed_shown_and_removed(world, cli):

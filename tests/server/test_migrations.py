@@ -52,7 +52,7 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
             command.downgrade(schema.alembic_config(conn), "base")
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
-        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003", "0004"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003", "0004", "0005"]
         with store.engine.connect() as conn:
             assert schema_differences(conn) == []
     finally:
@@ -253,7 +253,7 @@ def test_upgrading_to_0003_keeps_tasks_and_runs_and_their_input(database_url, tm
                          {"c": collab, "i": '{"method": "old"}', "t": dt.datetime(2026, 11, 1)})
             conn.execute(text("INSERT INTO run (task_id, organization_id, node_id, status) VALUES (1, :o, :n, 'pending')"),
                          {"o": org, "n": node.id})
-        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003", "0004"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003", "0004", "0005"]
         with store.session() as s:
             task, run = s.get(Task, 1), s.get(Run, 1)
             assert (task.contract, task.description, task.databases, task.input) == \
@@ -264,5 +264,31 @@ def test_upgrading_to_0003_keeps_tasks_and_runs_and_their_input(database_url, tm
         runs = client.get("/api/run", headers={"Authorization": f"Bearer {token}"}).json["runs"]
         assert [(r["id"], r["input"], r["contract"], r["databases"]) for r in runs] == \
             [(1, {"method": "old"}, "vpnagent", [])]
+    finally:
+        store.close()
+
+
+def test_upgrading_to_0005_adds_join_tokens_and_keeps_nodes_and_their_keys(database_url, tmp_path):
+    """0005 only adds the join_token table: nodes keep their keys, and a join token issued
+    after the upgrade is spent once."""
+    from server_ext import create_app
+    from server_ext.join import issue_join_token
+
+    app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "VPNAGENT_DATABASE_URL": database_url},
+                     migrate=True)
+    store = app.extensions["vpnagent"].store
+    try:
+        org = store.create_organization("hospital-a").id
+        collab = store.create_collaboration("study", [org]).id
+        node, key = store.create_node(org, collab, "node-a")
+        with store.engine.begin() as conn:
+            command.downgrade(schema.alembic_config(conn), "0004")
+            assert "join_token" not in inspect(conn).get_table_names()
+        assert [s.revision for s in schema.upgrade(store.engine)] == ["0005"]
+        client = app.test_client()
+        assert client.post("/api/token/node", json={"api_key": key}).status_code == 200
+        token = issue_join_token(store, node.id).token
+        assert client.post("/api/node/join", json={"token": token, "name": "node-a"}).status_code == 200
+        assert client.post("/api/node/join", json={"token": token, "name": "node-a"}).status_code == 401
     finally:
         store.close()
