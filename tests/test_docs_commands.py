@@ -89,8 +89,9 @@ CONTINUES = {"docs/database.md": "README.md"}
 PLACEHOLDER = re.compile(r"<[a-z][a-z _]*>|\[--?\w+[^\]]*\]")
 
 
-def _variables(cmds: list[Command]) -> dict[Command, str]:
-    """The key of each command: WHAT's patterns match it."""
+def _keys(cmds: list[Command]) -> dict[Command, str]:
+    """What WHAT's patterns see of each command: its code with the variables set before it
+    expanded and the install prefixes dropped."""
     values, keys = {}, {}
     for cmd in cmds:
         code = cmd.code
@@ -117,7 +118,7 @@ def classified() -> list[tuple[Command, str, str, str]]:
     out = []
     for doc in documents():
         cmds = commands(doc)
-        keys = _variables(cmds)
+        keys = _keys(cmds)
         out += [(c, keys[c], *classify(c, keys[c])) for c in cmds]
     return out
 
@@ -126,7 +127,7 @@ def test_every_documented_command_is_classified():
     unknown = []
     for doc in documents():
         cmds = commands(doc)
-        keys = _variables(cmds)
+        keys = _keys(cmds)
         for cmd in cmds:
             try:
                 classify(cmd, keys[cmd])
@@ -143,8 +144,8 @@ def test_no_command_line_holds_a_placeholder():
 
 
 def test_every_row_of_the_table_is_used():
-    used = {how_why for *_, how, why in classified() for how_why in [(how, why)]}
-    stale = [(p, h) for p, h, w in WHAT if (h, w) not in used]
+    used = {(how, why) for _, _, how, why in classified()}
+    stale = [pattern for pattern, how, why in WHAT if (how, why) not in used]
     assert not stale, f"rows of WHAT no documented command needs any more: {stale}"
 
 
@@ -197,7 +198,7 @@ def machine_env(root: Path) -> dict[str, str]:
     return env
 
 
-def paste(cmd: Command, key: str, how: str, root: Path, variables: list[str]) -> subprocess.CompletedProcess:
+def paste(cmd: Command, how: str, root: Path, variables: list[str]) -> subprocess.CompletedProcess:
     """Runs the command as bash would when pasted, after the document's variable lines."""
     text = reroot(cmd.text, root)
     if how == CHECKOUT:
@@ -207,8 +208,8 @@ def paste(cmd: Command, key: str, how: str, root: Path, variables: list[str]) ->
                           env=machine_env(root), capture_output=True, text=True, timeout=120)
 
 
-def _runnable(doc: str) -> list[tuple[Command, str, str]]:
-    return [(c, k, how) for c, k, how, _ in classified() if c.doc == doc and how in (RUN, CHECKOUT)]
+def _runnable(doc: str) -> list[tuple[Command, str]]:
+    return [(c, how) for c, _, how, _ in classified() if c.doc == doc and how in (RUN, CHECKOUT)]
 
 
 RUN_DOCS = sorted({c.doc for c, _, how, _ in classified() if how in (RUN, CHECKOUT)})
@@ -217,8 +218,8 @@ RUN_DOCS = sorted({c.doc for c, _, how, _ in classified() if how in (RUN, CHECKO
 def run_document(doc: str, root: Path) -> list[tuple[Command, subprocess.CompletedProcess]]:
     done = run_document(CONTINUES[doc], root) if doc in CONTINUES else []
     variables = []
-    for cmd, key, how in _runnable(doc):
-        proc = paste(cmd, key, how, root, variables)
+    for cmd, how in _runnable(doc):
+        proc = paste(cmd, how, root, variables)
         assert proc.returncode == 0, f"{cmd}\nexit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         for expected in cmd.expected:
             assert expected in proc.stdout, f"{cmd}: the docs say it prints {expected!r}, it printed {proc.stdout!r}"
@@ -301,7 +302,7 @@ def test_documented_docker_commands(tmp_path, docker_client):
     """The commands that need only this machine's Docker engine, in the docs' order (the
     docker_client fixture skips, or fails under VPNAGENT_REQUIRE_DOCKER=1, without one)."""
     fake_install(tmp_path)
-    for cmd, key, how, _ in classified():
+    for cmd, _, how, _ in classified():
         if how != DOCKER:
             continue
         text = reroot(cmd.text, tmp_path)
@@ -309,3 +310,9 @@ def test_documented_docker_commands(tmp_path, docker_client):
         proc = subprocess.run(["bash", "-c", text], cwd=REPO, env=machine_env(tmp_path),
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{cmd}\nexit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_a_command_in_no_row_is_refused_with_the_fix():
+    new = Command("docs/x.md", 3, "vpnagent frobnicate --all", "vpnagent frobnicate --all", ())
+    with pytest.raises(LookupError, match="docs/x.md:3: .*no row of WHAT.*make it runnable"):
+        classify(new, new.code)
