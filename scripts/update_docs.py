@@ -8,7 +8,8 @@ A generated section sits between two marker comments:
 
 `python scripts/update_docs.py` rewrites every such section; `--check` only reports which
 ones differ (exit 1), which is what tests/test_docs.py runs. The sources are the config
-schemas (vpnagent/config.py, server_ext/config.py), the name rules (vpnshared/names.py) and
+schemas (vpnagent/config.py, server_ext/config.py, the algorithm recipe's in
+vpnagent/algorithm_recipe.py), the name rules (vpnshared/names.py) and
 the example configs in docs/examples/, so the guide shows exactly the files an operator
 copies.
 """
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # Files that hold generated sections.
-DOCS = ("docs/operator-guide.md",)
+DOCS = ("docs/operator-guide.md", "docs/algorithm-guide.md")
 
 
 def _node_reference() -> str:
@@ -51,6 +52,12 @@ def _name_rules() -> str:
     return rules_markdown()
 
 
+def _algorithm_recipe_reference() -> str:
+    from vpnagent.algorithm_recipe import reference_markdown
+
+    return reference_markdown()
+
+
 def _example(rel: str) -> Callable[[], str]:
     def render() -> str:
         return f"```yaml\n# {rel}\n{(REPO / rel).read_text().rstrip()}\n```\n"
@@ -64,6 +71,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "server-config-example": _example("docs/examples/server.yaml"),
     "node-config-example": _example("docs/examples/node.yaml"),
     "name-rules": _name_rules,
+    "algorithm-recipe-reference": _algorithm_recipe_reference,
 }
 
 _MARKER = re.compile(r"(<!-- (?P<name>[a-z0-9-]+):start -->\n)(?P<body>.*?)(<!-- (?P=name):end -->)", re.S)

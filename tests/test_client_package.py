@@ -64,18 +64,23 @@ def test_project_metadata():
 
 def test_every_algorithm_image_carries_the_whole_package():
     from examples.ring_sum import build as ring_sum_build
+    from examples.ring_sum import build_v6
     from test_algorithms import hostile
+    from vpnagent.algorithm_recipe import load_algorithm
     from vpnagent.image_recipes import ECHO_FILES
 
     assert MODULES and "clients/python/vpnagent_algorithm/__init__.py" in MODULES
-    for name, files in (("echo", ECHO_FILES), ("hostile", hostile.FILES), ("ring_sum", ring_sum_build.FILES)):
+    for name, files in (("echo", ECHO_FILES), ("hostile", hostile.FILES), ("ring_sum_v6", build_v6.FILES)):
         missing = sorted(set(MODULES) - set(files))
         assert not missing, f"the {name} image lacks {missing}: add them to its file list"
-    # the images put repository paths under /app: the example finds the package by its PYTHONPATH,
-    # echo and hostile through vpnagent/algorithm_client.py
-    assert "PYTHONPATH=/app:/app/clients/python" in ring_sum_build.DOCKERFILE.read_text()
+    # these images put repository paths under /app: the v6 example finds the package by its
+    # PYTHONPATH, echo and hostile through vpnagent/algorithm_client.py
+    assert "PYTHONPATH=/app:/app/clients/python" in build_v6.DOCKERFILE
     for files in (ECHO_FILES, hostile.FILES):
         assert "vpnagent/algorithm_client.py" in files
+    # an image from an algorithm directory (build-algorithm) gets the installed package whole
+    context = load_algorithm(ring_sum_build.HERE).recipe().contents()
+    assert {f"client/vpnagent_algorithm/{Path(m).name}" for m in MODULES} <= set(context)
 
 
 @pytest.mark.parametrize("entry", ["vpnagent/algorithm_client.py", "test_algorithms/echo.py"])

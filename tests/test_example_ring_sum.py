@@ -166,9 +166,11 @@ def test_main_reads_input_and_writes_output(tmp_path, monkeypatch):
 
 def test_image_recipe_exposes_the_ring_port():
     from examples.ring_sum import build
+    from vpnagent.algorithm_recipe import load_algorithm
 
-    dockerfile = build.DOCKERFILE.read_text()
+    dockerfile = load_algorithm(build.HERE).dockerfile()
     assert f"EXPOSE {ring_sum.RING_PORT}" in dockerfile and f"LABEL p{ring_sum.RING_PORT}={ring_sum.RING_LABEL}" in dockerfile
+    assert build.TAG == "vpnagent/ring-sum:latest"
     from vpnagent.ports import exposed_ports
 
     specs = exposed_ports({"ExposedPorts": {f"{ring_sum.RING_PORT}/tcp": {}},

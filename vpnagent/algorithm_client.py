@@ -1,6 +1,7 @@
 """The algorithm client's old import path, kept so `from vpnagent.algorithm_client import
 AlgorithmClient` still works. The client itself is the package `vpnagent_algorithm` in
-clients/python/ (`pip install ./clients/python`); new code imports that.
+clients/python/ (`pip install ./clients/python`; the vpnagent distribution ships it too, as
+a top-level package); new code imports that.
 
 When the package is not installed, it is taken from clients/python/ beside this package:
 in a checkout, and in the algorithm images built from this repository's file lists, which

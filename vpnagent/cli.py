@@ -245,6 +245,32 @@ def _cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_algorithm(args: argparse.Namespace) -> int:
+    from .algorithm_recipe import AlgorithmRecipeError, load_algorithm
+    from .image_recipes import ImageBuildError
+
+    try:
+        spec = load_algorithm(args.directory, args.tag)
+        if args.save_context:
+            # no engine needed: the context can be built elsewhere (`docker build - < FILE`)
+            Path(args.save_context).write_bytes(spec.recipe().context().getvalue())
+            print(f"{spec.tag}: build context written to {args.save_context} ({len(spec.files)} algorithm "
+                  f"file(s)); build it with: docker build -t {spec.tag} - < {args.save_context}")
+            return 0
+        from .runtime.docker_images import build_algorithm_dir
+
+        tag, image_id = build_algorithm_dir(spec, client=None, force=args.force,
+                                            progress=lambda m: print(m, flush=True))
+    except AlgorithmRecipeError as exc:
+        print(f"vpnagent: {exc}", file=sys.stderr)
+        return 2
+    except (ImageBuildError, OSError) as exc:
+        print(f"vpnagent: image build failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{tag} {image_id}")
+    return 0
+
+
 def _cmd_join(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -308,13 +334,23 @@ def main(argv: list[str] | None = None) -> int:
                        "(exit 0: all pass, 1: a check failed, 2: bad config)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_cmd_doctor)
-    p = sub.add_parser("images", help="build the local images (vpn, algorithm base, echo)")
+    p = sub.add_parser("images", help="build the local images (vpn, algorithm base, echo) and algorithm images")
     isub = add_subcommands(p, CONFIG, dest="images_cmd", required=True)
     b = isub.add_parser("build", help="build the images whose recipe changed")
     b.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     b.add_argument("--agent", action="store_true", help="also build the node agent's own image "
                    "vpnagent/agent:latest (wheels from PyPI, about a minute; for running the agent in a container)")
     b.set_defaults(fn=_cmd_images)
+    b = isub.add_parser("build-algorithm", help="build an algorithm image from a directory holding "
+                        "vpnagent-algorithm.yaml, on top of the algorithm base image (exit 0: built or "
+                        "cached, 1: the build failed, 2: bad recipe or files)")
+    b.add_argument("directory", metavar="DIR", help="the algorithm's directory (docs/algorithm-guide.md: "
+                   "\"Building the image\")")
+    b.add_argument("--tag", "-t", help="the image name, instead of the recipe's tag")
+    b.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    b.add_argument("--save-context", metavar="FILE", help="write the build context (a tar with the Dockerfile) "
+                   "to FILE instead of building; needs no Docker engine")
+    b.set_defaults(fn=_cmd_build_algorithm)
     _add_join_parser(sub)
     p = sub.add_parser("config-reference", help="print the node config reference (Markdown table)")
     p.set_defaults(fn=_cmd_config_reference)

@@ -16,6 +16,7 @@ import os
 import sys
 import tarfile
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 RECIPE_LABEL = "vpnagent.recipe"
@@ -135,8 +136,9 @@ class AlgorithmRecipe:
     dockerfile: str
     root: Path = REPO_ROOT
     estimate_s: int = 3
-    # More build-context files from outside the repo (context path -> host file), e.g. wheels.
-    extra: dict[str, Path] = field(default_factory=dict)
+    # More build-context files from outside the repo (context path -> host file or package
+    # resource), e.g. wheels, or an algorithm directory's files (`vpnagent.algorithm_recipe`).
+    extra: dict[str, Path | Traversable] = field(default_factory=dict)
     _contents: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def contents(self) -> dict[str, bytes]:
@@ -147,8 +149,8 @@ class AlgorithmRecipe:
                 try:
                     self._contents[name] = path.read_bytes()
                 except OSError as exc:
-                    raise ImageBuildError(f"{self.tag}: cannot read {path} ({exc}); run from a complete "
-                                          "vpnagent checkout") from None
+                    fix = "; run from a complete vpnagent checkout" if name.startswith("app/") and self.files else ""
+                    raise ImageBuildError(f"{self.tag}: cannot read {path} ({exc}){fix}") from None
         return self._contents
 
     def recipe_hash(self, base_image_id: str) -> str:
@@ -172,7 +174,10 @@ def echo_recipe(root: Path = REPO_ROOT) -> AlgorithmRecipe:
 
 # What the vpnagent wheel is built from: these files and every file under these packages.
 AGENT_PROJECT_FILES: tuple[str, ...] = ("setup.cfg", "pyproject.toml", "README.md")
-AGENT_PACKAGE_DIRS: tuple[str, ...] = ("vpnagent", "vpnshared", "server_ext", "test_algorithms")
+# vpnagent_algorithm: the algorithm client (a link to clients/python/vpnagent_algorithm), so the
+# agent's image can build algorithm images too.
+AGENT_PACKAGE_DIRS: tuple[str, ...] = ("vpnagent", "vpnshared", "server_ext", "test_algorithms",
+                                       "vpnagent_algorithm")
 AGENT_PREFIX = "/opt/vpnagent"
 AGENT_STAGE_LABEL = "vpnagent.stage"  # marks the throw-away wheel stage, removed after the build
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"

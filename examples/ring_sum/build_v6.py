@@ -7,16 +7,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from examples.ring_sum import build as ring_sum_build
 from vpnagent.image_recipes import REPO_ROOT
 from vpnagent.runtime.docker_images import ImageBuildError, build_algorithm_image
 
 TAG = "vpnagent/ring-sum-v6:latest"
 V6_TOOLS = "vantage6-algorithm-tools==4.13.7"
 WHEEL_DIR = REPO_ROOT / ".cache" / "v6-wheels"
-# ring_sum's files (the ring mechanics and vpnagent's client it imports) plus the vantage6
-# module, copied to /app/<path>; PYTHONPATH as in ring_sum's Dockerfile.
-FILES: tuple[str, ...] = (*ring_sum_build.FILES, "examples/ring_sum/v6.py")
+# The vantage6 module, the ring mechanics it imports (examples.ring_sum.ring_sum) and vpnagent's
+# client that imports, copied to /app/<repository path>: the client package lands in
+# /app/clients/python, hence the second PYTHONPATH entry.
+FILES: tuple[str, ...] = (
+    "clients/python/vpnagent_algorithm/__init__.py",
+    "clients/python/vpnagent_algorithm/client.py",
+    "clients/python/vpnagent_algorithm/environment.py",
+    "clients/python/vpnagent_algorithm/errors.py",
+    "clients/python/vpnagent_algorithm/mock.py",
+    "examples/__init__.py",
+    "examples/ring_sum/__init__.py",
+    "examples/ring_sum/ring_sum.py",
+    "examples/ring_sum/v6.py",
+)
 # pip runs from its own wheel (the base image has python3 and no pip); --break-system-packages:
 # the image is this one algorithm's, Debian's marker would only make us add a venv for nothing.
 DOCKERFILE = f"""\

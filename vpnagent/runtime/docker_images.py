@@ -31,13 +31,15 @@ from typing import Callable
 import docker
 import docker.errors
 
+from ..algorithm_recipe import AlgorithmSpec, load_algorithm
 from ..image_recipes import (AGENT_BASE_RECIPE, AGENT_IMAGE, AGENT_STAGE_LABEL, ALGO_BASE_IMAGE,
                              ALGO_BASE_RECIPE, ECHO_IMAGE, MERGED_USR_HOOK, RECIPE_LABEL, SOURCE_DATE_EPOCH,
                              VPN_IMAGE, VPN_RECIPE, AgentRecipe, AlgorithmRecipe, DebootstrapRecipe,
                              ImageBuildError, echo_recipe)
 
 # ImageBuildError is what every build here raises: callers catch it from this module.
-__all__ = ["ImageBuildError", "Progress", "build_agent_image", "build_algorithm_image", "build_images", "main"]
+__all__ = ["ImageBuildError", "Progress", "build_agent_image", "build_algorithm_dir", "build_algorithm_image",
+           "build_images", "main"]
 
 Progress = Callable[[str], None]
 
@@ -226,6 +228,32 @@ def build_algorithm_image(tag: str, files: tuple[str, ...], dockerfile: str,
         recipe = AlgorithmRecipe(tag=tag, files=files, dockerfile=dockerfile, extra=dict(extra or {}),
                                  estimate_s=estimate_s)
         return _build_algorithm(client, recipe, base_id, progress, force)
+    finally:
+        if own_client:
+            client.close()
+
+
+def build_algorithm_dir(directory: str | Path | AlgorithmSpec, tag: str | None = None,
+                        client: docker.DockerClient | None = None, progress: Progress = print,
+                        force: bool = False) -> tuple[str, str]:
+    """`vpnagent images build-algorithm DIR`: the image a directory's vpnagent-algorithm.yaml
+    describes, on top of the algorithm base image, with the client package of this
+    installation. Returns (tag, image id).
+
+    Everything that can be wrong with the input is found before the engine is asked to build
+    (recipe, files, base image), and the legacy builder tags only a finished image, so a
+    failure leaves no new tag behind."""
+    spec = directory if isinstance(directory, AlgorithmSpec) else load_algorithm(directory, tag)
+    recipe = spec.recipe()
+    recipe.contents()  # read every file now: a file that vanished is an error before the build
+    own_client = client is None
+    client = _connect(client)
+    try:
+        _, base_id = _recipe_and_id(client, ALGO_BASE_IMAGE)
+        if base_id is None:
+            raise ImageBuildError(f"{spec.tag}: the algorithm base image {ALGO_BASE_IMAGE} is not built yet; "
+                                  "fix: vpnagent images build (about 20 s), then run this again")
+        return spec.tag, _build_algorithm(client, recipe, base_id, progress, force)
     finally:
         if own_client:
             client.close()
