@@ -105,9 +105,10 @@ def _openvpn_service_process(args) -> subprocess.Popen:
     """`serve --with-openvpn`: the OpenVPN service, as the command a separate host runs
     (`vpnagent-server openvpn`), in a process of its own (gunicorn forks its workers from
     this one; a thread with database connections here would be copied into them). It
-    leaves the container to serve, which started it, and ends when serve ends."""
+    leaves preparing the files and running the container to serve, which started them with
+    settings the config alone does not hold (one_port's port-share), and ends with serve."""
     command = [sys.executable, "-m", "server_ext.cli", "--log-level", args.log_level, "openvpn",
-               "--config", str(require_config(args.config, CONFIG)), "--leave-running", "--exit-with-parent"]
+               "--config", str(require_config(args.config, CONFIG)), "--under-serve"]
     return subprocess.Popen(command)
 
 
@@ -133,10 +134,13 @@ def cmd_openvpn(args) -> int:
 
     raw = _config(args)
     # prepare: the files, the schema, and the same CA and secret as the API servers (the CRL
-    # it signs must be the CA's the nodes trust)
-    state = create_app(flask_config(raw), migrate=True).extensions["vpnagent"]
+    # it signs must be the CA's the nodes trust). Under serve, serve has done it.
+    state = create_app(flask_config(raw), migrate=not args.under_serve).extensions["vpnagent"]
+    if args.under_serve and state.not_ready():
+        raise ServerConfigError(state.not_ready())
     name = _get(raw, "openvpn_container")
-    vpn = None if args.no_container else OpenVPNServer(state.files, name=name, network=raw.get("openvpn_network"))
+    vpn = None if args.no_container or args.under_serve else OpenVPNServer(state.files, name=name,
+                                                                            network=raw.get("openvpn_network"))
     stop = threading.Event()
     service = OpenVPNService(state.store, state.files, name=name)
     try:
@@ -150,7 +154,7 @@ def cmd_openvpn(args) -> int:
             return 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        if args.exit_with_parent:
+        if args.under_serve:
             parent = os.getppid()
             threading.Thread(target=_stop_when_orphaned, args=(parent, stop), daemon=True).start()
         logging.getLogger(__name__).info("OpenVPN service %s: reconciling every %g s", name, args.interval)
@@ -513,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-container", action="store_true",
                    help="do not start or stop the container: OpenVPN is run by something else")
     s.add_argument("--leave-running", action="store_true", help="leave the container running on exit")
-    s.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--under-serve", action="store_true", help=argparse.SUPPRESS)  # started by serve --with-openvpn
     s = add("add-organization", cmd_add_org, "create an organisation")
     s.add_argument("name")
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")

@@ -189,3 +189,21 @@ def test_the_openvpn_command_refuses_a_bad_interval(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["openvpn", "--config", str(tmp_path / "none.yaml"), "--interval", "0"])
     assert exc.value.code == 2 and "seconds from 0.1 to 60" in capsys.readouterr().err
+
+
+def test_under_serve_the_service_leaves_the_servers_files_to_serve(replicas, tmp_path, database_url, capsys):
+    """serve --with-openvpn prepared the files with settings the config alone does not hold
+    (one_port's port-share): the service it starts must not write them again."""
+    config = tmp_path / "server.yaml"
+    data_dir = tmp_path / "a" / "server"
+    config.write_text(yaml.safe_dump({"data_dir": str(data_dir), "database_url": database_url,
+                                      "vpn_subnet": "10.76.0.0/16"}))
+    conf = data_dir / "openvpn" / "server.conf"
+    conf.write_text(conf.read_text() + "# written by serve\n")
+    assert main(["openvpn", "--config", str(config), "--under-serve", "--once"]) == 0
+    assert conf.read_text().endswith("# written by serve\n")
+
+    unprepared = tmp_path / "unprepared.yaml"
+    unprepared.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "empty"), "database_url": database_url}))
+    assert main(["openvpn", "--config", str(unprepared), "--under-serve", "--once"]) == 2
+    assert "vpnagent-server migrate" in capsys.readouterr().err
