@@ -37,6 +37,14 @@ WHAT: list[tuple[str, str, str]] = [
      r"add-admin|list-\w+|show-\w+|rotate-\w+-key|remove-node|remove-user|join-token) ", RUN,
      "admin commands need only the config and its data_dir"),
     (r"chmod 600 ", RUN, "file mode"),
+    (r"cat > \S+ <<'(PY|RECIPE)'", RUN, "writes an algorithm's files"),
+    (r"vpnagent images build-algorithm ", ELSEWHERE,
+     "builds an image on the engine; tests/test_algorithm_recipe.py::test_build_algorithm_makes_a_working_image "
+     "builds such a recipe and runs it, test_the_ring_sum_example_builds_from_its_directory checks the example's"),
+    (r"rsync -a ", ELSEWHERE, "copies the CA and secret to another host; tests/server/test_replicas.py shows what "
+                              "a replica with other files does"),
+    (r"vpnagent-server openvpn --config ", ELSEWHERE,
+     "runs the OpenVPN service and its container (root, Docker): tests/integration/test_scale_out.py"),
     (r"mkdir -p ", RUN, "makes a directory"),
     (r"python3 -c \"import sqlite3; ", RUN, "the SQLite backup of a server's store"),
     (r"alembic -c server_ext/migrations/alembic\.ini -x url=\S+ upgrade head$", CHECKOUT,
@@ -57,7 +65,6 @@ WHAT: list[tuple[str, str, str]] = [
      "installs into the current environment; tests/test_client_package.py runs it in a scratch virtualenv"),
     (r"createuser |createdb ", ELSEWHERE, "needs a PostgreSQL server (scripts/postgres.sh makes one for `make test`)"),
     (r"vpnagent images build( --agent)?$", DOCKER, "builds the local images"),
-    (r"python -m examples\.ring_sum\.build$", DOCKER, "builds the example's image"),
     (r"bash scripts/v6-wheels\.sh$", ELSEWHERE, "downloads vantage6's wheels from PyPI (`make test` runs it)"),
     (r"python -m examples\.ring_sum\.build_v6$", ELSEWHERE,
      "needs the wheels of scripts/v6-wheels.sh; tests/integration/test_vantage6.py builds it"),
