@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 from sqlalchemy import select
 
 from server_ext import create_app
@@ -125,3 +126,26 @@ def build_world(tmp_path, database_url: str | None = None, **config) -> World:
     other_user_key = store.create_user(orgs[3], "mallory")[1]
     admin_key = store.create_admin("ops")[1]
     return World(app, app.test_client(), store, collab, other, orgs, keys, user_key, other_user_key, admin_key)
+
+
+@pytest.fixture
+def cli(world, tmp_path, capsys):
+    """`vpnagent-server <command> --config <the world's server> ...`: (exit status, stdout,
+    stderr); keyword arguments are more server.yaml keys."""
+    state = world.app.extensions["vpnagent"]
+    base = {"data_dir": str(tmp_path / "server"),
+            "database_url": state.store.engine.url.render_as_string(hide_password=False)}
+
+    def run(command: str, *rest: str, **config) -> tuple[int, str, str]:
+        from server_ext.cli import main
+
+        path = tmp_path / "server.yaml"
+        path.write_text(yaml.safe_dump({**base, **config}))
+        try:
+            status = main([command, "--config", str(path), *rest])
+        except SystemExit as exc:  # argparse's usage errors
+            status = exc.code
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run

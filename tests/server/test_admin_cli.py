@@ -10,23 +10,8 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from server_ext.cli import main
 
 
-@pytest.fixture
-def cli(world, tmp_path, capsys):
-    """`vpnagent-server <command> --config <the world's server>`: (exit status, stdout, stderr)."""
-    config = tmp_path / "server.yaml"
-    state = world.app.extensions["vpnagent"]
-    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "server"),
-                                      "database_url": state.store.engine.url.render_as_string(hide_password=False)}))
-
-    def run(command: str, *rest: str) -> tuple[int, str, str]:
-        status = main([command, "--config", str(config), *rest])
-        out = capsys.readouterr()
-        return status, out.out, out.err
-
-    return run
 
 
 def as_json(result: tuple[int, str, str]):

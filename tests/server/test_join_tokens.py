@@ -5,35 +5,20 @@ a malformed body) is a clear 4xx that changes nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import pytest
-import yaml
 from sqlalchemy import select, update
 
-from server_ext.cli import main
 from server_ext.join import ca_pin, issue_join_token, parse_lifetime
 from server_ext.store import JoinToken, Node, StoreError
 from vpnshared.joinstring import decode
 
 
 @pytest.fixture
-def cli(world, tmp_path, capsys):
-    """`vpnagent-server <command> --config <the world's server> ...`: (exit status, stdout, stderr)."""
-    state = world.app.extensions["vpnagent"]
-    base = {"data_dir": str(tmp_path / "server"), "port": 5000, "tls_hostnames": ["vpn.example.org"],
-            "database_url": state.store.engine.url.render_as_string(hide_password=False)}
-
-    def run(command: str, *rest: str, **config) -> tuple[int, str, str]:
-        path = tmp_path / "server.yaml"
-        path.write_text(yaml.safe_dump({**base, **config}))
-        try:
-            status = main([command, "--config", str(path), *rest])
-        except SystemExit as exc:  # argparse's usage errors
-            status = exc.code
-        out = capsys.readouterr()
-        return status, out.out, out.err
-
-    return run
+def cli(cli):
+    """The server CLI with the names and port join strings are made for."""
+    return functools.partial(cli, port=5000, tls_hostnames=["vpn.example.org"])
 
 
 def snapshot(world) -> tuple:
