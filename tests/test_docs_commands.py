@@ -41,10 +41,6 @@ WHAT: list[tuple[str, str, str]] = [
     (r"vpnagent images build-algorithm ", ELSEWHERE,
      "builds an image on the engine; tests/test_algorithm_recipe.py::test_build_algorithm_makes_a_working_image "
      "builds such a recipe and runs it, test_the_ring_sum_example_builds_from_its_directory checks the example's"),
-    (r"rsync -a ", ELSEWHERE, "copies the CA and secret to another host; tests/server/test_replicas.py shows what "
-                              "a replica with other files does"),
-    (r"vpnagent-server openvpn --config ", ELSEWHERE,
-     "runs the OpenVPN service and its container (root, Docker): tests/integration/test_scale_out.py"),
     (r"mkdir -p ", RUN, "makes a directory"),
     (r"python3 -c \"import sqlite3; ", RUN, "the SQLite backup of a server's store"),
     (r"alembic -c server_ext/migrations/alembic\.ini -x url=\S+ upgrade head$", CHECKOUT,
