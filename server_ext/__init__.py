@@ -43,7 +43,7 @@ class VPNExtension:
         if setting(app.config, "metrics"):
             from .metrics import init_metrics
 
-            init_metrics(app, state.store, state.management_sockets)
+            init_metrics(app, state.store)
 
 
 def create_app(config: dict[str, Any] | None = None, *, migrate: bool = False) -> Flask:

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import ssl
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,11 +76,13 @@ def cmd_serve(args) -> int:
     state = create_app(flask_cfg, migrate=True).extensions["vpnagent"]
     state.store.close()
     vpn = None
+    service = None
     extra_names: list[str] = []
     if args.with_openvpn:
         vpn = OpenVPNServer(state.files, name=_get(raw, "openvpn_container"),
                             network=raw.get("openvpn_network"))
         vpn.ensure_running()
+        service = _openvpn_service_process(args)
     try:
         if vpn is not None and raw.get("one_port"):
             # nodes on the OpenVPN container's own network reach the API at its address
@@ -91,9 +94,92 @@ def cmd_serve(args) -> int:
                 "unencrypted; use this for local development only")
         return serve(lambda: create_app(flask_cfg), host, _get(raw, "port"), limits, tls)
     finally:
+        if service is not None:
+            _stop_process(service)
         if vpn is not None:
             vpn.stop()
         logging.getLogger(__name__).info("vpnagent-server (pid %s) stopped", os.getpid())
+
+
+def _openvpn_service_process(args) -> subprocess.Popen:
+    """`serve --with-openvpn`: the OpenVPN service, as the command a separate host runs
+    (`vpnagent-server openvpn`), in a process of its own (gunicorn forks its workers from
+    this one; a thread with database connections here would be copied into them). It
+    leaves preparing the files and running the container to serve, which started them with
+    settings the config alone does not hold (one_port's port-share), and ends with serve."""
+    command = [sys.executable, "-m", "server_ext.cli", "--log-level", args.log_level, "openvpn",
+               "--config", str(require_config(args.config, CONFIG)), "--under-serve"]
+    return subprocess.Popen(command)
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def cmd_openvpn(args) -> int:
+    """The OpenVPN service: run the OpenVPN server container and keep its files and sessions
+    matching the store (server_ext/openvpnservice.py) until SIGTERM. Any number of API
+    processes, on this host or others, drive it through the database."""
+    import signal
+    import threading
+
+    from . import create_app
+    from .openvpnservice import OpenVPNService
+    from .vpnserver import OpenVPNServer
+
+    raw = _config(args)
+    # prepare: the files, the schema, and the same CA and secret as the API servers (the CRL
+    # it signs must be the CA's the nodes trust). Under serve, serve has done it.
+    state = create_app(flask_config(raw), migrate=not args.under_serve).extensions["vpnagent"]
+    if args.under_serve and state.not_ready():
+        raise ServerConfigError(state.not_ready())
+    name = _get(raw, "openvpn_container")
+    vpn = None if args.no_container or args.under_serve else OpenVPNServer(state.files, name=name,
+                                                                            network=raw.get("openvpn_network"))
+    stop = threading.Event()
+    service = OpenVPNService(state.store, state.files, name=name)
+    try:
+        if vpn is not None:
+            vpn.ensure_running()
+        if args.once:
+            done = service.reconcile()
+            print(f"openvpn_up {int(done.openvpn_up)}; connected {len(done.connected or ())}; static addresses "
+                  f"written {len(done.ccd_written)}, removed {len(done.ccd_removed)}; CRL published "
+                  f"{'yes' if done.crl_published else 'no'}; disconnected {', '.join(done.disconnected) or 'none'}")
+            return 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        if args.under_serve:
+            parent = os.getppid()
+            threading.Thread(target=_stop_when_orphaned, args=(parent, stop), daemon=True).start()
+        logging.getLogger(__name__).info("OpenVPN service %s: reconciling every %g s", name, args.interval)
+        service.run(stop, args.interval)
+        return 0
+    finally:
+        if vpn is not None and not (args.leave_running or args.once):
+            vpn.stop()
+        state.store.close()
+
+
+def _stop_when_orphaned(parent: int, stop) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            stop.set()
+
+
+def interval_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0.1 to 60")
+    return value
 
 
 def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -420,7 +506,18 @@ def main(argv: list[str] | None = None) -> int:
         return sp
 
     s = add("serve", cmd_serve, "serve the API")
-    s.add_argument("--with-openvpn", action="store_true", help="also start the OpenVPN server container")
+    s.add_argument("--with-openvpn", action="store_true",
+                   help="also run the OpenVPN service here (the container and `vpnagent-server openvpn`)")
+    s = add("openvpn", cmd_openvpn, "the OpenVPN service: run the OpenVPN server container and keep it matching "
+            "the database, for API servers on this host or others (docs/operator-guide.md, Scaling out)")
+    s.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
+                   help="seconds between passes (default 1): how soon a change made through an API server "
+                        "reaches OpenVPN")
+    s.add_argument("--once", action="store_true", help="one pass, say what it did, and exit (the container stays)")
+    s.add_argument("--no-container", action="store_true",
+                   help="do not start or stop the container: OpenVPN is run by something else")
+    s.add_argument("--leave-running", action="store_true", help="leave the container running on exit")
+    s.add_argument("--under-serve", action="store_true", help=argparse.SUPPRESS)  # started by serve --with-openvpn
     s = add("add-organization", cmd_add_org, "create an organisation")
     s.add_argument("name")
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")

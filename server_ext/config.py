@@ -208,7 +208,11 @@ SCHEMA: dict[str, Key] = {
                           "passes every other connection to the API (OpenVPN port-share), so a node needs only "
                           "outgoing TCP to that one port. Nodes then use server_url https://<host>:443/api.",
                     False),
-    "api_threads": Key(int, "Threads serving API requests at once. More wait in the kernel's backlog.",
+    "api_workers": Key(int, "API worker processes (gunicorn workers), each with api_threads threads and "
+                            "api_max_connections connections. They share nothing but the database, as API servers "
+                            "on separate hosts do; more than one wants PostgreSQL (SQLite has one writer).",
+                       1, check=within(1, 64)),
+    "api_threads": Key(int, "Threads serving API requests at once (per worker). More wait in the kernel's backlog.",
                        16, check=within(1, 1024)),
     "api_max_connections": Key(int, "Open API connections at most, busy and kept alive (more than api_threads); "
                                     "beyond it the server stops accepting until some close.", 256,

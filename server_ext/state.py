@@ -5,6 +5,7 @@ migrate command (`flask vpnagent migrate`, `vpnagent-server migrate`) and `serve
 then `not_ready` says what is missing and which command fixes it."""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import secrets
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .config import ServerConfigError, default, setting
 from .datadir import private_data_dir
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
-from .pki import PKI, write_private
+from .pki import PKI, fingerprint, write_private
 from .store import Store
 from .tokens import TokenService
 from .vpnserver import OpenVPNFiles
@@ -78,8 +79,7 @@ class ExtensionState:
 
     @cached_property
     def tokens(self) -> TokenService:
-        secret = self._secret or self.secret_path.read_text().strip()
-        return TokenService(secret, {"container": self._container_seconds})
+        return TokenService(self.token_secret, {"container": self._container_seconds})
 
     @cached_property
     def files(self) -> OpenVPNFiles:
@@ -99,8 +99,31 @@ class ExtensionState:
             write_private(self.secret_path, secrets.token_urlsafe(48))
         self.files.write_all()  # makes the PKI on first use
         steps = self.store.migrate(progress)
+        self.check_same_identity()
         self._ready = True
         return steps
+
+    def check_same_identity(self) -> None:
+        """Refuse to serve with a CA or token secret other than the one the replicas on this
+        database use: every replica must accept the others' tokens and certificates, and a
+        second CA would lock out every node it did not sign. The first replica to prepare
+        claims them; the rest must bring copies (docs/operator-guide.md, "Scaling out")."""
+        mine = {"ca_fingerprint": (fingerprint(self.pki.ca_pem), f"the CA ({self.data_dir / 'pki'})", "pki/"),
+                "secret_sha256": (_digest(self.token_secret), "the token secret "
+                                  + ("(the config's secret)" if self._secret else f"({self.secret_path})"),
+                                  "the config's `secret` or the data directory's `secret` file")}
+        for key, (value, what, copy) in mine.items():
+            claimed = self.store.claim_identity(key, value)
+            if claimed != value:
+                raise ReplicaMismatch(
+                    f"{what} differs from the one the other API servers on the database {self.store.url} use "
+                    f"({key} {claimed[:23]}…, this server's {value[:23]}…): every API server on one database must "
+                    f"share them; copy {copy} from the first server's data directory, or point this server at a "
+                    "database of its own")
+
+    @property
+    def token_secret(self) -> str:
+        return self._secret or self.secret_path.read_text().strip()
 
     def not_ready(self) -> str | None:
         """Why the routes cannot serve yet, with the command that fixes it; None once they
@@ -117,6 +140,15 @@ class ExtensionState:
             self._ready = True
             return None
         return f"the vpnagent extension is not set up: {missing}; {MIGRATE_HINT}"
+
+
+class ReplicaMismatch(ServerConfigError):
+    """This API server's CA or token secret is not the one the others on its database use."""
+
+
+def _digest(secret: str) -> str:
+    """What the database keeps of the token secret: enough to compare, nothing to sign with."""
+    return hashlib.sha256(b"vpnagent-token-secret\0" + secret.encode()).hexdigest()
 
 
 def profile_from_config(raw: dict | None) -> Profile:

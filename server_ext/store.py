@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
-                        event, func, select, text, update)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text,
+                        create_engine, event, func, select, text, update)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -175,6 +175,33 @@ class JoinToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ServerIdentity(Base):
+    """What every API replica on this database must share (0006): fingerprints of the CA
+    and of the token secret, set by the first replica that prepared."""
+    __tablename__ = "server_identity"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class OpenVPNService(Base):
+    """What an OpenVPN service (`vpnagent-server openvpn`) last saw through OpenVPN's
+    management interface (0006): the metrics of every API replica read it from here."""
+    __tablename__ = "openvpn_service"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(256))
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    openvpn_up: Mapped[bool] = mapped_column(Boolean)
+    connected: Mapped[list | None] = mapped_column(JSON, nullable=True)  # common names; None: unknown
+
+
+class EventCounter(Base):
+    """A counter of events summed over every API replica (0006)."""
+    __tablename__ = "event_counter"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class StoreError(ValueError):
@@ -465,6 +492,60 @@ class Store:
         if obj is None:
             raise UnknownObject(f"{model.__name__.lower()} {ident} does not exist")
         return obj
+
+    # --- state shared by the API replicas (docs/operator-guide.md, "Scaling out")
+    def claim_identity(self, key: str, value: str) -> str:
+        """The value every replica on this database must have for `key`: `value` when this
+        is the first to claim it, else the one claimed first (compare it with yours)."""
+        with self.session() as s:
+            found = s.get(ServerIdentity, key)
+            if found is not None:
+                return found.value
+        try:
+            with self.session() as s:
+                s.add(ServerIdentity(key=key, value=value))
+            return value
+        except IntegrityError:  # another replica claimed it between the two transactions
+            with self.session() as s:
+                return s.get(ServerIdentity, key).value
+
+    def count_event(self, name: str, label: str, by: int = 1) -> None:
+        """Add to a counter shared by every replica, in a transaction of its own."""
+        table = EventCounter.__table__
+        with self.session() as s:
+            dialect = s.connection().dialect.name
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            elif dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:  # pragma: no cover - the store supports these two
+                raise DatabaseError(f"counters need PostgreSQL or SQLite, not {dialect}")
+            stmt = insert(table).values(name=name, label=label, value=by)
+            s.execute(stmt.on_conflict_do_update(index_elements=[table.c.name, table.c.label],
+                                                 set_={"value": table.c.value + by}))
+
+    def counters(self, name: str) -> dict[str, int]:
+        with self.session() as s:
+            return dict(s.execute(select(EventCounter.label, EventCounter.value).where(EventCounter.name == name)).all())
+
+    def record_openvpn_service(self, name: str, host: str, openvpn_up: bool, connected: list[str] | None) -> None:
+        """What the OpenVPN service `name` sees now (one row per service, overwritten)."""
+        with self.session() as s:
+            row = s.get(OpenVPNService, name) or OpenVPNService(name=name)
+            row.host, row.seen_at, row.openvpn_up = host, _now(), openvpn_up
+            row.connected = sorted(connected) if connected is not None else None
+            s.merge(row)
+
+    def openvpn_services(self) -> list[OpenVPNService]:
+        with self.session() as s:
+            return list(s.scalars(select(OpenVPNService).order_by(OpenVPNService.name)))
+
+    def vpn_entries(self) -> dict[str, str | None]:
+        """Common name -> VPN IP (None: none yet) of every node not removed: the static
+        addresses the OpenVPN server hands out, and the only nodes it may serve."""
+        with self.session() as s:
+            rows = s.execute(select(Node.id, Node.vpn_ip).where(Node.removed_at.is_(None)))
+            return {f"node-{node_id}": ip for node_id, ip in rows}
 
     # --- VPN IPs
     @staticmethod

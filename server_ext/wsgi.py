@@ -6,8 +6,10 @@ one for the whole request, short keep-alive, limits on the request line and head
 graceful stop on SIGTERM.
 
 Why it is shaped like this:
-- One worker process. The app keeps in-process state (the metrics counter, the OpenVPN
-  management sockets it talks to); threads give the concurrency.
+- api_workers worker processes (1 by default), each with api_threads threads. The app
+  keeps no state of its own between requests: the store holds it all (the metrics
+  counter too), and the OpenVPN service, not the API, talks to OpenVPN's management
+  sockets, so workers, like API servers on several hosts, need share nothing else.
 - The worker builds its own app (no preload): SQLAlchemy engines, pooled connections and
   threads made before a fork do not survive it.
 - gunicorn's threaded worker waits for a request's bytes without any deadline once the
@@ -48,6 +50,7 @@ WORKER_HEARTBEAT_S = 30
 class Limits:
     """What one client, and all of them together, may hold. Each field is the server config
     key `api_<field>` (server_ext/config.py), and takes its default from there."""
+    workers: int = default("api_workers")
     threads: int = default("api_threads")
     max_connections: int = default("api_max_connections")
     header_timeout: float = float(default("api_header_timeout"))
@@ -179,7 +182,7 @@ class APIServer(BaseApplication):
     def settings(self) -> dict[str, Any]:
         limits = self.limits
         out: dict[str, Any] = {
-            "bind": [self.bind], "workers": 1, "worker_class": GuardedThreadWorker, "preload_app": False,
+            "bind": [self.bind], "workers": limits.workers, "worker_class": GuardedThreadWorker, "preload_app": False,
             "threads": limits.threads, "worker_connections": limits.max_connections,
             "keepalive": limits.keepalive, "graceful_timeout": limits.shutdown_timeout,
             "timeout": WORKER_HEARTBEAT_S, "limit_request_line": LIMIT_REQUEST_LINE,

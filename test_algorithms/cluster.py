@@ -1,7 +1,12 @@
 """A whole vpnagent network on one machine: the server (Flask + its OpenVPN server
 container) and N node agents, each a real process with its own isolated Docker network.
 The demo and the integration tests both drive it, so what the tests check is what the
-demo shows."""
+demo shows.
+
+With api_processes > 1 the server is scaled out as docs/operator-guide.md ("Scaling out")
+describes: the OpenVPN service (`vpnagent-server openvpn`) and N API servers (`serve`),
+each with a data directory of its own holding copies of the CA and the token secret, all on
+one database (database_url: PostgreSQL); node i talks to API server i mod N."""
 from __future__ import annotations
 
 import json
@@ -90,7 +95,23 @@ class LocalCluster:
     user_api_key: str = ""
     one_port: bool = False  # API and OpenVPN (TCP) share port 443 of the OpenVPN container
     wan_mtu: int | None = None  # MTU of the network between the nodes' VPN clients and the server
+    database_url: str = ""  # the store; "" for SQLite in the server's data directory
+    api_processes: int = 1  # > 1: that many API servers and a separate OpenVPN service (module docstring)
+    api_ports: list[int] = field(default_factory=list)
+    api_procs: list[subprocess.Popen] = field(default_factory=list)
+    openvpn_proc: subprocess.Popen | None = None
     _openvpn_ip: str = ""
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.workdir / 'server' / 'store.db'}"
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every API server's URL (one unless api_processes > 1); server_url is the first."""
+        if self.api_processes == 1:
+            return [self.server_url]
+        return [f"https://127.0.0.1:{port}/api" for port in self.api_ports]
 
     @property
     def metrics_url(self) -> str:
@@ -109,7 +130,7 @@ class LocalCluster:
     def server_url(self) -> str:
         if self.one_port:
             return f"https://{self.openvpn_ip()}:443/api"
-        return f"https://127.0.0.1:{self.api_port}/api"
+        return f"https://127.0.0.1:{self.api_ports[0] if self.api_ports else self.api_port}/api"
 
     def openvpn_ip(self) -> str:
         """The OpenVPN container's address on the wan network ("" before it runs)."""
@@ -172,10 +193,14 @@ class LocalCluster:
     def _seed(self) -> None:
         from server_ext.store import Store
 
+        if self.api_processes > 1 and (self.one_port or not self.database_url.startswith("postgresql")):
+            raise ClusterError("api_processes > 1 needs database_url (PostgreSQL) and no one_port")
         self.api_port = self.api_port or free_port()
+        if self.api_processes > 1:
+            self.api_ports = [self.api_port] + [free_port() for _ in range(self.api_processes - 1)]
         server_dir = self.workdir / "server"
         server_dir.mkdir(exist_ok=True)
-        store = Store(f"sqlite:///{server_dir / 'store.db'}")
+        store = Store(self.store_url)
         orgs = [store.create_organization(f"org-{i + 1}") for i in range(self.n_nodes)]
         collab = store.create_collaboration(f"{self.prefix}-collab", [o.id for o in orgs])
         self.collaboration_id = collab.id
@@ -184,7 +209,8 @@ class LocalCluster:
         for i, org in enumerate(orgs):
             name = f"{self.prefix}{i + 1}"
             node, key = store.create_node(org.id, collab.id, name)
-            self.nodes.append(self._write_node_config(name, org.id, node.id, key, port_base=6000 + self.ports_per_node * i))
+            self.nodes.append(self._write_node_config(name, org.id, node.id, key, port_base=6000 + self.ports_per_node * i,
+                                                      server_url=self.api_urls[i % len(self.api_urls)]))
         store.close()
         self.progress(f"store seeded: {self.n_nodes} organisations, 1 collaboration, {self.n_nodes} nodes")
 
@@ -192,7 +218,7 @@ class LocalCluster:
         """One more node, in an organisation and collaboration of its own (not started)."""
         from server_ext.store import Store
 
-        store = Store(f"sqlite:///{self.workdir / 'server' / 'store.db'}")
+        store = Store(self.store_url)
         try:
             org = store.create_organization(f"org-{name}")
             collab = store.create_collaboration(f"collab-{name}", [org.id])
@@ -205,12 +231,12 @@ class LocalCluster:
         return node_handle
 
     def _write_node_config(self, name: str, org_id: int, node_id: int, key: str, port_base: int,
-                           overrides: dict | None = None) -> NodeHandle:
+                           overrides: dict | None = None, server_url: str | None = None) -> NodeHandle:
         data_dir = self.workdir / "nodes" / name
         data_dir.mkdir(parents=True, exist_ok=True)
         metrics_port = free_port()
         cfg = {
-            "name": name, "server_url": self.server_url, "api_key": key, "data_dir": str(data_dir),
+            "name": name, "server_url": server_url or self.server_url, "api_key": key, "data_dir": str(data_dir),
             "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
             "port_range": [port_base, port_base + self.ports_per_node - 1], "poll_interval": 0.25,
             "metrics_listen": f"127.0.0.1:{metrics_port}",
@@ -255,10 +281,11 @@ class LocalCluster:
 
     def kill_server(self) -> None:
         """SIGKILL the API server (its OpenVPN server container keeps running, as after a crash)."""
-        if self.server_proc is not None and self.server_proc.poll() is None:
-            os.killpg(self.server_proc.pid, signal.SIGKILL)
-            self.server_proc.wait(10)
-        self.server_proc = None
+        for proc in [self.server_proc, *self.api_procs, self.openvpn_proc]:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self.server_proc, self.api_procs, self.openvpn_proc = None, [], None
 
     def restart_server(self, **extra) -> None:
         """Start the API server again, with `extra` server.yaml keys from now on. It is killed
@@ -267,32 +294,80 @@ class LocalCluster:
         self.server_extra = {**self.server_extra, **extra}
         self._start_server()
 
-    def _start_server(self) -> None:
-        server_dir = self.workdir / "server"
+    def _server_config(self, data_dir: Path, port: int) -> Path:
         cfg = {
-            "host": "127.0.0.1", "port": self.api_port,
-            "data_dir": str(server_dir),
-            "database_url": f"sqlite:///{server_dir / 'store.db'}",
+            "host": "127.0.0.1", "port": port,
+            "data_dir": str(data_dir),
+            "database_url": self.store_url,
             "vpn_subnet": self.vpn_subnet,
             "openvpn_remote_host": self.openvpn_container, "openvpn_remote_port": 1194,
             "openvpn_container": self.openvpn_container, "openvpn_network": self.wan_network,
             **({"one_port": True, "openvpn_proto": "tcp", "openvpn_remote_port": 443} if self.one_port else {}),
             **self.server_extra,
         }
-        cfg_path = server_dir / "server.yaml"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = data_dir / "server.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
+        return cfg_path
+
+    def _start_server(self) -> None:
+        if self.api_processes > 1:
+            self._start_scaled_out()
+            return
+        cfg_path = self._server_config(self.workdir / "server", self.api_port)
         log_path = self.workdir / "logs" / "server.log"
         self.progress("starting the server and its OpenVPN server container")
-        self.server_proc = subprocess.Popen(
-            [sys.executable, "-m", "server_ext.cli", "serve", "--config", str(cfg_path), "--with-openvpn"],
-            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.server_proc = _server_process(["serve", "--config", str(cfg_path), "--with-openvpn"], log_path)
+        self._wait_answers(self.server_proc, self.server_url, log_path)
+
+    def _start_scaled_out(self) -> None:
+        """The OpenVPN service with the data directory `server/` (its CA is the cluster's),
+        then API server i with `api-<i>/`, which holds copies of that CA and token secret
+        only: the operator guide's steps for a new host."""
+        server_dir = self.workdir / "server"
+        cfg_path = self._server_config(server_dir, self.api_port)
+        migrate = subprocess.run([sys.executable, "-m", "server_ext.cli", "migrate", "--config", str(cfg_path)],
+                                 capture_output=True, text=True, timeout=120)
+        if migrate.returncode != 0:
+            raise ClusterError(f"vpnagent-server migrate failed: {migrate.stderr[-2000:]}")
+        log_path = self.workdir / "logs" / "openvpn-service.log"
+        self.progress("starting the OpenVPN service (vpnagent-server openvpn)")
+        self.openvpn_proc = _server_process(["openvpn", "--config", str(cfg_path)], log_path)
+        self.api_procs = []
+        for i, port in enumerate(self.api_ports):
+            data_dir = self.workdir / f"api-{i}"
+            if not (data_dir / "pki").exists():
+                data_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(server_dir / "pki", data_dir / "pki")
+                shutil.copy2(server_dir / "secret", data_dir / "secret")
+            api_cfg = self._server_config(data_dir, port)
+            self.progress(f"starting API server {i} on port {port}")
+            self.api_procs.append(_server_process(["serve", "--config", str(api_cfg)],
+                                                  self.workdir / "logs" / f"api-{i}.log"))
+        for i, (proc, url) in enumerate(zip(self.api_procs, self.api_urls)):
+            self._wait_answers(proc, url, self.workdir / "logs" / f"api-{i}.log")
+        from server_ext.store import Store
+
+        store = Store(self.store_url)
+        try:
+            deadline = time.monotonic() + 60
+            while not any(svc.openvpn_up for svc in store.openvpn_services()):
+                if self.openvpn_proc.poll() is not None or time.monotonic() > deadline:
+                    raise ClusterError(f"the OpenVPN service did not report OpenVPN up; see {log_path}:\n"
+                                       f"{_tail(log_path)}")
+                time.sleep(0.2)
+        finally:
+            store.close()
+        self.progress("the OpenVPN service reports OpenVPN up")
+
+    def _wait_answers(self, proc: subprocess.Popen, url: str, log_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.server_proc.poll() is not None:
-                raise ClusterError(f"server exited with {self.server_proc.returncode}; see {log_path}:\n{_tail(log_path)}")
+            if proc.poll() is not None:
+                raise ClusterError(f"server exited with {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
             try:
-                requests.get(f"{self.server_url}/health", timeout=1, verify=self.tls_verify)
-                self.progress(f"server answers at {self.server_url}")
+                requests.get(f"{url}/health", timeout=1, verify=self.tls_verify)
+                self.progress(f"server answers at {url}")
                 return
             except (requests.RequestException, OSError):  # OSError: its CA file is not written yet
                 time.sleep(0.1)
@@ -334,6 +409,9 @@ class LocalCluster:
         for node in every:
             self.clean_node(node, client)
         _stop(self.server_proc, 20)
+        for proc in self.api_procs:
+            _stop(proc, 20)
+        _stop(self.openvpn_proc, 20)
         for c in client.containers.list(all=True, filters={"name": self.openvpn_container}):
             if c.name == self.openvpn_container:
                 c.remove(force=True)
@@ -362,7 +440,8 @@ class LocalCluster:
         cluster.down()
 
     def save_state(self) -> None:
-        pids = [p.pid for p in [self.server_proc, *(n.proc for n in self.nodes + self.extra_nodes)] if p]
+        pids = [p.pid for p in [self.server_proc, *self.api_procs, self.openvpn_proc,
+                                *(n.proc for n in self.nodes + self.extra_nodes)] if p]
         (self.workdir / "cluster.json").write_text(json.dumps({"pids": pids, "prefix": self.prefix}))
 
     def wipe(self) -> None:
@@ -386,6 +465,12 @@ def _stop(proc: subprocess.Popen | None, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def _server_process(args: list[str], log_path: Path) -> subprocess.Popen:
+    """`vpnagent-server ARGS` in a session of its own, its output appended to log_path."""
+    return subprocess.Popen([sys.executable, "-m", "server_ext.cli", *args], stdout=open(log_path, "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -1,11 +1,9 @@
 """The server's /metrics on the real app and store of the `world` fixture (whatever
 database it runs on): gauges read at scrape time, the address-request counter, and
-OpenVPN's management socket present, absent or hung."""
+OpenVPN (as the OpenVPN service reports it) present, absent, hung or gone quiet."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from server_ext import create_app
-from server_ext import metrics as server_metrics
-from server_ext.store import Certificate
+from server_ext import openvpnservice
+from server_ext.openvpnservice import OpenVPNService
+from server_ext.store import Certificate, OpenVPNService as ServiceRow
+from tests.server.fake_openvpn import FakeOpenVPNManagement
 
 
 def scrape(world) -> dict[tuple[str, tuple], float]:
@@ -29,44 +29,6 @@ def mgmt_socket(world) -> Path:
     return world.app.extensions["vpnagent"].files.runtime_dir / "management.sock"
 
 
-class FakeOpenVPNManagement:
-    """A unix socket speaking the slice of OpenVPN's management protocol that `status 3`
-    needs (banner, tab-separated client list, END), or, with hang=True, one that accepts
-    and never answers."""
-
-    def __init__(self, path: Path, names: list[str], hang: bool = False) -> None:
-        self.path, self.names, self.hang = path, names, hang
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(4)
-        self.sock.settimeout(5)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            if self.hang:
-                conn.recv(100)  # hold the connection until the client gives up
-                return
-            conn.sendall(b">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n")
-            reader = conn.makefile("rb")
-            assert reader.readline().strip() == b"status 3"
-            lines = ["TITLE\tOpenVPN 2.6", "TIME\t2025-01-01 00:00:00\t1735689600",
-                     "HEADER\tCLIENT_LIST\tCommon Name\tReal Address\tVirtual Address"]
-            lines += [f"CLIENT_LIST\t{n}\t172.18.0.{i + 2}:1194\t10.76.0.{i + 2}" for i, n in enumerate(self.names)]
-            lines += [">BYTECOUNT:1,2", "GLOBAL_STATS\tMax bcast/mcast queue length\t0", "END"]
-            conn.sendall("".join(f"{line}\r\n" for line in lines).encode())
-            reader.readline()  # quit
-
-    def close(self) -> None:
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
-
-
 def test_without_openvpn_the_scrape_works_and_says_so(world):
     got = scrape(world)
     assert got[("vpnagent_server_openvpn_up", ())] == 0
@@ -76,24 +38,48 @@ def test_without_openvpn_the_scrape_works_and_says_so(world):
     assert got[("vpnagent_server_live_runs", ())] == 0
 
 
-def test_nodes_connected_come_from_the_management_socket(world):
+def service_pass(world) -> None:
+    """One pass of the OpenVPN service, which reads OpenVPN and reports to the store."""
+    state = world.app.extensions["vpnagent"]
+    OpenVPNService(state.store, state.files).reconcile()
+
+
+def test_nodes_connected_come_from_the_openvpn_services_report(world):
     fake = FakeOpenVPNManagement(mgmt_socket(world), ["node-1", "node-2", "node-3"])
     try:
-        got = scrape(world)
+        assert ("vpnagent_server_nodes_connected", ()) not in scrape(world)  # nothing reported yet
+        service_pass(world)
     finally:
         fake.close()
+    got = scrape(world)  # the report stands after the socket is gone: it is the store's
     assert got[("vpnagent_server_openvpn_up", ())] == 1
     assert got[("vpnagent_server_nodes_connected", ())] == 3
 
 
-def test_a_hung_openvpn_does_not_hang_the_scrape(world, monkeypatch):
-    monkeypatch.setattr(server_metrics, "MGMT_TIMEOUT_S", 0.3)
+def test_a_hung_openvpn_is_reported_down(world, monkeypatch):
+    monkeypatch.setattr(openvpnservice, "MGMT_TIMEOUT_S", 0.3)
     fake = FakeOpenVPNManagement(mgmt_socket(world), [], hang=True)
     try:
-        got = scrape(world)
+        service_pass(world)
     finally:
         fake.close()
+    got = scrape(world)
     assert got[("vpnagent_server_openvpn_up", ())] == 0
+    assert ("vpnagent_server_nodes_connected", ()) not in got
+
+
+def test_a_report_gone_stale_says_down(world):
+    fake = FakeOpenVPNManagement(mgmt_socket(world), ["node-1"])
+    try:
+        service_pass(world)
+    finally:
+        fake.close()
+    with world.store.session() as s:  # the service stopped reporting a while ago
+        row = s.get(ServiceRow, "vpnagent-openvpn")
+        row.seen_at -= dt.timedelta(seconds=openvpnservice.STALE_AFTER_S + 1)
+    got = scrape(world)
+    assert got[("vpnagent_server_openvpn_up", ())] == 0
+    assert ("vpnagent_server_nodes_connected", ()) not in got
 
 
 def test_certificates_expiring_counts_unrevoked_ones_within_7_days(world):

@@ -223,3 +223,14 @@ def test_listening_sockets_get_tcp_nodelay_and_accepted_ones_inherit_it():
             accepted, _ = listener.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_api_workers_are_gunicorn_workers_that_each_build_their_app():
+    from server_ext.wsgi import APIServer
+
+    server = APIServer(lambda: None, "127.0.0.1", 0, Limits.from_config({"api_workers": 3}), None)
+    got = server.settings()
+    assert got["workers"] == 3 and got["preload_app"] is False  # no app, pool or thread is shared by a fork
+    assert Limits().workers == 1
+    with pytest.raises(ServerConfigError, match="'api_workers' is 0"):
+        Limits.from_config({"api_workers": 0})
