@@ -318,7 +318,7 @@ class LocalCluster:
         log_path = self.workdir / "logs" / "server.log"
         self.progress("starting the server and its OpenVPN server container")
         self.server_proc = _server_process(["serve", "--config", str(cfg_path), "--with-openvpn"], log_path)
-        self._wait_answers(self.server_proc, self.server_url, log_path)
+        self._wait_answers(self.server_proc, lambda: self.server_url, log_path)
 
     def _start_scaled_out(self) -> None:
         """The OpenVPN service with the data directory `server/` (its CA is the cluster's),
@@ -360,14 +360,17 @@ class LocalCluster:
             store.close()
         self.progress("the OpenVPN service reports OpenVPN up")
 
-    def _wait_answers(self, proc: subprocess.Popen, url: str, log_path: Path) -> None:
+    def _wait_answers(self, proc: subprocess.Popen, url: str | Callable[[], str], log_path: Path) -> None:
+        """Until the server answers at `url`: a callable is asked again each time (one-port's
+        URL names the OpenVPN container's address, known only once it runs)."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ClusterError(f"server exited with {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
+            now = url() if callable(url) else url
             try:
-                requests.get(f"{url}/health", timeout=1, verify=self.tls_verify)
-                self.progress(f"server answers at {url}")
+                requests.get(f"{now}/health", timeout=1, verify=self.tls_verify)
+                self.progress(f"server answers at {now}")
                 return
             except (requests.RequestException, OSError):  # OSError: its CA file is not written yet
                 time.sleep(0.1)
