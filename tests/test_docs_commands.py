@@ -38,6 +38,10 @@ WHAT: list[tuple[str, str, str]] = [
      "admin commands need only the config and its data_dir"),
     (r"chmod 600 ", RUN, "file mode"),
     (r"cat > \S+ <<'(PY|RECIPE)'", RUN, "writes an algorithm's files"),
+    (r"rsync -a ", ELSEWHERE, "copies the CA and secret to another host; tests/server/test_replicas.py shows what "
+                              "a replica with other files does"),
+    (r"vpnagent-server openvpn --config ", ELSEWHERE,
+     "runs the OpenVPN service and its container (root, Docker): tests/integration/test_scale_out.py"),
     (r"vpnagent images build-algorithm ", ELSEWHERE,
      "builds an image on the engine; tests/test_algorithm_recipe.py::test_build_algorithm_makes_a_working_image "
      "builds such a recipe and runs it, test_the_ring_sum_example_builds_from_its_directory checks the example's"),
