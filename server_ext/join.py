@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from vpnshared.joinstring import JoinString, spki_pin
 
-from .store import JoinToken, Node, Store, StoreError, hash_key
+from .store import JoinToken, Node, Store, StoreError, hash_key, replace_key
 
 DEFAULT_LIFETIME = dt.timedelta(hours=24)
 MIN_LIFETIME, MAX_LIFETIME = dt.timedelta(minutes=1), dt.timedelta(days=30)
@@ -114,9 +114,7 @@ def redeem(s: Session, token: str, name: str) -> tuple[Node, str]:
                       .values(used_at=now))
     if spent.rowcount != 1:
         raise JoinError(401, f"this join token was used already and works only once; {reissue}")
-    key = secrets.token_urlsafe(32)
-    node.api_key_hash = hash_key(key)
-    node.key_version += 1  # node tokens issued with the old key stop working at once
+    key = replace_key(node)
     s.flush()
     return node, key
 

@@ -47,6 +47,15 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+def replace_key(row: Any) -> str:
+    """A new API key for a user, node or admin row: only its hash is kept, and the key
+    version moves on, so the old key and every token made with it stop working at once."""
+    key = secrets.token_urlsafe(32)
+    row.api_key_hash = hash_key(key)
+    row.key_version += 1
+    return key
+
+
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -380,26 +389,20 @@ class Store:
     def rotate_user_key(self, user_id: int) -> tuple[User, str]:
         """A new API key (shown once) for a researcher; the old key and its tokens stop
         working at once."""
-        key = secrets.token_urlsafe(32)
         with self.session() as s:
             user = self._active_user(s, user_id)
-            user.api_key_hash = hash_key(key)
-            user.key_version += 1
-            return user, key
+            return user, replace_key(user)
 
     def rotate_node_key(self, node_id: int) -> tuple[Node, str]:
         """A new API key (shown once) for a node; the old key and its tokens stop working at
         once. Its certificate and VPN IP stay: the running VPN session is not interrupted,
         the agent needs the new key for its next token."""
-        key = secrets.token_urlsafe(32)
         with self.session() as s:
             node = self._get(s, Node, node_id)
             if node.removed_at is not None:
                 raise Conflict(f"node {node.id} ({node.name}) was removed on {node.removed_at:%Y-%m-%d %H:%M} UTC; "
                                "a removed node stays removed: add a new one with add-node")
-            node.api_key_hash = hash_key(key)
-            node.key_version += 1
-            return node, key
+            return node, replace_key(node)
 
     # --- admins
     def create_admin(self, name: str) -> tuple[Admin, str]:
@@ -425,12 +428,9 @@ class Store:
             return admin
 
     def rotate_admin_key(self, admin_id: int) -> tuple[Admin, str]:
-        key = secrets.token_urlsafe(32)
         with self.session() as s:
             admin = self._active_admin(s, admin_id)
-            admin.api_key_hash = hash_key(key)
-            admin.key_version += 1
-            return admin, key
+            return admin, replace_key(admin)
 
     def _active_admin(self, s: Session, admin_id: int) -> Admin:
         admin = self._get(s, Admin, admin_id)
