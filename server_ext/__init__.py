@@ -34,6 +34,7 @@ class VPNExtension:
         """Mount the API and the `flask vpnagent` commands on `app`; reads its config, writes
         nothing (see the module docstring)."""
         from .adminapi import bp  # api.py's Blueprint; importing adminapi adds the /admin routes to it
+        from . import eventstream  # noqa: F401 - adds GET /node/events to it
         from .commands import cli
 
         state = ExtensionState.from_config(app.config, app.instance_path)

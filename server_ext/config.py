@@ -228,6 +228,11 @@ SCHEMA: dict[str, Key] = {
                                60, check=SECONDS),
     "api_keepalive": Key(int, "Seconds an idle connection is kept open for the client's next request.",
                          5, check=SECONDS),
+    "api_event_streams": Key(int, "Node event streams (GET /node/events, the push to nodes) one API process "
+                                  "holds open at most, each on a thread of its own that sleeps until there is "
+                                  "something to send. Beyond it a node is asked to retry later and keeps working "
+                                  "on its slow resync; 0 turns the push off (nodes poll every poll_interval).",
+                             2000, check=within(0, 100_000)),
     "api_shutdown_timeout": Key(int, "Seconds `serve` gives requests in flight to finish after SIGTERM.",
                                 10, check=SECONDS),
     "openvpn_processes": Key(int, "OpenVPN server processes, each serving a slice of vpn_subnet on its "
@@ -257,7 +262,8 @@ SCHEMA: dict[str, Key] = {
 # TLS, the HTTP server's limits, the OpenVPN container).
 EXTENSION_KEYS: tuple[str, ...] = (
     "data_dir", "database_url", "secret", "vpn_subnet", "openvpn_remote_host", "openvpn_remote_port",
-    "openvpn_proto", "cert_days", "container_token_seconds", "openvpn_processes", "openvpn_profile")
+    "openvpn_proto", "cert_days", "container_token_seconds", "openvpn_processes", "openvpn_profile",
+    "api_event_streams")
 
 # Keys of the Flask extension that a YAML config does not take.
 EXTENSION_ONLY: dict[str, Key] = {

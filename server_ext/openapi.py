@@ -119,6 +119,14 @@ def _admin_paths() -> dict:
     }
 
 
+def _events_op() -> dict:
+    op = _op("This node's event stream (server-sent events): hello, then run / peers / revoked / cert events as "
+             "they happen, a keepalive comment every 15 s, bye at the end (docs/api.md)", "node",
+             errors=("401", "403", "404", "503"))
+    op["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    return op
+
+
 def spec(prefix: str = "/api") -> dict:
     key = _obj({"api_key": {"type": "string"}}, ["api_key"])
     paths = {
@@ -135,6 +143,7 @@ def spec(prefix: str = "/api") -> dict:
                                    _obj({"token": {"type": "string"}, "name": {"type": "string"}}, ["token", "name"]),
                                    errors=("400", "401", "403", "413"))},
         "/node/self": {"get": _op("The calling node", "node")},
+        "/node/events": {"get": _events_op()},
         "/node/peers": {"get": _op("Task families of this node's active runs", "node", params=[_q("run_id", INT)])},
         "/node/runs": {"post": _op("The runs this node still has; its other initializing or active runs are failed",
                                    "node", _obj({"runs": {"type": "array", "maxItems": 100000, "items": INT}},

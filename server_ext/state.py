@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import ServerConfigError, default, setting
 from .datadir import private_data_dir
+from .events import Hub
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
 from .pki import PKI, fingerprint, write_private
 from .store import Store
@@ -35,8 +36,10 @@ class ExtensionState:
     `prepare` has made them."""
 
     def __init__(self, data_dir: Path, database_url: str, settings: VPNSettings, cert_days: float,
-                 container_token_seconds: int, secret: str | None = None) -> None:
+                 container_token_seconds: int, secret: str | None = None,
+                 event_streams: int = default("api_event_streams")) -> None:
         self.data_dir = data_dir
+        self.event_streams = event_streams
         self.store = Store(database_url, migrate=False)
         self.settings = settings
         self.cert_days = cert_days
@@ -67,7 +70,7 @@ class ExtensionState:
                    database_url=setting(config, "database_url") or f"sqlite:///{data_dir / 'store.db'}",
                    settings=settings, cert_days=float(setting(config, "cert_days")),
                    container_token_seconds=container_token_seconds(setting(config, "container_token_seconds")),
-                   secret=setting(config, "secret"))
+                   secret=setting(config, "secret"), event_streams=int(setting(config, "api_event_streams")))
 
     @property
     def secret_path(self) -> Path:
@@ -80,6 +83,11 @@ class ExtensionState:
     @cached_property
     def tokens(self) -> TokenService:
         return TokenService(self.token_secret, {"container": self._container_seconds})
+
+    @cached_property
+    def hub(self) -> Hub:
+        """This process's reader of node events for the streams it holds (events.py)."""
+        return Hub(self.store)
 
     @cached_property
     def files(self) -> OpenVPNFiles:

@@ -213,6 +213,22 @@ class EventCounter(Base):
     value: Mapped[int] = mapped_column(BigInteger)
 
 
+class NodeEvent(Base):
+    """Something a node must hear about now (0007): a run for it, a change in its runs'
+    task families, its removal or a revoked certificate. Written in the transaction that
+    made the change (server_ext/events.py); every API replica reads the table and pushes
+    each row to the node's open event stream. Kept for minutes only: a node that missed one
+    catches up with its next full resync."""
+    __tablename__ = "node_event"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    node_id: Mapped[int] = mapped_column(Integer, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now, index=True)
+
+
 class StoreError(ValueError):
     """An admin operation was refused (duplicate name, unknown id, full subnet), or the
     database cannot be used; the message says what to fix."""
@@ -257,6 +273,9 @@ class Store:
         self.engine = make_engine(url)  # connects on first use only
         self.url = self.engine.url.render_as_string(hide_password=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        from .events import record_events  # events.py builds on this module's models
+
+        record_events(self._sessions)
         if migrate:
             try:
                 self.migrate(progress)

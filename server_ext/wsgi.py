@@ -32,6 +32,7 @@ from typing import Any, Callable
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
+from . import events, eventstream
 from .config import ConfigProblems, default, problems
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Limits:
     request_timeout: float = float(default("api_request_timeout"))
     keepalive: int = default("api_keepalive")  # gunicorn takes whole seconds for these two
     shutdown_timeout: int = default("api_shutdown_timeout")
+    event_streams: int = default("api_event_streams")
 
     def __post_init__(self) -> None:
         # the schema's checks of the api_* keys, for limits built in code too
@@ -142,13 +144,20 @@ class GuardedThreadWorker(ThreadWorker):
                 self.deadlines.disarm(conn)
 
     def handle_request(self, req: Any, conn: Any) -> Any:
-        # the headers are in: from here the body, the app and the response share one deadline
-        self.deadlines.arm(conn, self.limits.request_timeout, "request")
+        # the headers are in: from here the body, the app and the response share one deadline;
+        # an event stream's response lasts as long as its token (and a stalled reader of it
+        # is cut at that deadline too)
+        long = req.method == "GET" and req.path.endswith(eventstream.PATH)
+        self.deadlines.arm(conn, self.limits.request_timeout + (eventstream.STREAM_MAX_S if long else 0), "request")
         return super().handle_request(req, conn)
 
     def murder_keepalived(self, *args: Any, **kwargs: Any) -> None:
-        """The main loop calls this at least once a second: cut the overdue too."""
+        """The main loop calls this at least once a second: cut the overdue too; once the
+        worker is stopping, end the event streams, which would otherwise hold it for the
+        whole shutdown timeout."""
         super().murder_keepalived(*args, **kwargs)
+        if not self.alive:
+            events.close_all()
         for conn, phase in self.deadlines.overdue():
             limit = self.limits.header_timeout if phase == "request headers" else self.limits.request_timeout
             if cut(conn.sock):
@@ -183,7 +192,10 @@ class APIServer(BaseApplication):
         limits = self.limits
         out: dict[str, Any] = {
             "bind": [self.bind], "workers": limits.workers, "worker_class": GuardedThreadWorker, "preload_app": False,
-            "threads": limits.threads, "worker_connections": limits.max_connections,
+            # an open node event stream holds a thread and a connection of its own: the
+            # requests keep theirs (the app turns streams beyond event_streams away)
+            "threads": limits.threads + limits.event_streams,
+            "worker_connections": limits.max_connections + limits.event_streams,
             "keepalive": limits.keepalive, "graceful_timeout": limits.shutdown_timeout,
             "timeout": WORKER_HEARTBEAT_S, "limit_request_line": LIMIT_REQUEST_LINE,
             "limit_request_fields": LIMIT_REQUEST_FIELDS, "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,

@@ -32,6 +32,7 @@ from .netapply import ApplyResult, HostRules, NetworkApplier, NodeNetwork, VpnCl
 from .netns import NetnsError
 from .ports import PortAllocator, PortError, exposed_ports
 from .proxy import NodeProxy, unverified_claims
+from .push import UNSUPPORTED, EventStream
 from .runtime import Container, EngineError, Mount, Network, NetworkSpec, NotFound, Runtime, WorkloadSpec
 from .runtime import connect_engine
 from .serverapi import ServerAPI, ServerError
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 ROLE_HOLDER, ROLE_ALGORITHM, ROLE_VPN = "holder", "algorithm", "vpn-client"
 VPN_RETRY_S = 30.0
 VERIFY_S = 10.0
+CHECK_S = 2.0  # local checks of the VPN client and its certificate
+# What a full resync asks the server again: pending runs, each live run's task family, and
+# which runs this node holds (the server fails the others). Events ask for one of them.
+RESYNC = frozenset({"runs", "peers", "report"})
 RENEW_RETRY_S = 3600.0  # a failed or pointless renewal is tried again an hour later, not every check
 HOLDER_MEMORY, HOLDER_PIDS = 32 * 2**20, 16  # the pause container only sleeps
 LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
@@ -129,6 +134,11 @@ class Agent:
         self.vpn_checks = 0  # VPN health/certificate check passes done
         self.metrics = m.AgentMetrics(self.metrics_snapshot)
         self.metrics_server: m.MetricsServer | None = None
+        # the server tells the node what concerns it as it happens (push.py); the loop
+        # does what events ask for, and a full resync now and then
+        self.push = EventStream(self.api, self.on_event) if cfg.push else None
+        self._due: set[str] = set(RESYNC)
+        self._wake = threading.Event()
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -583,6 +593,7 @@ class Agent:
             finally:
                 with self._lock:
                     self._admitted.pop(run_id, None)
+                self.want("runs")  # a slot is free: a run left pending for want of one can go
         t = threading.Thread(target=body, name=f"run-{run_id}", daemon=True)
         self._threads.append(t)
         t.start()
@@ -706,6 +717,35 @@ class Agent:
                 self._record_fix(f"removed orphan container {c.name}", m.FIX_ORPHAN)
 
     # ------------------------------------------------------------------ loop
+    def want(self, *what: str) -> None:
+        """Have the loop ask the server for `what` (RESYNC's parts, or "vpn": check the
+        VPN client) now instead of at the next resync."""
+        with self._lock:
+            self._due.update(what)
+        self._wake.set()
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+        """An event from the server's stream (server_ext/events.py lists them)."""
+        if kind == "hello":  # a new connection: what happened while there was none is resynced
+            self.want(*RESYNC)
+        elif kind == "run":
+            self.want("runs")
+        elif kind == "peers":
+            self.want("peers")
+        elif kind == "cert":
+            self.want("vpn")
+        elif kind == "revoked":
+            self._server_failed(ServerError(401, "the server removed this node or replaced its API key: its "
+                                                 "tokens stop working; put a new key into api_key (or join "
+                                                 "again) and restart the agent"), True)
+            self.want("runs")
+        else:
+            log.debug("push: event %r ignored (a newer server?)", kind)
+
+    def _polling(self) -> bool:
+        """No event stream to wait on: ask every poll_interval instead."""
+        return self.push is None or self.push.state == UNSUPPORTED
+
     def _admit(self) -> None:
         """Take pending runs up to the limits. Subtasks have their own limit and go first:
         their parents hold run slots while they wait for them, so if subtasks queued behind
@@ -723,26 +763,42 @@ class Agent:
             self._spawn(rid, self._handle, run)
 
     def serve_forever(self) -> None:
-        """Take work, keep the VPN healthy and converge runs until stop() is called. While
-        the server is away or refuses this node, ask it less and less often (up to 30 s)."""
+        """Take work, keep the VPN healthy and converge runs until stop() is called. The
+        server's events wake the loop for what they concern; a full resync runs every
+        resync_interval (every poll_interval without an event stream). While the server is
+        away or refuses this node, ask it less and less often (up to 30 s)."""
+        if self.push is not None:
+            self.push.start()
         last_check = last_verify = time.monotonic()
+        next_resync = 0.0
         failures = 0
         while not self._stop.is_set():
-            wait = self.cfg.poll_interval
+            now = time.monotonic()
+            polling = self._polling()
+            if polling or now >= next_resync:
+                self.want(*RESYNC)
+                next_resync = now + self.cfg.resync_interval * random.uniform(1.0, 1.1)
+            self._wake.clear()
+            with self._lock:
+                due, self._due = self._due, set()
+            wait = self.cfg.poll_interval if polling else max(0.0, min(CHECK_S, next_resync - now))
             try:
-                self._admit()
+                if "runs" in due:
+                    self._admit()
                 self._threads = [t for t in self._threads if t.is_alive()]
-                self.sync_peers()
-                if time.monotonic() - last_check > 2.0:
-                    last_check = time.monotonic()
+                if "peers" in due:
+                    self.sync_peers()
+                if "vpn" in due or now - last_check > CHECK_S:
+                    last_check = now
                     self.check_vpn()
                     self.check_cert()
                     self.vpn_checks += 1
                     self._write_status()  # also a heartbeat: `status` can tell a stale file
-                if time.monotonic() - last_verify > VERIFY_S:
-                    last_verify = time.monotonic()
+                if now - last_verify > VERIFY_S:
+                    last_verify = now
                     self._check_runs()  # first: a run whose holder is gone has no namespace to reconcile
                     self.reconcile()  # level-triggered: repair whatever drifted meanwhile
+                if "report" in due:
                     self._tell_server()
                 self._renew_tokens()
                 self._deliver_reports()
@@ -751,12 +807,14 @@ class Agent:
                     failures = 0
                 self._server_ok()
             except ServerError as exc:
+                with self._lock:
+                    self._due |= due  # asked again after the backoff
                 failures += 1
                 self._server_failed(exc, failures == 1)
                 wait = min(SERVER_BACKOFF_MAX_S, self.cfg.poll_interval * 2 ** min(failures, 8)) * random.uniform(0.8, 1.2)
             except Exception:  # noqa: BLE001 - the loop must outlive any single failure
                 log.exception("agent loop error")
-            self._stop.wait(wait)
+            self._wake.wait(wait)
 
     def _server_ok(self) -> None:
         if self.server["state"] != "ok":
@@ -773,6 +831,9 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self.push is not None:
+            self.push.stop()
 
     def leave(self) -> None:
         """The agent exits; its runs, VPN client and rules stay for the next agent to adopt
@@ -823,6 +884,7 @@ class Agent:
             "runs": [{k: v for k, v in asdict(r).items() if k not in ("lost", "registered")} for r in self.runs.values()],
             "adopted": self.adopted, "adopted_at": self.adopted_at,
             "server": self.server, "stopped": self.stopped,
+            "push": self.push.summary() if self.push is not None else {"state": "off"},
             "reports_waiting": sorted(r.run_id for r in list(self._records.values()) if r.report is not None),
             "fixes": self.fixes[-50:],
         }

@@ -77,7 +77,14 @@ SCHEMA: dict[str, Key] = {
                                   "server at every connect (pings through the tunnel with don't-fragment); a number "
                                   "skips the probe. Shown in `vpnagent status` and checked by `vpnagent doctor`.",
                       "auto"),
-    "poll_interval": Key((int, float), "Seconds between polls of the server for new runs.", 0.5),
+    "push": Key(bool, "Hold an event stream open to the server (GET /node/events), so it tells this node of new "
+                      "runs, peer changes and its removal as they happen. Off, or against a server without the "
+                      "stream, the agent polls every poll_interval.", True),
+    "resync_interval": Key((int, float), "Seconds between full resyncs with the server while the event stream is "
+                                         "open (new runs, peers, the runs it holds), the safety net for an event "
+                                         "lost on the way; each node adds up to 10 % of jitter.", 60),
+    "poll_interval": Key((int, float), "Seconds between polls of the server for new runs when there is no event "
+                                       "stream (push off, or a server without it).", 0.5),
     "vpn_connect_timeout": Key((int, float), "Seconds to wait for the VPN tunnel before going on without VPN.",
                                30),
     "cert_renew_days": Key((int, float), "Renew the VPN certificate through /vpn/update when it expires within "
@@ -128,6 +135,8 @@ class NodeConfig:
     vpn_client_network: str = _default("vpn_client_network")
     proxy_port: int = _default("proxy_port")
     poll_interval: float = float(_default("poll_interval"))
+    push: bool = _default("push")
+    resync_interval: float = float(_default("resync_interval"))
     max_concurrent_runs: int = _default("max_concurrent_runs")
     max_concurrent_subtasks: int | None = None  # None: 4 x max_concurrent_runs
     isolated_mtu: int | None = None  # MTU of the isolated network (None: Docker's, 1500)
@@ -219,6 +228,8 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         "data_dir": _path(raw["data_dir"], base_dir),
         "allow_insecure_http": insecure,
     }
+    if raw.get("push") is not None:
+        kwargs["push"] = raw["push"]
     if raw.get("server_ca_file"):
         ca = _path(raw["server_ca_file"], base_dir)
         if not ca.is_file():
@@ -257,7 +268,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if not 1 <= raw["max_concurrent_subtasks"] <= 4000:
             raise ConfigError(f"'max_concurrent_subtasks' {raw['max_concurrent_subtasks']} must be within 1-4000")
         kwargs["max_concurrent_subtasks"] = raw["max_concurrent_subtasks"]
-    for key in ("poll_interval", "vpn_connect_timeout", "cert_renew_days"):
+    for key in ("poll_interval", "resync_interval", "vpn_connect_timeout", "cert_renew_days"):
         if raw.get(key) is not None:
             if raw[key] <= 0:
                 raise ConfigError(f"'{key}' must be a positive number")

@@ -17,11 +17,12 @@ class ServerError(RuntimeError):
     `sent` is False when the request never left the node (the connection was refused or
     never completed), so repeating it cannot do anything twice."""
 
-    def __init__(self, status: int | None, msg: str, sent: bool = True) -> None:
+    def __init__(self, status: int | None, msg: str, sent: bool = True, retry_after: float | None = None) -> None:
         super().__init__(f"server said {status}: {msg}" if status else msg)
         self.status = status
         self.msg = msg
         self.sent = sent
+        self.retry_after = retry_after  # seconds, when the server said when to ask again
 
 
 def never_sent(exc: requests.RequestException) -> bool:
@@ -70,7 +71,14 @@ class ServerAPI:
         return data["access_token"]
 
     def _send(self, method: str, path: str, auth: bool = True, **kwargs: Any) -> Any:
+        resp = self._request(method, path, auth, **kwargs)
+        return resp.json() if resp.content else None
+
+    def _request(self, method: str, path: str, auth: bool = True, **kwargs: Any) -> requests.Response:
+        """The answer to a request, with the node token (renewed once on a 401); a refusal
+        or no answer is a ServerError."""
         url = f"{self.base_url}{path}"
+        kwargs.setdefault("timeout", self.timeout)
         repeatable = method in REPEATABLE or path in REPEATABLE_POSTS
         renewed = resent = False
         while True:
@@ -81,7 +89,7 @@ class ServerAPI:
                         self._token = self._authenticate()
                     headers["Authorization"] = f"Bearer {self._token}"
             try:
-                resp = self._session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+                resp = self._session.request(method, url, headers=headers, **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise ServerError(None, f"the server at {self.base_url} failed the TLS check ({short_reason(exc)}); "
                                         "check server_ca_file / server_fingerprint in the node config") from exc
@@ -93,6 +101,7 @@ class ServerAPI:
                                   sent=not never_sent(exc)) from exc
             if resp.status_code == 401 and auth and not renewed:
                 renewed = True
+                resp.close()
                 with self._lock:
                     self._token = None  # expired: get a fresh node token and retry once
                 continue
@@ -101,8 +110,10 @@ class ServerAPI:
                     msg = resp.json().get("msg", resp.text)
                 except ValueError:
                     msg = resp.text[:200]
-                raise ServerError(resp.status_code, f"{method} {path}: {msg}")
-            return resp.json() if resp.content else None
+                retry = resp.headers.get("Retry-After", "")
+                raise ServerError(resp.status_code, f"{method} {path}: {msg}",
+                                  retry_after=float(retry) if retry.isdigit() else None)
+            return resp
 
     # --- node identity and VPN configuration
     def node_self(self) -> dict:
@@ -117,6 +128,12 @@ class ServerAPI:
     def node_peers(self, run_id: int | None = None) -> list[dict]:
         params = {"run_id": run_id} if run_id is not None else None
         return self._send("GET", "/node/peers", params=params)["runs"]
+
+    def open_events(self, read_timeout: float) -> requests.Response:
+        """GET /node/events, open: its body is the node's event stream (vpnagent/push.py).
+        A read that waits longer than `read_timeout` fails (the server writes at least
+        every 15 s)."""
+        return self._request("GET", "/node/events", stream=True, timeout=(self.timeout, read_timeout))
 
     # --- runs
     def pending_runs(self) -> list[dict]:

@@ -18,7 +18,7 @@ import pytest
 from test_algorithms import hostile
 from tests.waiting import wait_for
 
-from .util import create_task, kill_run, user_session, wait_live, wait_task_done, wait_zero
+from .util import create_task, kill_run, outsider_session, user_session, wait_live, wait_task_done, wait_zero
 
 pytestmark = pytest.mark.docker
 
@@ -54,7 +54,7 @@ def _foreign(cluster) -> dict:
     """A real task of another collaboration (its node never runs: the task just exists),
     with that collaboration's and organisation's ids."""
     node = cluster.add_node(f"{cluster.prefix}fo")
-    http, collab = _outsider_session(cluster, node)
+    http, collab = outsider_session(cluster, node)
     r = http.post(f"{cluster.server_url}/task", timeout=10, json={
         "collaboration_id": collab, "organizations": [node.organization_id], "image": "vpnagent/echo:latest",
         "input": {"method": "peer", "kwargs": {}}})
@@ -211,32 +211,13 @@ def test_output_tricks_fail_the_run_and_leak_nothing(cluster, docker_client, hos
     wait_zero(cluster, docker_client)
 
 
-def _outsider_session(cluster, node):
-    """A researcher of the organisation of a node made by cluster.add_node."""
-    from vpnagent.tls import make_session
-
-    from .util import store_of
-
-    store = store_of(cluster)
-    try:
-        _, key = store.create_user(node.organization_id, f"res{secrets.token_hex(2)}")
-        collab_id = store.get_node(node.node_id).collaboration_id
-    finally:
-        store.close()
-    s = make_session(cluster.tls_verify)
-    tok = s.post(f"{cluster.server_url}/token/user", json={"api_key": key}, timeout=10)
-    tok.raise_for_status()
-    s.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
-    return s, collab_id
-
-
 def test_limits_and_image_allowlist_of_a_node(cluster, docker_client, hostile_image):
     node = cluster.add_node(f"{cluster.prefix}lim", algorithm_memory="256m", algorithm_cpus=0.5,
                             algorithm_pids=64, allowed_images=["vpnagent/echo:*", "vpnagent/hostile:latest"])
     cluster.start_node(node)
     try:
         cluster.wait_connected(60, nodes=[node])
-        http, collab = _outsider_session(cluster, node)
+        http, collab = outsider_session(cluster, node)
 
         def task(image: str, task_input: dict) -> dict:
             r = http.post(f"{cluster.server_url}/task", timeout=10, json={

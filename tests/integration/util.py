@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from server_ext.store import Store
 from tests.waiting import wait_equal, wait_for
 from vpnagent import firewall
 from vpnagent.netns import Netns, NetnsError
+from vpnagent.tls import make_session
 
 PROBE = r"""
 import json, socket, sys
@@ -172,3 +174,19 @@ def reachable_run(cluster, docker_client, prober, target):
             kill_run(docker_client, r["id"])
         wait_task_done(cluster, http, task["id"])
     wait_zero(cluster, docker_client)
+
+
+def outsider_session(cluster, node) -> tuple[requests.Session, int]:
+    """A researcher of the organisation of a node made by cluster.add_node, and the id of
+    that node's collaboration."""
+    store = store_of(cluster)
+    try:
+        _, key = store.create_user(node.organization_id, f"res{secrets.token_hex(2)}")
+        collab_id = store.get_node(node.node_id).collaboration_id
+    finally:
+        store.close()
+    s = make_session(cluster.tls_verify)
+    tok = s.post(f"{cluster.server_url}/token/user", json={"api_key": key}, timeout=10)
+    tok.raise_for_status()
+    s.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+    return s, collab_id

@@ -1,0 +1,308 @@
+"""Node events: what a node must hear about at once, written with the change that caused it,
+and the hub that pushes them down each node's open event stream (eventstream.py).
+
+Written: a session hook looks at what a transaction changes, whoever changes it (API, admin
+CLI, admin API), and adds node_event rows to the same transaction, so an event exists if and
+only if its change was committed:
+- run      a new run for the node (it should take it now)
+- peers    a run, its status or its ports changed in a task family one of the node's
+           active runs belongs to (its allow rules follow)
+- revoked  the node was removed, or its API key replaced (its tokens stop working)
+- cert     one of the node's certificates was revoked (detail: the serial)
+
+Read: one Hub per API process reads the rows other processes and hosts committed (one
+indexed query every POLL_S while a stream is open, none otherwise) and hands each to the
+streams of its node. The node still does a full resync now and then (vpnagent/push.py), so
+an event lost on the way costs a delay, never a wrong state.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from sqlalchemy import delete, event, func, inspect, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .store import ACTIVE_STATES, Certificate, Node, NodeEvent, Port, Run, Store, Task
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05  # how often a process with open streams reads new rows: the push latency's floor
+KEEP_S = 600  # rows older than this are deleted; a node away longer resyncs anyway
+PRUNE_EVERY_S = 60
+# Sequence numbers are taken at insert but seen at commit: on PostgreSQL a lower one can
+# appear after a higher one was read. Gaps below the highest seen are read again this long
+# (a transaction is short), then given up (a rolled-back insert leaves a gap for good).
+GAP_WAIT_S = 5.0
+MAX_GAP = 10_000
+BATCH = 1000
+# Fault injection for the tests: the hub reads events but hands none out, as if every
+# push were lost on the way (tests/integration/test_push.py).
+MUTE = bool(os.environ.get("VPNAGENT_FAULT_MUTE_EVENTS"))
+
+_CHANGES = "vpnagent.events"  # the session.info key of what a transaction changed so far
+
+
+@dataclass
+class _Changes:
+    new_runs: list[Run] = field(default_factory=list)
+    tasks: set[int] = field(default_factory=set)
+    port_runs: set[int] = field(default_factory=set)
+    revoked: set[int] = field(default_factory=set)
+    certs: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_runs or self.tasks or self.port_runs or self.revoked or self.certs)
+
+
+def _changed(obj: Any, attr: str) -> bool:
+    return inspect(obj).attrs[attr].history.has_changes()
+
+
+def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
+    changes = session.info.setdefault(_CHANGES, _Changes())
+    for obj in session.new:
+        if isinstance(obj, Run):
+            changes.new_runs.append(obj)
+        elif isinstance(obj, Port):
+            changes.port_runs.add(obj.run.id if obj.run is not None else obj.run_id)
+    for obj in list(session.dirty) + list(session.deleted):
+        if isinstance(obj, Run) and (_changed(obj, "status") or _changed(obj, "ports")):
+            changes.tasks.add(obj.task_id)
+        elif isinstance(obj, Port) and obj.run_id is not None:
+            changes.port_runs.add(obj.run_id)
+        elif isinstance(obj, Node) and (_changed(obj, "removed_at") or _changed(obj, "key_version")):
+            changes.revoked.add(obj.id)
+        elif isinstance(obj, Certificate) and _changed(obj, "revoked_at") and obj.revoked_at is not None:
+            changes.certs.append((obj.node_id, obj.serial))
+
+
+def family_nodes(s: Session, task_ids: Iterable[int]) -> set[int]:
+    """The nodes with an active run in the task family (the task, its parent, its children:
+    the same relation GET /node/peers follows) of any of `task_ids`."""
+    tasks = set(task_ids)
+    if not tasks:
+        return set()
+    family = set(tasks)
+    family |= set(s.scalars(select(Task.id).where(Task.parent_id.in_(tasks))))
+    family |= {p for p in s.scalars(select(Task.parent_id).where(Task.id.in_(tasks))) if p is not None}
+    return set(s.scalars(select(Run.node_id).where(Run.task_id.in_(family), Run.status.in_(ACTIVE_STATES))
+                         .distinct()))
+
+
+def _write(session: Session) -> None:
+    session.flush()  # commit flushes after this hook: what is still unflushed is collected now
+    changes = session.info.pop(_CHANGES, None)
+    if not changes:
+        return
+    rows: set[tuple[int, str, int | None, str | None]] = set()
+    tasks = set(changes.tasks)
+    for run in changes.new_runs:
+        if run.id is not None:
+            rows.add((run.node_id, "run", run.id, None))
+            tasks.add(run.task_id)
+    if changes.port_runs:
+        tasks |= set(session.scalars(select(Run.task_id).where(Run.id.in_(changes.port_runs))))
+    rows |= {(node, "peers", None, None) for node in family_nodes(session, tasks)}
+    rows |= {(node, "revoked", None, None) for node in changes.revoked}
+    rows |= {(node, "cert", None, serial) for node, serial in changes.certs}
+    session.add_all(NodeEvent(node_id=n, kind=k, run_id=r, detail=d) for n, k, r, d in sorted(rows, key=str))
+
+
+def _forget(session: Session, *_: Any) -> None:
+    session.info.pop(_CHANGES, None)
+
+
+def record_events(sessions: sessionmaker) -> None:
+    """Have every transaction of `sessions` write the node events its changes call for."""
+    event.listen(sessions, "before_flush", _collect)
+    event.listen(sessions, "before_commit", _write)
+    event.listen(sessions, "after_soft_rollback", _forget)
+
+
+# ---------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    node_id: int
+    kind: str
+    run_id: int | None = None
+    detail: str | None = None
+
+    def data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": self.seq}
+        if self.run_id is not None:
+            out["run_id"] = self.run_id
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
+
+
+class Cursor:
+    """Which sequence numbers have been read: all up to `floor`, and `seen` above it. The
+    next read asks for everything above the floor, so a gap is read again until it fills
+    or GAP_WAIT_S has passed."""
+
+    def __init__(self, start: int) -> None:
+        self.floor = start
+        self.seen: set[int] = set()
+        self._gaps: dict[int, float] = {}
+
+    def take(self, seqs: Iterable[int], now: float) -> list[int]:
+        """The sequence numbers among `seqs` not taken before; moves the floor on."""
+        new = sorted({q for q in seqs if q > self.floor and q not in self.seen})
+        self.seen.update(new)
+        top = max(self.seen, default=self.floor)
+        if top - self.floor > MAX_GAP:  # a jump in the sequence, not transactions in flight
+            self.floor, self.seen, self._gaps = top, set(), {}
+            return new
+        for q in range(self.floor + 1, top):
+            if q not in self.seen:
+                self._gaps.setdefault(q, now)
+        self._gaps = {q: t for q, t in self._gaps.items() if q not in self.seen and now - t < GAP_WAIT_S}
+        self.floor = min(self._gaps) - 1 if self._gaps else top
+        self.seen = {q for q in self.seen if q > self.floor}
+        return new
+
+
+class Subscription:
+    """One open event stream's queue."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.closed = False
+        self._items: deque[Event] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, ev: Event) -> None:
+        with self._cond:
+            self._items.append(ev)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify()
+
+    def get(self, timeout: float) -> list[Event]:
+        """What arrived, waiting up to `timeout` for something; [] when nothing came (or
+        the subscription was closed: see `closed`)."""
+        with self._cond:
+            if not self._items and not self.closed:
+                self._cond.wait(timeout)
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+_HUBS: "weakref.WeakSet[Hub]" = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """End every event stream of this process: the worker is stopping, and a stream would
+    otherwise hold it for its whole shutdown timeout."""
+    for hub in list(_HUBS):
+        hub.close()
+
+
+class Hub:
+    """Reads the node_event rows every process commits and hands them to this process's
+    subscriptions. Reads only while some stream is open."""
+
+    def __init__(self, store: Store, poll: float = POLL_S) -> None:
+        _HUBS.add(self)
+        self.store = store
+        self.poll = poll
+        self._lock = threading.Lock()
+        self._subs: dict[int, set[Subscription]] = {}
+        self._cursor: Cursor | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._last_prune = 0.0
+        self.delivered = 0
+
+    def subscribe(self, node_id: int) -> Subscription:
+        sub = Subscription(node_id)
+        with self._lock:
+            if self._stop.is_set():
+                sub.close()
+                return sub
+            if self._cursor is None:  # here, not in the thread: nothing committed after this is missed
+                with self.store.session() as s:
+                    self._cursor = Cursor(s.scalar(select(func.max(NodeEvent.seq))) or 0)
+            self._subs.setdefault(node_id, set()).add(sub)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="vpnagent-event-hub", daemon=True)
+                self._thread.start()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.node_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[sub.node_id]
+
+    @property
+    def streams(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._subs.values())
+
+    def close(self) -> None:
+        """End every stream of this process (the worker is stopping)."""
+        with self._lock:
+            self._stop.set()
+            subs = [sub for group in self._subs.values() for sub in group]
+            self._subs.clear()
+        for sub in subs:
+            sub.close()
+
+    def read_once(self) -> int:
+        """Read what was committed since the last read and hand it out; the number of
+        events read."""
+        now = time.monotonic()
+        cursor = self._cursor
+        if cursor is None:
+            return 0
+        with self.store.session() as s:
+            rows = s.execute(select(NodeEvent.seq, NodeEvent.node_id, NodeEvent.kind, NodeEvent.run_id,
+                                    NodeEvent.detail).where(NodeEvent.seq > cursor.floor)
+                             .order_by(NodeEvent.seq).limit(BATCH)).all()
+            if now - self._last_prune > PRUNE_EVERY_S:
+                self._last_prune = now
+                cutoff = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=KEEP_S)
+                s.execute(delete(NodeEvent).where(NodeEvent.created_at < cutoff))
+        by_seq = {r.seq: Event(r.seq, r.node_id, r.kind, r.run_id, r.detail) for r in rows}
+        fresh = [by_seq[q] for q in cursor.take(by_seq, now)]
+        if not MUTE:
+            self._hand_out(fresh)
+        return len(fresh)
+
+    def _hand_out(self, events: list[Event]) -> None:
+        with self._lock:
+            targets = [(sub, ev) for ev in events for sub in self._subs.get(ev.node_id, ())]
+        for sub, ev in targets:
+            sub.put(ev)
+            self.delivered += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._subs:
+                    self._thread = self._cursor = None  # the next stream starts from the newest row
+                    return
+            try:
+                if self.read_once() >= BATCH:
+                    continue
+            except Exception as exc:  # noqa: BLE001 - the database may be away; streams stay open
+                log.warning("node events: cannot read new events (%s); trying again", exc)
+                self._stop.wait(1.0)
+            self._stop.wait(self.poll)

@@ -1,0 +1,236 @@
+"""The node's end of the push (vpnagent/push.py) and what the agent's loop does with it.
+
+- the stream's text is read as server-sent events (comments and junk skipped);
+- reconnects wait with full jitter, so nodes that lost one server restart come back spread
+  out, and a server's Retry-After is honoured;
+- against a real loopback HTTP server: events reach the callback, a planned end reconnects
+  at once, a server without the stream (404) makes the agent poll;
+- the agent acts on an event at once and otherwise asks the server only at its resync.
+The real thing end to end: tests/integration/test_push.py."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.waiting import wait_for
+from vpnagent import push
+from vpnagent.agent import RESYNC, Agent
+from vpnagent.config import parse_config
+from vpnagent.serverapi import ServerAPI
+
+
+def test_server_sent_events_are_parsed_and_comments_and_junk_skipped():
+    lines = ["event: hello", 'data: {"keepalive": 15}', "", ": keepalive", "", "id: 7", "event: run",
+             'data: {"seq": 7,', 'data:  "run_id": 3}', "", "event: run", "data: not json", "",
+             "retry: 1000", "event: peers", "data: {}", ""]
+    got = list(push.parse(lines))
+    assert got == [push.Message("hello", {"keepalive": 15}), push.Message("run", {"seq": 7, "run_id": 3}),
+                   push.Message("peers", {})]
+
+
+def test_reconnects_are_spread_with_full_jitter():
+    rng = random.Random(1)
+    first = [push.backoff(0, rng.random) for _ in range(1000)]
+    assert 0 <= min(first) and max(first) <= push.BACKOFF_BASE_S
+    # a thousand nodes that lost the same server: no more than a few percent in any tenth
+    buckets = [sum(1 for w in first if i / 10 <= w < (i + 1) / 10) for i in range(10)]
+    assert max(buckets) < 150, buckets
+    assert push.backoff(30, lambda: 1.0) == push.BACKOFF_CAP_S
+    assert push.backoff(3, lambda: 1.0) == push.BACKOFF_BASE_S * 8
+
+
+# ---------------------------------------------------------------- a real loopback server
+class Script:
+    """What the loopback server answers to each GET /node/events, in turn."""
+
+    def __init__(self, answers: list) -> None:
+        self.answers = answers
+        self.opened = 0
+        self.times: list[float] = []
+
+
+def _server(script: Script) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # /token/node
+            body = json.dumps({"access_token": "t"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            script.times.append(time.monotonic())
+            answer = script.answers[min(script.opened, len(script.answers) - 1)]
+            script.opened += 1
+            if isinstance(answer, tuple):  # (status, headers)
+                body = json.dumps({"msg": "no"}).encode()
+                self.send_response(answer[0])
+                for k, v in answer[1].items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in answer:  # each a chunk, sent as it comes
+                if isinstance(part, float):
+                    time.sleep(part)
+                    continue
+                data = part.encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return srv
+
+
+@pytest.fixture
+def loopback() -> Iterator:
+    servers: list[ThreadingHTTPServer] = []
+
+    def make(answers: list) -> tuple[Script, ServerAPI]:
+        script = Script(answers)
+        servers.append(_server(script))
+        return script, ServerAPI(f"http://127.0.0.1:{servers[-1].server_address[1]}/api", "key")
+
+    yield make
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+HELLO = 'event: hello\ndata: {"keepalive": 15}\n\n'
+BYE = 'event: bye\ndata: {"reason": "token expires"}\n\n'
+
+
+def test_events_reach_the_callback_as_they_come_and_a_planned_end_reconnects_at_once(loopback):
+    run = 'id: 5\nevent: run\ndata: {"seq": 5, "run_id": 9}\n\n'
+    script, api = loopback([[HELLO, 0.3, run, ": keepalive\n\n", BYE], [HELLO, 30.0]])
+    got: list[tuple[str, dict, float]] = []
+    stream = push.EventStream(api, lambda k, d: got.append((k, d, time.monotonic()))).start()
+    try:
+        wait_for(lambda: [k for k, _, _ in got], "hello, run, hello", 5, until=lambda ks: ks == ["hello", "run", "hello"])
+        assert got[1][1] == {"seq": 5, "run_id": 9}
+        assert got[1][2] - script.times[0] >= 0.3  # handed over when it came, not when the response ended
+        assert script.times[1] - script.times[0] < 0.3 + push.BACKOFF_BASE_S + 0.5
+        assert stream.state == push.CONNECTED and stream.connects == 2 and stream.events == 1
+    finally:
+        stream.stop()
+
+
+def test_a_server_without_the_stream_makes_it_unsupported(loopback):
+    script, api = loopback([(404, {})])
+    stream = push.EventStream(api, lambda k, d: None).start()
+    try:
+        wait_for(lambda: stream.state, "unsupported", 5, until=lambda s: s == push.UNSUPPORTED)
+        time.sleep(0.3)
+        assert script.opened == 1, "asked again at once: it waits UNSUPPORTED_RETRY_S"
+    finally:
+        stream.stop()
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(loopback):
+    script, api = loopback([(503, {"Retry-After": "1"}), [HELLO, 30.0]])
+    stream = push.EventStream(api, lambda k, d: None, rng=lambda: 0.5).start()  # jitter factor 1.0
+    try:
+        wait_for(lambda: stream.state, "connected", 5, until=lambda s: s == push.CONNECTED)
+        assert 0.9 <= script.times[1] - script.times[0] < 2.0
+    finally:
+        stream.stop()
+
+
+def test_a_broken_connection_is_retried_with_backoff(loopback):
+    script, api = loopback([[HELLO], [HELLO], [HELLO, 30.0]])  # two end without a bye
+    stream = push.EventStream(api, lambda k, d: None, rng=lambda: 1.0).start()
+    try:
+        wait_for(lambda: script.opened, "the third connection", 10, until=lambda n: n >= 3)
+        gaps = [b - a for a, b in zip(script.times, script.times[1:])]
+        assert gaps[0] >= 0.9 * push.BACKOFF_BASE_S and gaps[1] >= 1.9 * push.BACKOFF_BASE_S, gaps
+    finally:
+        stream.stop()
+
+
+# ---------------------------------------------------------------- the agent's loop
+class _Connected:
+    state = push.CONNECTED
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def summary(self) -> dict:
+        return {"state": self.state}
+
+
+def _looping_agent(tmp_path: Path, monkeypatch, **extra) -> tuple[Agent, dict[str, list[float]]]:
+    cfg = parse_config({"name": "pl1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
+                        "data_dir": str(tmp_path / "node"), **extra})
+    agent = Agent(cfg, runtime=object(), api=object())
+    calls: dict[str, list[float]] = {}
+    for name in ("_admit", "sync_peers", "_tell_server", "check_vpn", "check_cert", "_check_runs", "reconcile",
+                 "_renew_tokens", "_deliver_reports", "_write_status"):
+        monkeypatch.setattr(agent, name, lambda *a, _n=name: calls.setdefault(_n, []).append(time.monotonic()))
+    return agent, calls
+
+
+def test_the_agent_acts_on_an_event_at_once_and_asks_nothing_else_between_resyncs(tmp_path, monkeypatch):
+    agent, calls = _looping_agent(tmp_path, monkeypatch, resync_interval=600)
+    agent.push = _Connected()
+    loop = threading.Thread(target=agent.serve_forever, daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: calls.get("_tell_server"), "the first resync", 5)
+        assert {k: len(calls.get(k, [])) for k in ("_admit", "sync_peers", "_tell_server")} == \
+            {"_admit": 1, "sync_peers": 1, "_tell_server": 1}
+        t0 = time.monotonic()
+        agent.on_event("run", {"seq": 1, "run_id": 4})
+        wait_for(lambda: len(calls["_admit"]), "the run event's admit", 2, 0.005, until=lambda n: n == 2)
+        assert calls["_admit"][1] - t0 < 0.1
+        agent.on_event("peers", {"seq": 2})
+        wait_for(lambda: len(calls["sync_peers"]), "the peers event's sync", 2, 0.005, until=lambda n: n == 2)
+        time.sleep(2.5)  # local checks go on; the server is asked nothing more
+        assert len(calls["_admit"]) == 2 and len(calls["sync_peers"]) == 2 and len(calls["_tell_server"]) == 1
+        assert len(calls["check_vpn"]) >= 1  # every CHECK_S
+        agent.on_event("hello", {})  # a new connection: resync it all
+        wait_for(lambda: len(calls["_tell_server"]), "the resync after hello", 2, until=lambda n: n == 2)
+        agent.on_event("revoked", {"seq": 3})
+        assert agent.server["state"] == "refused" and "removed" in agent.server["error"]
+    finally:
+        agent.stop()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_without_a_stream_the_agent_polls(tmp_path, monkeypatch):
+    agent, calls = _looping_agent(tmp_path, monkeypatch, push=False, poll_interval=0.1, resync_interval=600)
+    assert agent.push is None
+    loop = threading.Thread(target=agent.serve_forever, daemon=True)
+    loop.start()
+    try:
+        time.sleep(1.0)
+    finally:
+        agent.stop()
+        loop.join(5)
+    assert 6 <= len(calls["_admit"]) <= 12, len(calls["_admit"])
+    assert set(RESYNC) == {"runs", "peers", "report"}
