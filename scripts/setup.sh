@@ -14,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. Debian packages (only the missing ones; apt-get update only when something is missing)
-PKGS=(docker.io openvpn iptables iproute2 mmdebstrap util-linux python3 python3-venv ca-certificates iperf3 iputils-ping nftables)
+PKGS=(docker.io openvpn iptables iproute2 mmdebstrap util-linux python3 python3-venv ca-certificates iperf3 iputils-ping nftables nginx-light)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -232,7 +232,7 @@ def server_api_beyond_the_token(ctx: Context) -> list[Attempt]:
     foreign_collab = ctx.hints.get("foreign_collaboration_id", 999997)
     tries = [("GET", f"/api/task/{other_task}", None), ("GET", "/api/vpn", None), ("GET", "/api/node/self", None),
              ("POST", "/api/vpn/update", b'{"vpn_config": "x"}'), ("POST", "/api/task", body),
-             ("GET", "/api/run", None), ("GET", "/api/node/peers", None),
+             ("GET", "/api/run", None), ("GET", "/api/node/peers", None), ("GET", "/api/node/events", None),
              # vantage6's read calls: another job of the same collaboration, another collaboration
              ("GET", f"/api/task/{other_job}", None), ("GET", f"/api/task/{other_job}/status", None),
              ("GET", f"/api/result?task_id={other_job}", None), ("GET", f"/api/run?task_id={other_job}", None),

@@ -98,6 +98,18 @@ def _server_line(server: dict | None, now: float) -> str | None:
     return f"server: {server.get('state')}{since} ({error})"
 
 
+def _push_line(push: dict) -> str:
+    """The event stream: whether the server can tell this node of new runs as they happen."""
+    state = push.get("state")
+    if state == "off":
+        return "event stream: off (push: false); polling every poll_interval"
+    if state == "unsupported":
+        return "event stream: the server has none (an older server?); polling every poll_interval"
+    detail = f"; {push['error']}" if push.get("error") and state != "connected" else ""
+    return (f"event stream: {state} ({push.get('connects', 0)} connect(s), {push.get('events', 0)} event(s)"
+            f"){detail}")
+
+
 def render_status(status: dict, now: float) -> tuple[list[str], int]:
     """What `vpnagent status` prints for a status.json, and its exit code: 1 when no running
     agent stands behind the file (stale, or stopped on purpose)."""
@@ -115,6 +127,8 @@ def render_status(status: dict, now: float) -> tuple[list[str], int]:
     server = _server_line(status.get("server"), now)
     if server:
         lines.append(f"  {server}")
+    if status.get("push"):
+        lines.append(f"  {_push_line(status['push'])}")
     if vpn.get("tunnel_mtu"):
         lines.append(f"  tunnel MTU {vpn['tunnel_mtu']} ({vpn.get('tunnel_mtu_source')}: "
                      f"{vpn.get('tunnel_mtu_detail') or '-'})")

@@ -18,6 +18,7 @@ import pytest
 
 from test_algorithms.cluster import LocalCluster
 from test_algorithms.send_echo import format_matrix, send_echo
+from tests.waiting import wait_for
 
 from .util import vpn_container
 
@@ -101,6 +102,9 @@ def one_port_cluster(docker_client, images, tmp_path_factory):
 def test_one_port_nodes_connect_and_echo_passes(one_port_cluster, docker_client):
     c = one_port_cluster
     assert c.server_url == f"https://{c.openvpn_ip()}:443/api"
+    for node in c.nodes:  # the event stream goes through port-share too
+        wait_for(node.status, f"{node.name}'s event stream to open", 30, 0.1,
+                 until=lambda s: s and s["push"]["state"] == "connected")
     result = send_echo(c.server_url, c.user_api_key, c.collaboration_id, verify=c.tls_verify, timeout=180,
                        progress=print)
     print(format_matrix(result))

@@ -266,3 +266,15 @@ def test_adopted_runs_and_waiting_reports_get_a_line():
     assert "adopted at start from the previous agent: run(s) 7, 9" in lines
     assert "reports waiting for the server (journaled, sent when it answers): run(s) 12" in lines
     assert not any("adopted" in line or "waiting" in line for line in render_status(_status_file(), NOW)[0])
+
+
+def test_the_event_stream_gets_a_line_saying_whether_the_node_is_told_or_polls():
+    lines, _ = render_status(_status_file(push={"state": "connected", "connects": 2, "events": 7,
+                                                "error": None}), NOW)
+    assert "  event stream: connected (2 connect(s), 7 event(s))" in lines
+    lines, _ = render_status(_status_file(push={"state": "away", "connects": 2, "events": 7,
+                                                "error": "the event stream broke: reset"}), NOW)
+    assert "  event stream: away (2 connect(s), 7 event(s)); the event stream broke: reset" in lines
+    assert any("polling every poll_interval" in line
+               for line in render_status(_status_file(push={"state": "unsupported"}), NOW)[0])
+    assert not any("event stream" in line for line in render_status(_status_file(), NOW)[0])  # older agents
