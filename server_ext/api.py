@@ -23,7 +23,7 @@ from .inputs import InputError, check_id, check_ids, check_text, parse_id, parse
 from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
-from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
+from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, KILLED, NODE_REPORTS, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
                     Node, Organization, Port, Run, StoreError, Task, User, hash_key)
 from .tokens import Identity, TokenError
 
@@ -385,8 +385,8 @@ def run_get(s: Session, ident: Identity, run_id: int):
 @requires("node")
 def run_update(s: Session, ident: Identity, run_id: int):
     data = body(status=(str, True), result=(object, False), log=(str, False))
-    if data["status"] not in RUN_STATES[1:]:
-        raise ApiError(400, f"status must be one of {', '.join(RUN_STATES[1:])}")
+    if data["status"] not in NODE_REPORTS:
+        raise ApiError(400, f"status must be one of {', '.join(NODE_REPORTS)}")
     run = _own_run(s, ident, run_id)
     if run.status in FINAL_STATES:
         if data["status"] == run.status:
@@ -541,6 +541,8 @@ def _task_status(task: Task) -> str:
         return "completed"
     if "failed" in statuses:
         return "failed"
+    if KILLED in statuses and not any(st in ACTIVE_STATES for st in statuses):
+        return KILLED
     if any(st in ("initializing", "active") for st in statuses):
         return "active"
     return "pending"
@@ -646,6 +648,33 @@ def task_create(s: Session, ident: Identity):
 @requires("user", "container")
 def task_get(s: Session, ident: Identity, task_id: int):
     return jsonify(_task_json(_visible_task(s, ident, task_id)))
+
+
+@bp.post("/task/<int:task_id>/kill")
+@requires("user")
+def task_kill(s: Session, ident: Identity, task_id: int):
+    """Stop a task and every subtask under it: their unfinished runs become 'killed by
+    user' (vantage6's state) and their nodes are told at once (a `stop` event) to stop the
+    algorithm containers. Runs already finished keep their state; a second kill is a no-op."""
+    task = _visible_task(s, ident, task_id)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    who = f"vpnagent: killed by user {ident.claims.get('user_id')} at {now:%Y-%m-%d %H:%M:%S} UTC"
+    killed, todo, seen = [], [task], set()
+    while todo:
+        t = todo.pop()
+        if t.id in seen:
+            continue
+        seen.add(t.id)
+        todo.extend(s.scalars(select(Task).where(Task.parent_id == t.id)))
+        for run in t.runs:
+            if run.status in ACTIVE_STATES:
+                run.status = KILLED
+                run.log = (f"{run.log}\n{who}" if run.log else who)[-MAX_LOG:]
+                _finish(run, now)
+                killed.append(run.id)
+    s.flush()
+    s.refresh(task)
+    return jsonify({**_task_json(task), "killed": sorted(killed)})
 
 
 @bp.get("/task/<int:task_id>/status")

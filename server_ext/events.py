@@ -5,6 +5,7 @@ Written: a session hook looks at what a transaction changes, whoever changes it 
 CLI, admin API), and adds node_event rows to the same transaction, so an event exists if and
 only if its change was committed:
 - run      a new run for the node (it should take it now)
+- stop     a run of the node was killed (its task was: POST /task/<id>/kill)
 - peers    a run, its status or its ports changed in a task family one of the node's
            active runs belongs to (its allow rules follow)
 - revoked  the node was removed, or its API key replaced (its tokens stop working)
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 from sqlalchemy import delete, event, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .store import ACTIVE_STATES, Certificate, Node, NodeEvent, Port, Run, Store, Task
+from .store import ACTIVE_STATES, KILLED, Certificate, Node, NodeEvent, Port, Run, Store, Task
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,12 @@ class _Changes:
     new_runs: list[Run] = field(default_factory=list)
     tasks: set[int] = field(default_factory=set)
     port_runs: set[int] = field(default_factory=set)
+    stopped: set[tuple[int, int]] = field(default_factory=set)  # (node, run)
     revoked: set[int] = field(default_factory=set)
     certs: list[tuple[int, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.new_runs or self.tasks or self.port_runs or self.revoked or self.certs)
+        return bool(self.new_runs or self.tasks or self.port_runs or self.stopped or self.revoked or self.certs)
 
 
 def _changed(obj: Any, attr: str) -> bool:
@@ -76,6 +78,8 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
     for obj in list(session.dirty) + list(session.deleted):
         if isinstance(obj, Run) and (_changed(obj, "status") or _changed(obj, "ports")):
             changes.tasks.add(obj.task_id)
+            if obj.status == KILLED and _changed(obj, "status"):
+                changes.stopped.add((obj.node_id, obj.id))
         elif isinstance(obj, Port) and obj.run_id is not None:
             changes.port_runs.add(obj.run_id)
         elif isinstance(obj, Node) and (_changed(obj, "removed_at") or _changed(obj, "key_version")):
@@ -111,6 +115,7 @@ def _write(session: Session) -> None:
     if changes.port_runs:
         tasks |= set(session.scalars(select(Run.task_id).where(Run.id.in_(changes.port_runs))))
     rows |= {(node, "peers", None, None) for node in family_nodes(session, tasks)}
+    rows |= {(node, "stop", run, None) for node, run in changes.stopped}
     rows |= {(node, "revoked", None, None) for node in changes.revoked}
     rows |= {(node, "cert", None, serial) for node, serial in changes.certs}
     session.add_all(NodeEvent(node_id=n, kind=k, run_id=r, detail=d) for n, k, r, d in sorted(rows, key=str))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .store import NODE_REPORTS, RUN_STATES
+
 ERR = {"$ref": "#/components/responses/Error"}
 BEARER = [{"bearer": []}]
 
@@ -157,12 +159,12 @@ def spec(prefix: str = "/api") -> dict:
                 "only_children", "only_parent", "only_siblings", "only_self", "include_children", "include_parent")])},
         "/run": {"get": _op("Node: this node's runs in a state. User or container: a task's runs (vantage6's "
                             "paginated shape)", "node, user or container", params=[_q("state", {
-                                "type": "string", "enum": ["pending", "initializing", "active", "completed", "failed"]}),
+                                "type": "string", "enum": list(RUN_STATES)}),
                                 _q("task_id", INT), PAGE])},
         "/run/{run_id}": {
             "get": _op("One run (vantage6's shape)", "user or container", params=[RUN_ID]),
             "patch": _op("Report a run's state and result", "node", _obj({
-                "status": {"type": "string", "enum": ["initializing", "active", "completed", "failed"]},
+                "status": {"type": "string", "enum": list(NODE_REPORTS)},
                 "result": {}, "log": {"type": "string"}}, ["status"]), params=[RUN_ID],
                 errors=("400", "401", "403", "404", "409", "413")),
         },
@@ -185,6 +187,9 @@ def spec(prefix: str = "/api") -> dict:
             ["collaboration_id", "organizations", "image"]), ok="201")},
         "/task/{task_id}": {"get": _op("A task with its runs and results", "user or container", params=[TASK_ID])},
         "/task/{task_id}/status": {"get": _op("A task's status", "user or container", params=[TASK_ID])},
+        "/task/{task_id}/kill": {"post": _op("Stop a task and its subtasks: unfinished runs become 'killed by user' "
+                                             "and their nodes stop them at once; answers the task and `killed` "
+                                             "(run ids)", "user", params=[TASK_ID])},
         "/organization": {"get": _op("Organisations of a collaboration (collaboration_id: required for users, a "
                                      "container's own by default)", "user or container",
                                      params=[_q("collaboration_id", INT), PAGE])},

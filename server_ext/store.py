@@ -27,8 +27,10 @@ ACTIVE_STATES = ("pending", "initializing", "active")
 # What an algorithm of a task expects from its node (docs/api.md): our own contract, or
 # vantage6 4.x's algorithm wrapper.
 CONTRACTS = ("vpnagent", "vantage6")
-FINAL_STATES = ("completed", "failed")
+KILLED = "killed by user"  # vantage6's name: its client counts it as finished
+FINAL_STATES = ("completed", "failed", KILLED)
 RUN_STATES = ACTIVE_STATES + FINAL_STATES
+NODE_REPORTS = ("initializing", "active", "completed", "failed")  # what a node may set (PATCH /run)
 TAKEN_STATES = ("initializing", "active")  # a node has started these; pending ones it has not
 
 

@@ -138,6 +138,7 @@ class Agent:
         # does what events ask for, and a full resync now and then
         self.push = EventStream(self.api, self.on_event) if cfg.push else None
         self._due: set[str] = set(RESYNC)
+        self._stopping: dict[int, str] = {}  # runs the server ended while this node runs them -> why
         self._wake = threading.Event()
 
     # ------------------------------------------------------------------ start-up
@@ -258,6 +259,10 @@ class Agent:
         if not self.runs or self.vpn.state is None:
             return
         families = {int(r["run_id"]): r["peers"] for r in self.api.node_peers()}
+        with self._lock:
+            ended = [r.run_id for r in self.runs.values() if r.run_id not in families and r.container_id is not None]
+        for run_id in ended:  # the safety net for a lost stop event
+            self.stop_run(run_id, "the server no longer has this run active (its task was killed or the run failed)")
         self._converge_ports(families)
         if self._set_families(families):
             self.apply_network()
@@ -552,6 +557,10 @@ class Agent:
         self._report(rec, {"status": "initializing"})
         try:
             self.start_run(run)
+            with self._lock:
+                reason = self._stopping.get(run_id)
+            if reason is not None:  # stopped while it was starting
+                self.stop_run(run_id, reason)
         except (RunError, PortError, ServerError, EngineError, NetnsError, ValueError) as exc:
             log.error("run %s: failed to start: %s", run_id, exc)
             self._teardown(run_id, holder_id=None)
@@ -593,6 +602,7 @@ class Agent:
             finally:
                 with self._lock:
                     self._admitted.pop(run_id, None)
+                    self._stopping.pop(run_id, None)
                 self.want("runs")  # a slot is free: a run left pending for want of one can go
         t = threading.Thread(target=body, name=f"run-{run_id}", daemon=True)
         self._threads.append(t)
@@ -732,6 +742,8 @@ class Agent:
             self.want("runs")
         elif kind == "peers":
             self.want("peers")
+        elif kind == "stop" and isinstance(data.get("run_id"), int):
+            self.stop_run(data["run_id"], "the server stopped the run (its task was killed)")
         elif kind == "cert":
             self.want("vpn")
         elif kind == "revoked":
@@ -741,6 +753,21 @@ class Agent:
             self.want("runs")
         else:
             log.debug("push: event %r ignored (a newer server?)", kind)
+
+    def stop_run(self, run_id: int, reason: str) -> None:
+        """The server ended a run this node runs: stop its algorithm. The run's thread then
+        gives everything back and reports it as usual (the server keeps the state it set).
+        A run still starting is stopped as soon as its container exists (_handle)."""
+        with self._lock:
+            if run_id not in self.runs and run_id not in self._admitted:
+                return
+            self._stopping[run_id] = reason
+            live = self.runs.get(run_id)
+            if live is not None:
+                live.lost = reason
+            container = live.container_id if live is not None else None
+        if container is not None and _gone_or(lambda: self.runtime.kill(container)):
+            log.info("run %s: stopped: %s", run_id, reason)
 
     def _polling(self) -> bool:
         """No event stream to wait on: ask every poll_interval instead."""

@@ -13,7 +13,7 @@ import pytest
 
 from tests.waiting import wait_for
 
-from .util import outsider_session, store_of, task_done
+from .util import outsider_session, store_of, task_done, wait_live
 
 pytestmark = pytest.mark.docker
 
@@ -90,3 +90,31 @@ def test_a_removed_node_is_told_at_once(cluster):
         print(f"node told {took:.2f} s after its removal was committed: {st['server']['error']}")
         assert took < 2.0, "only the push can have told it: its resyncs are minutes apart"
         assert not st["vpn"]["connected"]
+
+
+def test_killing_a_task_stops_its_container_at_once(cluster, docker_client):
+    with own_node(cluster, "pk", resync_interval=MINUTES) as node:
+        http, collab = outsider_session(cluster, node)
+        r = http.post(f"{cluster.server_url}/task", timeout=10, json={
+            "collaboration_id": collab, "organizations": [node.organization_id], "image": "vpnagent/echo:latest",
+            "input": {"method": "peer", "kwargs": {"timeout": 120, "n_peers": 5}}})  # waits for peers that never come
+        assert r.status_code == 201, r.text
+        task = r.json()
+        run_id = task["runs"][0]["id"]
+        wait_live(node, run_id)
+
+        def run_containers() -> list:
+            return docker_client.containers.list(all=True, filters={"label": f"vpnagent.run={run_id}"})
+
+        assert run_containers()
+        t0 = time.monotonic()
+        r = http.post(f"{cluster.server_url}/task/{task['id']}/kill", timeout=10)
+        assert r.status_code == 200 and r.json()["killed"] == [run_id], r.text
+        wait_for(run_containers, "the run's containers to go", 10, 0.05, until=lambda cs: cs == [])
+        gone = time.monotonic() - t0
+        print(f"run {run_id}'s containers gone {gone:.2f} s after the kill")
+        assert gone < 5.0, "only the push can have stopped it this soon: its resyncs are minutes apart"
+        run = run_of(http, cluster, task["id"])
+        assert run["status"] == "killed by user" and "killed by user" in run["log"], run
+        wait_for(node.status, "the run to leave the node's status", 10,
+                 until=lambda s: s and not s["runs"] and not s["reports_waiting"])

@@ -19,10 +19,12 @@ from typing import Iterator
 
 import pytest
 
+from tests.fakes import FakeRuntime
 from tests.waiting import wait_for
 from vpnagent import push
 from vpnagent.agent import RESYNC, Agent
 from vpnagent.config import parse_config
+from vpnagent.runtime import Container
 from vpnagent.serverapi import ServerAPI
 
 
@@ -234,3 +236,55 @@ def test_without_a_stream_the_agent_polls(tmp_path, monkeypatch):
         loop.join(5)
     assert 6 <= len(calls["_admit"]) <= 12, len(calls["_admit"])
     assert set(RESYNC) == {"runs", "peers", "report"}
+
+
+# ---------------------------------------------------------------- a killed task's runs
+class _Peers:
+    def __init__(self, runs: list[int]) -> None:
+        self.runs = runs
+
+    def node_peers(self, run_id=None) -> list[dict]:
+        return [{"run_id": r, "peers": []} for r in self.runs]
+
+
+def _agent_with_a_live_run(tmp_path: Path, api) -> tuple[Agent, FakeRuntime, str]:
+    from vpnagent.agent import LiveRun
+
+    runtime = FakeRuntime()
+    algo = runtime.add(Container("c5", "vpnagent-pk1-run5", "running", {"vpnagent.run": "5"}, pid=4300)).id
+    cfg = parse_config({"name": "pk1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
+                        "data_dir": str(tmp_path / "node")})
+    agent = Agent(cfg, runtime=runtime, api=api)
+    agent.runs[5] = LiveRun(5, 3, "img", "holder", "172.30.0.5", 4242, container_id=algo)
+    return agent, runtime, algo
+
+
+def test_a_stop_event_kills_the_runs_algorithm_and_says_why(tmp_path):
+    agent, runtime, algo = _agent_with_a_live_run(tmp_path, api=object())
+    agent.on_event("stop", {"seq": 9, "run_id": 6})  # not this node's: nothing
+    assert not [c for c in runtime.calls if c.startswith("kill")]
+    agent.on_event("stop", {"seq": 10, "run_id": 5})
+    assert runtime.calls[-1] == "kill vpnagent-pk1-run5 SIGKILL"
+    assert "killed" in agent.runs[5].lost  # reported with the run
+
+
+def test_a_run_stopped_while_starting_is_stopped_once_it_runs(tmp_path):
+    agent, runtime, _ = _agent_with_a_live_run(tmp_path, api=object())
+    agent._admitted[7] = False  # taken, not live yet
+    agent.on_event("stop", {"seq": 11, "run_id": 7})
+    assert agent._stopping[7].startswith("the server stopped the run")
+
+
+def test_the_resync_stops_a_run_the_server_no_longer_has_active(tmp_path, monkeypatch):
+    """The safety net for a lost stop event: the families the server lists are those of its
+    active runs; a live run missing from them was ended at the server."""
+    api = _Peers([5])
+    agent, runtime, _ = _agent_with_a_live_run(tmp_path, api)
+    monkeypatch.setattr(agent, "apply_network", lambda *a, **k: None)
+    agent.vpn.state = object()  # a VPN is up (sync_peers does nothing without one)
+    agent.sync_peers()
+    assert not [c for c in runtime.calls if c.startswith("kill")]
+    api.runs = []
+    agent.sync_peers()
+    assert runtime.calls[-1] == "kill vpnagent-pk1-run5 SIGKILL"
+    assert "no longer has this run active" in agent.runs[5].lost

@@ -279,3 +279,58 @@ def test_open_streams_do_not_hold_up_a_stop(serve):
             assert s.ended.wait(2) and s.kinds()[-1] == "bye", s.events
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- killing a task
+def test_killing_a_task_stops_its_runs_and_subtasks_and_tells_their_nodes(world):
+    from server_ext.store import Run
+    n1, n2, *_ = node_ids(world)
+    task = world.create_task([world.orgs[0], world.orgs[1]])
+    run1, run2 = [r["id"] for r in task["runs"]]
+    assert world.client.patch(f"/api/run/{run1}", headers=world.node_headers(0),
+                              json={"status": "active"}).status_code == 200
+    sub = world.create_task([world.orgs[1]], headers=world.container_headers(0, run1), image="img:1")
+    done = world.create_task([world.orgs[0]])  # another task, finished: untouched
+    assert world.client.patch(f"/api/run/{done['runs'][0]['id']}", headers=world.node_headers(0),
+                              json={"status": "completed"}).status_code == 200
+    before = last_seq(world.store)
+    r = world.client.post(f"/api/task/{task['id']}/kill", headers=world.user_headers())
+    assert r.status_code == 200, r.json
+    sub_run = sub["runs"][0]["id"]
+    assert r.json["killed"] == sorted([run1, run2, sub_run]) and r.json["status"] == "killed by user"
+    with world.store.session() as s:
+        runs = {run.id: run for run in s.scalars(select(Run))}
+        assert {runs[i].status for i in (run1, run2, sub_run)} == {"killed by user"}
+        assert all(runs[i].finished_at is not None and "killed by user" in runs[i].log for i in (run1, run2, sub_run))
+        assert runs[done["runs"][0]["id"]].status == "completed"
+    stops = sorted((n, r) for n, k, r, _ in events_of(world.store, before) if k == "stop")
+    assert stops == sorted([(n1, run1), (n2, run2), (n2, sub_run)])
+    status = world.client.get(f"/api/task/{task['id']}/status", headers=world.user_headers()).json["status"]
+    assert status == "killed by user"  # vantage6's client counts it as finished
+
+    # the node's late report changes nothing; a second kill is a no-op
+    r = world.client.patch(f"/api/run/{run1}", headers=world.node_headers(0), json={"status": "completed"})
+    assert r.status_code == 409
+    before = last_seq(world.store)
+    r = world.client.post(f"/api/task/{task['id']}/kill", headers=world.user_headers())
+    assert r.status_code == 200 and r.json["killed"] == []
+    assert events_of(world.store, before) == []
+
+
+def test_only_a_researcher_who_sees_the_task_may_kill_it(world):
+    task = world.create_task([world.orgs[0]])
+    run = task["runs"][0]["id"]
+    before = world.snapshot()
+    for headers, status in ((world.user_headers(world.other_user_key), 403), (world.node_headers(0), 403),
+                            (world.container_headers(0, run), 403), ({}, 401)):
+        r = world.client.post(f"/api/task/{task['id']}/kill", headers=headers)
+        assert r.status_code == status, r.json
+    assert world.client.post("/api/task/99999/kill", headers=world.user_headers()).status_code == 404
+    assert world.snapshot() == before
+
+
+def test_a_node_cannot_report_a_run_killed(world):
+    task = world.create_task([world.orgs[0]])
+    r = world.client.patch(f"/api/run/{task['runs'][0]['id']}", headers=world.node_headers(0),
+                           json={"status": "killed by user"})
+    assert r.status_code == 400 and "initializing, active, completed, failed" in r.json["msg"]
