@@ -371,6 +371,49 @@ def check_token(ctx: Context) -> str:
     return f"node id {me.get('id')}, organisation {me.get('organization_id')}"
 
 
+STREAM_WAIT_S = 5.0  # the server sends its hello at once: anything longer is a buffering proxy
+
+
+def check_event_stream(ctx: Context) -> str:
+    """The event stream through whatever lies between node and server: its first event
+    must arrive at once, or a proxy holds the stream back and runs wait for the resync."""
+    import requests
+
+    from .push import parse
+    from .serverapi import ServerAPI, ServerError
+
+    if not ctx.cfg.push:
+        raise NotApplicable("push: false in the node config; the agent polls every poll_interval")
+    api = ServerAPI(ctx.cfg.server_url, ctx.cfg.api_key, timeout=10, session=_session(ctx.cfg))
+    t0 = time.monotonic()
+    try:
+        resp = api.open_events(read_timeout=STREAM_WAIT_S)
+    except ServerError as exc:
+        if exc.status in (404, 405, 501):
+            raise CheckWarning(f"the server has no event stream ({exc.msg})",
+                               "the agent polls every poll_interval instead; upgrade the server, or set "
+                               "api_event_streams above 0 there") from None
+        if exc.status == 503:
+            raise CheckWarning(f"the server holds as many event streams as it may ({exc.msg})",
+                               "the agent retries and works on its resyncs meanwhile; raise api_event_streams on "
+                               "the server, or add API workers") from None
+        raise CheckFailed(str(exc), "see the server's log for the request") from None
+    try:
+        first = next(parse(resp.iter_lines(chunk_size=None, decode_unicode=True)), None)
+    except (requests.RequestException, OSError):
+        first = None
+    finally:
+        resp.close()
+    took = time.monotonic() - t0
+    if first is None or first.kind != "hello":
+        raise CheckFailed(f"the event stream opened, but its first event did not arrive within {STREAM_WAIT_S:g} s: "
+                          "something between this node and the server holds the response back",
+                          "turn response buffering off for /api/node/events in the reverse proxy (nginx honours "
+                          "the X-Accel-Buffering: no the server sends; others: proxy_buffering off or the like); "
+                          "runs still start, at the next resync_interval")
+    return f"open; the server's first event arrived after {took * 1000:.0f} ms"
+
+
 # --------------------------------------------------------------------------- VPN checks
 def check_vpn_handshake(ctx: Context) -> str:
     """The tunnel is alive now: the VPN client runs, its tunnel has an address, and the
@@ -545,6 +588,7 @@ CHECKS: list[Check] = [
     Check("server reachable", check_server_reachable),
     Check("server TLS valid", check_tls, needs=("server reachable",)),
     Check("token valid", check_token, needs=("server TLS valid",)),
+    Check("event stream", check_event_stream, needs=("token valid",)),
     Check("VPN handshake", check_vpn_handshake, needs=("docker reachable",)),
     Check("own VPN IP in vpn_subnet", check_vpn_ip, needs=("VPN handshake",)),
     Check("tunnel MTU", check_tunnel_mtu, needs=("VPN handshake",)),

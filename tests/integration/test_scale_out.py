@@ -3,7 +3,9 @@ with a data directory of its own (copies of the CA and the token secret only, as
 hosts would have), one PostgreSQL, and the OpenVPN service (`vpnagent-server openvpn`) as a
 process of its own. Node i talks to API server i: no API server has the OpenVPN server's
 files or management sockets, so every address, CRL and disconnect reaches OpenVPN through
-the database. Needs Docker and VPNAGENT_TEST_POSTGRES_URL (scripts/postgres.sh)."""
+the database. The nodes resync only every 10 minutes: every run they take within the test
+reached them as a push from their own API server, written by another one (the node
+events table). Needs Docker and VPNAGENT_TEST_POSTGRES_URL (scripts/postgres.sh)."""
 import time
 import uuid
 
@@ -27,6 +29,7 @@ def scaled_out(docker_client, images, tmp_path_factory):
     url = databases.create()
     c = LocalCluster(workdir=tmp_path_factory.mktemp("scaleout"), prefix=f"vso{uuid.uuid4().hex[:3]}", n_nodes=3,
                      vpn_subnet="10.83.0.0/16", database_url=url, api_processes=API_PROCESSES,
+                     node_extra={"resync_interval": 600},
                      progress=lambda m: print(f"[scale-out] {m}"))
     try:
         yield c.up()
@@ -44,6 +47,9 @@ def test_echo_across_three_nodes_on_three_api_servers(scaled_out):
                        progress=print)
     print(format_matrix(result))
     assert result["ok"] is True and len(result["pairs"]) == 3 * 3 + 3
+    for node in c.nodes:  # their runs came as events through their own API server
+        push = node.status()["push"]
+        assert push["state"] == "connected" and push["events"] >= 1, (node.name, push)
 
     # every API server tells the same story: the counter summed in the store, OpenVPN as the
     # service reports it (the API servers have no management socket of their own)

@@ -66,6 +66,7 @@ def _server(script: Script) -> ThreadingHTTPServer:
             pass
 
         def do_POST(self) -> None:  # /token/node
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the connection is kept alive
             body = json.dumps({"access_token": "t"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -288,3 +289,42 @@ def test_the_resync_stops_a_run_the_server_no_longer_has_active(tmp_path, monkey
     agent.sync_peers()
     assert runtime.calls[-1] == "kill vpnagent-pk1-run5 SIGKILL"
     assert "no longer has this run active" in agent.runs[5].lost
+
+
+# ---------------------------------------------------------------- the doctor's check
+def _doctor_ctx(api: ServerAPI, **extra):
+    from vpnagent.doctor import Context
+
+    cfg = parse_config({"name": "pd1", "server_url": api.base_url, "api_key": "k", "data_dir": "/tmp/pd1",
+                        "allow_insecure_http": True, **extra})
+    return Context(cfg)
+
+
+def test_doctor_passes_a_stream_whose_hello_comes_at_once(loopback):
+    from vpnagent.doctor import check_event_stream
+
+    _, api = loopback([[HELLO, 30.0]])
+    assert check_event_stream(_doctor_ctx(api)).startswith("open; the server's first event arrived after ")
+
+
+def test_doctor_fails_a_stream_held_back_by_a_buffering_proxy(loopback, monkeypatch):
+    from vpnagent import doctor
+
+    monkeypatch.setattr(doctor, "STREAM_WAIT_S", 0.5)
+    _, api = loopback([[2.0, HELLO, 30.0]])  # what a buffering proxy looks like: nothing for a while
+    with pytest.raises(doctor.CheckFailed) as failed:
+        doctor.check_event_stream(_doctor_ctx(api))
+    assert "buffering" in failed.value.fix and "X-Accel-Buffering" in failed.value.fix
+
+
+def test_doctor_warns_without_a_stream_and_skips_with_push_off(loopback):
+    from vpnagent import doctor
+
+    _, api = loopback([(404, {})])
+    with pytest.raises(doctor.CheckWarning, match="no event stream"):
+        doctor.check_event_stream(_doctor_ctx(api))
+    _, api = loopback([(503, {"Retry-After": "30"})])
+    with pytest.raises(doctor.CheckWarning, match="as many event streams"):
+        doctor.check_event_stream(_doctor_ctx(api))
+    with pytest.raises(doctor.NotApplicable):
+        doctor.check_event_stream(_doctor_ctx(api, push=False))
