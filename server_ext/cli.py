@@ -75,7 +75,13 @@ def cmd_serve(args) -> int:
     # This app prepares the data directory and migrates the store (the migrate command); the
     # worker process builds its own to serve (nothing of a database connection survives the fork).
     state = create_app(flask_cfg, migrate=True).extensions["vpnagent"]
-    state.store.close()
+    try:
+        if args.with_openvpn:  # before its container starts: one OpenVPN service per database
+            from .openvpnservice import check_sole_service
+
+            check_sole_service(state.store, _get(raw, "openvpn_container"))
+    finally:
+        state.store.close()
     vpn = None
     service = None
     extra_names: list[str] = []
@@ -130,7 +136,7 @@ def cmd_openvpn(args) -> int:
     import threading
 
     from . import create_app
-    from .openvpnservice import OpenVPNService
+    from .openvpnservice import OpenVPNService, check_sole_service
     from .vpnserver import OpenVPNServer
 
     raw = _config(args)
@@ -145,6 +151,7 @@ def cmd_openvpn(args) -> int:
     stop = threading.Event()
     service = OpenVPNService(state.store, state.files, name=name)
     try:
+        check_sole_service(state.store, name, service.host)
         if vpn is not None:
             vpn.ensure_running()
         if args.once:
