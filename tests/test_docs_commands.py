@@ -75,6 +75,9 @@ WHAT: list[tuple[str, str, str]] = [
     (r"python -m examples\.ring_sum\.build_v6$", ELSEWHERE,
      "needs the wheels of scripts/v6-wheels.sh; tests/integration/test_vantage6.py builds it"),
     (r"python benchmarks/wiring\.py --quick$", DOCKER, "the benchmark's smoke run"),
+    (r"python benchmarks/scaleout\.py( --quick)?$", ELSEWHERE,
+     "needs PostgreSQL ($VPNAGENT_TEST_POSTGRES_URL) and Docker; tests/test_benchmarks.py::test_scaleout_benchmark_smoke "
+     "runs --quick, the full run takes ≈5 min (`make bench`)"),
     (r"python benchmarks/wiring\.py$", ELSEWHERE, "the full benchmark, ≈3 min (`make bench`); --quick runs in the docker test"),
     (r"vpnagent-server serve ", ELSEWHERE,
      "serves until stopped, --with-openvpn starts the OpenVPN container; tests/server/test_serve.py and the "
