@@ -27,19 +27,17 @@ one); a role that may create databases: the benchmark makes one of its own and d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -369,6 +367,7 @@ def measure_connect(args, database_url: str, workdir: Path) -> dict:
     import docker
     import requests
 
+    from benchmarks.common import remove_containers, summary
     from server_ext.vpnserver import Management
     from test_algorithms.cluster import LocalCluster
 
@@ -454,16 +453,8 @@ def measure_connect(args, database_url: str, workdir: Path) -> dict:
                      f"reconnect {samples['reconnect_s'][-1]:.2f} s")
         return {k: summary(v) for k, v in samples.items()}
     finally:
-        for c in containers:
-            try:
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+        remove_containers(containers)
         cluster.down()
-
-
-def summary(values: list[float]) -> dict:
-    return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def table(results: dict) -> str:
