@@ -27,6 +27,7 @@ bench: setup
 	.venv/bin/python benchmarks/wiring.py
 	.venv/bin/python benchmarks/dataplane.py
 	.venv/bin/python benchmarks/controlplane.py
+	url="$$(bash scripts/postgres.sh)" && VPNAGENT_TEST_POSTGRES_URL="$$url" .venv/bin/python benchmarks/scaleout.py
 
 # Rewrite the generated sections of the docs (config references, example configs) from the code.
 docs:

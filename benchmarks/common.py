@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,3 +36,16 @@ def report(path: Path, results: dict, text: str, progress: Progress) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     progress(f"JSON written to {path}")
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def remove_containers(containers: list) -> None:
+    """Clean-up: each container gone, whether or not it still exists."""
+    for c in containers:
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass

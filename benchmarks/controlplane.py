@@ -27,11 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import docker  # noqa: E402
-
 from server_ext.store import Port, Run, Store, Task  # noqa: E402
 from server_ext.vpnserver import Management  # noqa: E402
-from benchmarks.common import report, start  # noqa: E402
+from benchmarks.common import remove_containers, report, start, summary  # noqa: E402
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from test_algorithms.send_echo import send_echo  # noqa: E402
 from vpnagent.tls import make_session  # noqa: E402
@@ -57,10 +55,6 @@ def wait_connected(mgmt: Management, names: set[str], timeout: float) -> float:
             return time.monotonic() - t0
         time.sleep(0.02)
     raise RuntimeError(f"not connected within {timeout} s: {sorted(names - mgmt.connected())}")
-
-
-def summary(values: list[float]) -> dict:
-    return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         report(args.json, results, json.dumps(results, indent=2), progress)
         return 0
     finally:
-        for c in raw:
-            try:
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+        remove_containers(raw)
         cluster.down()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -9,8 +9,9 @@ import os
 import ssl
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from vpnshared.cli import ConfigOption, MissingConfig, add_subcommands, require_config, setup_logging, top_parser
 
@@ -64,17 +65,23 @@ def cmd_serve(args) -> int:
 
     raw = _config(args)
     limits = Limits.from_config(raw)  # refused before anything starts
-    host = _get(raw, "host")
-    flask_cfg = flask_config(raw)
-    if raw.get("one_port"):
-        if not args.with_openvpn:
-            raise ServerConfigError("one_port: the API is reached through the OpenVPN server's port, so serve "
-                                    "needs --with-openvpn")
-        host, flask_cfg = one_port_setup(raw, flask_cfg)
+    if raw.get("one_port") and not args.with_openvpn:
+        raise ServerConfigError("one_port: the API is reached through the OpenVPN server's port, so serve "
+                                "needs --with-openvpn")
+    setup = server_setup(raw)
+    host, flask_cfg = setup.host, setup.app_config
+    if setup.note:
+        print(setup.note, flush=True)
     # This app prepares the data directory and migrates the store (the migrate command); the
     # worker process builds its own to serve (nothing of a database connection survives the fork).
     state = create_app(flask_cfg, migrate=True).extensions["vpnagent"]
-    state.store.close()
+    try:
+        if args.with_openvpn:  # before its container starts: one OpenVPN service per database
+            from .openvpnservice import check_sole_service
+
+            check_sole_service(state.store, _get(raw, "openvpn_container"))
+    finally:
+        state.store.close()
     vpn = None
     service = None
     extra_names: list[str] = []
@@ -105,8 +112,8 @@ def _openvpn_service_process(args) -> subprocess.Popen:
     """`serve --with-openvpn`: the OpenVPN service, as the command a separate host runs
     (`vpnagent-server openvpn`), in a process of its own (gunicorn forks its workers from
     this one; a thread with database connections here would be copied into them). It
-    leaves preparing the files and running the container to serve, which started them with
-    settings the config alone does not hold (one_port's port-share), and ends with serve."""
+    leaves preparing the files and running the container to serve, which has done both,
+    and ends with serve."""
     command = [sys.executable, "-m", "server_ext.cli", "--log-level", args.log_level, "openvpn",
                "--config", str(require_config(args.config, CONFIG)), "--under-serve"]
     return subprocess.Popen(command)
@@ -129,13 +136,13 @@ def cmd_openvpn(args) -> int:
     import threading
 
     from . import create_app
-    from .openvpnservice import OpenVPNService
+    from .openvpnservice import OpenVPNService, check_sole_service
     from .vpnserver import OpenVPNServer
 
     raw = _config(args)
     # prepare: the files, the schema, and the same CA and secret as the API servers (the CRL
     # it signs must be the CA's the nodes trust). Under serve, serve has done it.
-    state = create_app(flask_config(raw), migrate=not args.under_serve).extensions["vpnagent"]
+    state = create_app(server_setup(raw).app_config, migrate=not args.under_serve).extensions["vpnagent"]
     if args.under_serve and state.not_ready():
         raise ServerConfigError(state.not_ready())
     name = _get(raw, "openvpn_container")
@@ -144,6 +151,7 @@ def cmd_openvpn(args) -> int:
     stop = threading.Event()
     service = OpenVPNService(state.store, state.files, name=name)
     try:
+        check_sole_service(state.store, name, service.host)
         if vpn is not None:
             vpn.ensure_running()
         if args.once:
@@ -182,34 +190,57 @@ def interval_seconds(text: str) -> float:
     return value
 
 
-def one_port_setup(raw: dict[str, Any], flask_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """One-port mode: OpenVPN over TCP owns the public port (openvpn_remote_port, by default
-    443: ONE_PORT_DEFAULTS) and hands every connection that is not OpenVPN to the API
-    (port-share). The API then listens where the OpenVPN container reaches it: the host's
-    address on the container's Docker network. Returns the API's listen address and the
-    app config."""
-    import docker
+@dataclass(frozen=True)
+class ServerSetup:
+    """What a server config comes to, decided in one place (server_setup): every command
+    builds its app from `app_config`, so serve, migrate, the admin commands and the OpenVPN
+    service write the same OpenVPN server config for the same server config (the container
+    reads it again whenever it restarts)."""
+    host: str                   # where serve's API listens
+    app_config: dict[str, Any]  # the extension's VPNAGENT_* keys
+    note: str | None = None     # what serve says about it at start (one-port mode)
 
+
+def server_setup(raw: dict[str, Any], gateway: Callable[[str], str] | None = None) -> ServerSetup:
+    """The app config and listen address of a server config. One-port mode: OpenVPN over
+    TCP owns the public port (openvpn_remote_port, by default 443: ONE_PORT_DEFAULTS) and
+    hands every connection that is not OpenVPN to the API (port-share), which then listens
+    where the OpenVPN container reaches it: the host's address on the container's Docker
+    network (`gateway(network)`, asked of Docker) unless `host` names an address of its own."""
+    host, app_config = _get(raw, "host"), flask_config(raw)
+    if not raw.get("one_port"):
+        return ServerSetup(host, app_config)
     one_port = {**ONE_PORT_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     if one_port["openvpn_proto"] != "tcp":
         raise ServerConfigError("one_port needs openvpn_proto: tcp (OpenVPN shares a TCP port with HTTPS)")
     if _get(raw, "openvpn_processes") != 1:
         raise ServerConfigError("one_port serves one OpenVPN process: leave openvpn_processes at 1")
-    network = raw.get("openvpn_network") or "bridge"
+    port = _get(raw, "port")
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        share = (gateway or docker_network_gateway)(raw.get("openvpn_network") or "bridge")
+        if host != "0.0.0.0":
+            host = share  # loopback is out of the container's reach
+    else:
+        share = host
+    return ServerSetup(host, {**app_config, "VPNAGENT_OPENVPN_PROTO": "tcp",
+                              "VPNAGENT_OPENVPN_REMOTE_PORT": one_port["openvpn_remote_port"],
+                              "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{port}"},
+                       f"one-port mode: OpenVPN (TCP) and the API share port {one_port['openvpn_remote_port']}; "
+                       f"the API listens on {host}:{port} behind it")
+
+
+def docker_network_gateway(network: str) -> str:
+    """The host's IPv4 address on a Docker network: where a container on it reaches the host."""
+    import docker
+
     try:
         ipam = docker.from_env().networks.get(network).attrs["IPAM"]["Config"]
-        gateway = next(c["Gateway"] for c in ipam if "Gateway" in c and ":" not in c["Gateway"])
+        return next(c["Gateway"] for c in ipam if "Gateway" in c and ":" not in c["Gateway"])
     except (docker.errors.DockerException, StopIteration, KeyError) as exc:
-        raise ServerConfigError(f"one_port: cannot find the host's address on Docker network {network}: {exc}") from exc
-    host, port = _get(raw, "host"), _get(raw, "port")
-    if host in ("127.0.0.1", "localhost", "::1"):
-        host = gateway  # loopback is out of the container's reach
-    share = gateway if host == "0.0.0.0" else host
-    print(f"one-port mode: OpenVPN (TCP) and the API share port {one_port['openvpn_remote_port']}; "
-          f"the API listens on {host}:{port} behind it", flush=True)
-    return host, {**flask_cfg, "VPNAGENT_OPENVPN_PROTO": "tcp",
-                  "VPNAGENT_OPENVPN_REMOTE_PORT": one_port["openvpn_remote_port"],
-                  "VPNAGENT_OPENVPN_PORT_SHARE": f"{share}:{port}"}
+        raise ServerConfigError(
+            f"one_port: OpenVPN hands the API's connections to the host's address on Docker network {network}, "
+            f"which cannot be found ({exc}); start Docker (every command that writes the OpenVPN server config "
+            "asks it), or set `host` to an address of this host that the OpenVPN container reaches") from exc
 
 
 def tls_context(raw: dict[str, Any], pki: PKI, extra_names: list[str] | None = None) -> ssl.SSLContext:
@@ -399,7 +430,7 @@ def cmd_rotate_user_key(args) -> int:
 def _admin_state(args):
     from . import create_app
 
-    return create_app(flask_config(_config(args)), migrate=True).extensions["vpnagent"]
+    return create_app(server_setup(_config(args)).app_config, migrate=True).extensions["vpnagent"]
 
 
 def cmd_remove_node(args) -> int:
@@ -435,7 +466,7 @@ def cmd_migrate(args) -> int:
     directory's files where missing, and the database at the newest schema."""
     from . import create_app
 
-    state = create_app(flask_config(_config(args))).extensions["vpnagent"]
+    state = create_app(server_setup(_config(args)).app_config).extensions["vpnagent"]
     steps = state.prepare(progress=lambda msg: print(msg, flush=True))
     state.store.close()
     done = "migrated to" if steps else "already at"

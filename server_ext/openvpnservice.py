@@ -18,9 +18,15 @@ One pass:
   read it.
 
 `vpnagent-server openvpn` runs it with the OpenVPN server container; `serve --with-openvpn`
-runs that command beside the API."""
+runs that command beside the API.
+
+One per database: the address pool, the ccd entries and the CRL are one OpenVPN server's,
+and nodes on two OpenVPN hubs would need routing between the hubs, which nothing sets up.
+A second service is refused at start (`check_sole_service`) and, should two start at the
+same moment, each pass that sees another's fresh report logs it as an error."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import socket
@@ -31,7 +37,9 @@ from pathlib import Path
 from cryptography import x509
 from sqlalchemy.exc import SQLAlchemyError
 
+from .config import ServerConfigError
 from .ovpn import ccd_dir, render_ccd
+from .store import OpenVPNService as ServiceReport
 from .store import Store, StoreError
 from .vpnserver import Management, OpenVPNFiles
 
@@ -54,10 +62,37 @@ class Pass:
     ccd_removed: tuple[str, ...] = ()
     crl_published: bool = False
     disconnected: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()  # other OpenVPN services reporting on this database ("name on host")
 
     @property
     def changed(self) -> bool:
         return bool(self.ccd_written or self.ccd_removed or self.crl_published or self.disconnected)
+
+
+class AnotherOpenVPNService(ServerConfigError):
+    """Another OpenVPN service reports on this database: only one may serve it."""
+
+
+def other_services(store: Store, name: str, host: str) -> list[ServiceReport]:
+    """The OpenVPN services other than (`name`, `host`) that reported within STALE_AFTER_S:
+    running ones. The same name on the same host is this service, restarted."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return [svc for svc in store.openvpn_services()
+            if (svc.name, svc.host) != (name, host) and (now - svc.seen_at).total_seconds() <= STALE_AFTER_S]
+
+
+def check_sole_service(store: Store, name: str, host: str | None = None) -> None:
+    """Refuse to start a second OpenVPN service on one database (see the module docstring)."""
+    host = host or socket.gethostname()
+    others = other_services(store, name, host)
+    if others:
+        svc = others[0]
+        raise AnotherOpenVPNService(
+            f"another OpenVPN service, {svc.name} on {svc.host}, serves the database {store.url} (its last report "
+            f"is from {svc.seen_at:%H:%M:%S} UTC): one OpenVPN service per database is supported, because the VPN "
+            "addresses, the static-address entries and the CRL are one OpenVPN server's and nodes on two OpenVPN "
+            f"servers could not reach each other. Stop that one first (its report goes stale after "
+            f"{STALE_AFTER_S:g} s), or give this one a database of its own")
 
 
 class OpenVPNService:
@@ -70,6 +105,7 @@ class OpenVPNService:
         self.name = name
         self.sockets = sockets if sockets is not None else files.management_sockets
         self.host = host or socket.gethostname()
+        self._others: tuple[str, ...] = ()
 
     def reconcile(self) -> Pass:
         management = Management(self.sockets, timeout=MGMT_TIMEOUT_S)
@@ -91,9 +127,16 @@ class OpenVPNService:
         if gone:
             log.info("disconnected removed node(s) %s", ", ".join(gone))
             connected = connected - set(gone) if connected is not None else None
+        # before recording: a service of the same name elsewhere writes the same row
+        others = tuple(f"{svc.name} on {svc.host}" for svc in other_services(self.store, self.name, self.host))
         self.store.record_openvpn_service(self.name, self.host, connected is not None,
                                           sorted(connected) if connected is not None else None)
-        result = Pass(connected is not None, connected, written, removed, crl, tuple(gone))
+        if others and others != self._others:
+            log.error("another OpenVPN service reports on this database (%s): one per database is supported; "
+                      "nodes on the other one's OpenVPN server cannot reach the nodes on this one. Stop one of them",
+                      ", ".join(others))
+        self._others = others
+        result = Pass(connected is not None, connected, written, removed, crl, tuple(gone), others)
         if written or removed:
             log.info("static addresses: %d written, %d removed", len(written), len(removed))
         return result

@@ -83,3 +83,30 @@ def test_netns_calls_benchmark_smoke(tmp_path):
     # the agent's own path must notice a namespace whose process is gone
     assert report["after_death"]["nsenter+ip"].startswith("NetnsError")
     assert "set_default_route" in proc.stdout and "after the namespace's process died" in proc.stdout
+
+
+@pytest.mark.docker
+def test_scaleout_benchmark_smoke(docker_client, tmp_path):
+    from tests.server.postgres import connect_from_env
+
+    connect_from_env().close()  # skips (or fails under VPNAGENT_REQUIRE_POSTGRES=1) without PostgreSQL
+    out = tmp_path / "scaleout.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaleout.py"), "--quick", "--threads", "4",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "first connect through API server B" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["threads"] == 4
+    for mix in ("node mix", "port registrations", "run updates"):
+        layouts = report["api"][mix]
+        assert set(layouts) == {"1 process", "1 serve, api_workers 2", "2 serves (replicas)"}
+        for got in layouts.values():
+            # every request answered 2xx, through every API server of the layout
+            assert got["requests"] > 0 and got["errors"] == 0, got["first_error"]
+            assert got["p99_ms"] >= got["p50_ms"] > 0
+            assert set(got["cpu_share"]) == {"client", "api_servers", "postgres", "other", "machine_busy"}
+            assert got["cpu_share"]["client"] > 0 and got["cpu_share"]["api_servers"] > 0
+    assert report["api"]["database alone"]["commits"] > 0
+    connect = report["connect"]
+    assert connect["config_to_entry_s"]["n"] == 1 and connect["reconnect_s"]["median"] > 0
+    assert connect["config_to_connected_s"]["median"] >= connect["config_to_entry_s"]["median"] > 0

@@ -6,6 +6,7 @@ none of its rows fails test_every_documented_command_is_classified, so a new com
 docs is either made runnable here or listed with its reason."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -21,6 +22,7 @@ from tests.docs_commands import REPO, Command, all_commands, commands, documents
 # How a command is handled:
 RUN = "run"            # runs here, in the scratch machine's working directory
 CHECKOUT = "checkout"  # runs here, from the repository root (a developer's command)
+SERVED = "served"      # runs here like RUN, against a real `vpnagent-server serve` on loopback (LiveServer)
 DOCKER = "docker"      # needs only the local Docker engine: test_documented_docker_commands runs it
 ELSEWHERE = "elsewhere"  # needs root, systemd, a network or a live server and nodes: not run; the reason says what covers it
 
@@ -28,6 +30,10 @@ ELSEWHERE = "elsewhere"  # needs root, systemd, a network or a live server and n
 # the command on one line, without comments, with the document's shell variables ($S, $C, $A)
 # expanded and `/opt/vpnagent/bin/` and `.venv/bin/` dropped. First match wins.
 WHAT: list[tuple[str, str, str]] = [
+    (r"API=https://vpn\.example\.org:5000/api; CA=\S+/pki/ca\.crt$", SERVED,
+     "the admin API's URL: the test's `serve` on loopback stands in for vpn.example.org (SERVED_AT)"),
+    (r"TOKEN=\$\(|curl ", SERVED, "the admin API, against the test's `serve` (its self-issued certificate, checked "
+                                 "with the CA the line names)"),
     (r"[A-Z]+=[^$]*$", RUN, "sets the shell variables later commands use"),
     (r"cat > \S+ <<'YAML'", RUN, "writes a config"),
     (r"install -D -m 0600 \S+/examples/server\.yaml ", RUN, "puts the example config in place"),
@@ -69,6 +75,9 @@ WHAT: list[tuple[str, str, str]] = [
     (r"python -m examples\.ring_sum\.build_v6$", ELSEWHERE,
      "needs the wheels of scripts/v6-wheels.sh; tests/integration/test_vantage6.py builds it"),
     (r"python benchmarks/wiring\.py --quick$", DOCKER, "the benchmark's smoke run"),
+    (r"python benchmarks/scaleout\.py( --quick)?$", ELSEWHERE,
+     "needs PostgreSQL ($VPNAGENT_TEST_POSTGRES_URL) and Docker; tests/test_benchmarks.py::test_scaleout_benchmark_smoke "
+     "runs --quick, the full run takes ≈5 min (`make bench`)"),
     (r"python benchmarks/wiring\.py$", ELSEWHERE, "the full benchmark, ≈3 min (`make bench`); --quick runs in the docker test"),
     (r"vpnagent-server serve ", ELSEWHERE,
      "serves until stopped, --with-openvpn starts the OpenVPN container; tests/server/test_serve.py and the "
@@ -86,9 +95,11 @@ WHAT: list[tuple[str, str, str]] = [
     (r"flask --app yourapp ", ELSEWHERE,
      "`yourapp` is the reader's own app; tests/server/test_embedding.py::test_the_documented_embedding_and_command_run "
      "runs the command on the guide's example app"),
-    (r"TOKEN=\$\(|curl ", ELSEWHERE,
-     "needs `serve` answering at vpn.example.org; tests/server/test_admin_api.py drives the same endpoints"),
 ]
+
+# What a SERVED command's document says to replace with the reader's own (the comment on its
+# line says so): the server's API URL, here the test's `serve`.
+SERVED_AT = {"https://vpn.example.org:5000/api": "{url}"}
 
 # Documents that continue where another left off: their commands run after that one's.
 CONTINUES = {"docs/database.md": "README.md"}
@@ -216,23 +227,91 @@ def paste(cmd: Command, how: str, root: Path, variables: list[str]) -> subproces
 
 
 def _runnable(doc: str) -> list[tuple[Command, str]]:
-    return [(c, how) for c, _, how, _ in classified() if c.doc == doc and how in (RUN, CHECKOUT)]
+    return [(c, how) for c, _, how, _ in classified() if c.doc == doc and how in (RUN, CHECKOUT, SERVED)]
 
 
-RUN_DOCS = sorted({c.doc for c, _, how, _ in classified() if how in (RUN, CHECKOUT)})
+RUN_DOCS = sorted({c.doc for c, _, how, _ in classified() if how in (RUN, CHECKOUT, SERVED)})
+ASSIGNED = re.compile(r"([A-Z]+)=\$\(")  # NAME=$(...): later commands use NAME
+
+
+class LiveServer:
+    """`vpnagent-server serve` on the scratch machine, started from the config the document's
+    commands used (same data_dir, store and CA), listening on a free loopback port with a
+    certificate for 127.0.0.1, which stands in for the document's server name."""
+
+    def __init__(self, root: Path, config: Path) -> None:
+        import yaml
+
+        raw = yaml.safe_load(config.read_text())
+        served = root / "work" / "served-server.yaml"
+        served.write_text(yaml.safe_dump({**raw, "host": "127.0.0.1", "port": 0, "tls_hostnames": ["127.0.0.1"]}))
+        self.log = root / "tmp" / "serve.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(["vpnagent-server", "serve", "--config", str(served)], cwd=root / "work",
+                                         env=machine_env(root), stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        from tests.waiting import wait_for
+
+        try:
+            found = wait_for(lambda: re.search(r"serving on (https://\S+)", self.log.read_text())
+                             or self.proc.poll() is not None, "the documented server to serve", 60)
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        except BaseException:
+            self.stop()
+            raise
+        self.url = found.group(1)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def _config_of(cmds: list[tuple[Command, str]], root: Path) -> Path:
+    """The server config the document's admin commands read (its `--config`)."""
+    for key in _keys([c for c, _ in cmds]).values():
+        found = re.search(r"--config (\S+server\.yaml)", key)
+        if found:
+            return Path(reroot(found.group(1), root))
+    raise AssertionError("a document with SERVED commands names no server config")
 
 
 def run_document(doc: str, root: Path) -> list[tuple[Command, subprocess.CompletedProcess]]:
     done = run_document(CONTINUES[doc], root) if doc in CONTINUES else []
     variables = []
-    for cmd, how in _runnable(doc):
-        proc = paste(cmd, how, root, variables)
-        assert proc.returncode == 0, f"{cmd}\nexit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-        for expected in cmd.expected:
-            assert expected in proc.stdout, f"{cmd}: the docs say it prints {expected!r}, it printed {proc.stdout!r}"
-        if re.fullmatch(r"[A-Z]+=[^$]*", cmd.code):
-            variables.append(reroot(cmd.code, root))
-        done.append((cmd, proc))
+    runnable = _runnable(doc)
+    server = None
+    try:
+        for cmd, how in runnable:
+            text, code = cmd.text, cmd.code
+            if how == SERVED:
+                if server is None:
+                    server = LiveServer(root, _config_of(runnable, root))
+                for theirs, ours in SERVED_AT.items():
+                    text, code = (t.replace(theirs, ours.format(url=server.url)) for t in (text, code))
+            assigned = ASSIGNED.match(cmd.code)
+            if assigned:  # hand the value on to the next commands, as the reader's shell does
+                text += f'\n__status=$?; printf "\\n{assigned[1]}=%q" "${assigned[1]}"; exit $__status'
+            proc = paste(Command(cmd.doc, cmd.line, text, cmd.code, cmd.expected), how, root, variables)
+            assert proc.returncode == 0, f"{cmd}\nexit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            for expected in cmd.expected:
+                assert expected in proc.stdout, f"{cmd}: the docs say it prints {expected!r}, it printed {proc.stdout!r}"
+            if assigned:
+                proc.stdout, _, line = proc.stdout.rpartition("\n")
+                assert line.startswith(f"{assigned[1]}=") and len(line) > len(assigned[1]) + 1, f"{cmd}: {line!r}"
+                variables.append(line)
+            elif re.fullmatch(r"[A-Z]+=[^$]*", cmd.code):
+                variables.append(reroot(code, root))
+            done.append((cmd, proc))
+    finally:
+        if server is not None:
+            server.stop()
     return done
 
 
@@ -278,6 +357,9 @@ def test_the_operator_guide_walkthrough_prints_what_it_shows(ran):
     assert "organization 1 hospital-a" in _printed(done, r"\$S list-organizations")
     admin = tmp_path / "work" / "admin.json"
     assert stat.S_IMODE(admin.stat().st_mode) == 0o600 and '"api_key"' in admin.read_text()
+    # the admin API's lines, pasted against a live `serve`: the admin's token, then its node list
+    nodes = json.loads(_printed(done, r"curl "))
+    assert [n["name"] for n in nodes] == ["node-a", "node-b"], nodes
 
 
 def test_the_database_guides_upgrade_output_is_what_an_empty_database_prints(tmp_path):

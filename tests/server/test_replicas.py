@@ -207,3 +207,37 @@ def test_under_serve_the_service_leaves_the_servers_files_to_serve(replicas, tmp
     unprepared.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "empty"), "database_url": database_url}))
     assert main(["openvpn", "--config", str(unprepared), "--under-serve", "--once"]) == 2
     assert "vpnagent-server migrate" in capsys.readouterr().err
+
+
+def test_a_second_openvpn_service_on_the_database_is_refused(replicas, tmp_path, database_url, capsys):
+    """One OpenVPN service per database (docs/operator-guide.md, "Limits of each part"): a
+    service on another host that reported within STALE_AFTER_S makes a second one refuse to
+    start, saying which and why; its own earlier report (a restart) or a stale one do not."""
+    import datetime as dt
+    import socket
+
+    from server_ext.openvpnservice import STALE_AFTER_S
+    from server_ext.store import OpenVPNService as Report
+
+    a, _, c = replicas
+    data_dir = copy_identity(tmp_path / "a" / "server", tmp_path / "d")
+    config = tmp_path / "server.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(data_dir), "database_url": database_url,
+                                      "vpn_subnet": "10.76.0.0/16"}))
+    a.store.record_openvpn_service("vpnagent-openvpn", socket.gethostname(), True, [])  # this one, before a restart
+    assert main(["openvpn", "--config", str(config), "--once", "--no-container"]) == 0
+
+    a.store.record_openvpn_service("vpnagent-openvpn", "vpn-host-1", True, ["node-1"])
+    capsys.readouterr()
+    assert main(["openvpn", "--config", str(config), "--once", "--no-container"]) == 2
+    err = capsys.readouterr().err
+    assert "another OpenVPN service, vpnagent-openvpn on vpn-host-1, serves the database" in err, err
+    assert "one OpenVPN service per database is supported" in err and "Stop that one first" in err
+    assert not (data_dir / "openvpn" / "ccd" / "node-1").exists()  # refused before its first pass
+
+    # should two start at once, each pass names the other
+    assert OpenVPNService(c.store, c.files, host="vpn-host-2").reconcile().others == ("vpnagent-openvpn on vpn-host-1",)
+
+    with a.store.session() as s:  # the others stopped: their report goes stale
+        s.get(Report, "vpnagent-openvpn").seen_at -= dt.timedelta(seconds=STALE_AFTER_S + 1)
+    assert main(["openvpn", "--config", str(config), "--once", "--no-container"]) == 0
