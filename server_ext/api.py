@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, default_exceptions
 from werkzeug.routing import Map
 
@@ -474,7 +474,8 @@ def node_peers(s: Session, ident: Identity):
     out = []
     for run in mine:
         fam = family_task_ids(s, run.task)
-        rows = s.execute(select(Run, Node).join(Node, Run.node_id == Node.id)
+        # the ports of every peer run in one more query, not one per run (selectinload)
+        rows = s.execute(select(Run, Node).join(Node, Run.node_id == Node.id).options(selectinload(Run.ports))
                          .where(Run.task_id.in_(fam), Run.status.in_(ACTIVE_STATES)).order_by(Run.id))
         peers = [{"run_id": r.id, "node_id": n.id, "ip": n.vpn_ip, "ports": sorted(p.port for p in r.ports)}
                  for r, n in rows if n.vpn_ip]
