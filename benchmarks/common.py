@@ -15,14 +15,20 @@ import docker
 Progress = Callable[[str], None]
 
 
-def start(name: str) -> tuple[Progress, docker.DockerClient]:
-    """Progress printer and a Docker client with the images built (or found cached)."""
-    # SIGTERM (a timeout, a CI cancel) must still run the caller's clean-up
+def printer(name: str) -> Progress:
+    """The progress printer; SIGTERM (a timeout, a CI cancel) from now on still runs the
+    caller's clean-up (it raises SystemExit, as Ctrl-C raises KeyboardInterrupt)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def progress(msg: str) -> None:
         print(f"[{name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    return progress
+
+
+def start(name: str) -> tuple[Progress, docker.DockerClient]:
+    """Progress printer and a Docker client with the images built (or found cached)."""
+    progress = printer(name)
     from vpnagent.runtime.docker_images import build_images
 
     client = docker.from_env(timeout=300)

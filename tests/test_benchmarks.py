@@ -59,13 +59,40 @@ def test_dataplane_benchmark_smoke(docker_client, tmp_path):
 @pytest.mark.docker
 def test_controlplane_benchmark_smoke(docker_client, tmp_path):
     out = tmp_path / "controlplane.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "controlplane.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "controlplane.py"), "--quick", "--only", "cluster",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["connect_s"]["n"] == 1 and report["echo_task_s"]["median"] > 0
     assert report["addresses_ms"]["runs_in_store"] >= 500 and report["addresses_ms"]["p99"] >= report["addresses_ms"]["p50"]
     assert report["many_nodes"]["nodes"] == 3 and report["many_nodes"]["client_rss_mb"] > 0
+
+
+def test_controlplane_push_benchmark_smoke(tmp_path):
+    """The push figures need no Docker: a real `serve` on loopback and simulated nodes (the
+    agent's ServerAPI and EventStream)."""
+    out = tmp_path / "controlplane-push.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "controlplane.py"), "--quick", "--only", "push",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    push = json.loads(out.read_text())["push"]
+    idle = push["idle"]
+    assert set(idle) == {"0", "3", "5"} and set(idle["3"]) == {"poll"} and set(idle["5"]) == {"push", "streams"}
+    for figures in (idle["0"]["none"], idle["3"]["poll"], idle["5"]["push"], idle["5"]["streams"]):
+        assert figures["window_s"] > 0 and figures["server_cpu_pct"] >= 0 and figures["server_rss_mb"] > 0
+        assert figures["failed"] == {}
+    assert idle["3"]["poll"]["by_endpoint"]["GET /node/peers"] > 0  # the old behaviour really polled
+    # every task's run was pushed to and taken by its node; every stream came back after the restart
+    taken = push["task_to_taken"]["5"]
+    assert taken["not_taken_within_10_s"] == 0 and taken["taken_ms"]["requests"] == taken["tasks"] == 10
+    assert taken["taken_ms"]["p99"] >= taken["taken_ms"]["p50"] > 0
+    assert set(push["addresses_ms"]) == {"0", "5"}
+    assert all(a["p99"] >= a["p50"] > 0 for a in push["addresses_ms"].values())
+    storm = push["storm"]
+    assert storm["reconnected"] == storm["nodes"] == 5 and storm["still_connected_after_settle"] == 5
+    assert sum(row["reconnects"] for row in storm["timeline_from_sigterm"]) == 5
+    assert push["server_log_problems"]["lines"] == 0 and push["sim_errors"] == {}
+    assert "NOT the container start" in proc.stdout and "full-jitter backoff" in proc.stdout
 
 
 @pytest.mark.root
