@@ -61,6 +61,7 @@ from benchmarks.fleet import (CpuSampler, PollingNode, Scheduler, Served, SimNod
                               cpu_seconds, rss_mb, start_spread, summarise, threads_of, wait_until)
 from test_algorithms.cluster import LocalCluster  # noqa: E402
 from test_algorithms.send_echo import send_echo  # noqa: E402
+from vpnagent.config import SCHEMA as NODE_SCHEMA  # noqa: E402
 from vpnagent.serverapi import ServerAPI  # noqa: E402
 from vpnagent.tls import make_session  # noqa: E402
 
@@ -620,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="polling nodes of the old behaviour, comma-separated (default 10,100,1000; '' for none)")
     ap.add_argument("--window", type=float, default=None, help="seconds of each idle CPU window (default 30)")
     ap.add_argument("--tasks", type=int, default=None, help="tasks for the task → taken figure (default 200)")
-    ap.add_argument("--resync-interval", type=float, default=60.0, help="the nodes' resync_interval (default 60)")
+    ap.add_argument("--resync-interval", type=float, default=float(NODE_SCHEMA["resync_interval"].default),
+                    help="the nodes' resync_interval (default: the agent's)")
     ap.add_argument("--json", type=Path, default=None,
                     help="default benchmarks/results/controlplane.json (controlplane-push.json with --only push)")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import requests
 import yaml
 
+from vpnagent.agent import REPORT_AGAIN_S, SERVER_BACKOFF_MAX_S
 from vpnagent.push import CONNECTED, EventStream
 from vpnagent.serverapi import ServerAPI, ServerError, never_sent
 from vpnagent.tls import NodeTLSAdapter
@@ -314,7 +315,6 @@ class Scheduler:
 
 
 # ---------------------------------------------------------------- nodes
-SERVER_BACKOFF_MAX_S = 30.0  # as vpnagent/agent.py: a failed resync is asked again with backoff
 
 
 class Taken:
@@ -349,9 +349,11 @@ class Taken:
 class SimNode:
     """One node as the agent is when idle (vpnagent/agent.py serve_forever with push on):
     its event stream held open by EventStream; a resync (GET /run?state=pending, then POST
-    /node/runs with the runs it holds; GET /node/peers only matters with live runs, and it
-    has none) every resync_interval x U(1.0, 1.1) and after every hello; a "run" event
-    answered by taking the pending runs (PATCH /run/<id> {"status": "initializing"})."""
+    /node/runs with the runs it holds, skipped as the agent skips it while that list is
+    unchanged and younger than REPORT_AGAIN_S; GET /node/peers only matters with live runs,
+    and it has none) every resync_interval x U(1.0, 1.1) and after every hello (which always
+    reports); a "run" event answered by taking the pending runs (PATCH /run/<id> {"status":
+    "initializing"})."""
 
     def __init__(self, node_id: int, api_key: str, url: str, ca: str, tally: Tally, sched: Scheduler,
                  taken: Taken, resync_interval: float) -> None:
@@ -365,6 +367,7 @@ class SimNode:
         self.hellos: list[float] = []  # monotonic
         self.kinds: Counter = Counter()
         self.held: set[int] = set()
+        self.last_report: tuple[list[int], float] | None = None
         self.failures = 0
         self.periodic = True  # False: the resync every resync_interval pauses (hellos still resync)
         self._lock = threading.Lock()
@@ -390,6 +393,7 @@ class SimNode:
         self.kinds[kind] += 1
         if kind == "hello":
             self.hellos.append(time.monotonic())
+            self.last_report = None
             self.want("runs", "report")
         elif kind == "run":
             if isinstance(data.get("run_id"), int):
@@ -423,8 +427,11 @@ class SimNode:
                     at = time.perf_counter()
                     self.held.add(int(run["id"]))
                     self.taken.taken(int(run["task_id"]), int(run["id"]), at)
-            if "report" in due:
-                self.api.report_runs(sorted(self.held))
+            ids = sorted(self.held)
+            last = self.last_report
+            if "report" in due and not (last and last[0] == ids and time.monotonic() - last[1] < REPORT_AGAIN_S):
+                self.api.report_runs(ids)
+                self.last_report = (ids, time.monotonic())
             self.failures = 0
         except ServerError:
             self.failures += 1

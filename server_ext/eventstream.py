@@ -4,9 +4,9 @@ Why server-sent events: one long-lived HTTP response per node, which the one-por
 (OpenVPN's port-share passes TCP through) and any HTTPS reverse proxy carry as they are,
 with nothing to upgrade (a WebSocket needs both to know it) and no client library (the
 format is lines of text). The node asks nothing while idle; the server writes a comment
-every KEEPALIVE_S so both ends, and proxies between them, see the connection is alive.
+every KEEPALIVE_S (25 s) so both ends, and proxies between them, see the connection is alive.
 
-    event: hello      data: {"keepalive": 15}          first: the node resyncs once
+    event: hello      data: {"keepalive": 25}          first: the node resyncs once
     id: 42
     event: run        data: {"seq": 42, "run_id": 7}   events.py lists the kinds
     : keepalive
@@ -32,7 +32,9 @@ from .api import ApiError, bp, ext, requires
 from .events import Event, Hub
 from .tokens import Identity
 
-KEEPALIVE_S = 15.0
+# Under the read timeouts of the usual proxies and load balancers (nginx 60 s, many at 30 s
+# or more); each keepalive costs the server a wake-up and a TLS write per stream.
+KEEPALIVE_S = 25.0
 STREAM_MAX_S = 15 * 60  # a node token's lifetime: no stream outlives the token it was opened with
 PATH = "/node/events"
 

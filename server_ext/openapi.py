@@ -123,7 +123,7 @@ def _admin_paths() -> dict:
 
 def _events_op() -> dict:
     op = _op("This node's event stream (server-sent events): hello, then run / peers / revoked / cert events as "
-             "they happen, a keepalive comment every 15 s, bye at the end (docs/api.md)", "node",
+             "they happen, a keepalive comment every 25 s, bye at the end (docs/api.md)", "node",
              errors=("401", "403", "404", "503"))
     op["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
     return op

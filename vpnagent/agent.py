@@ -47,6 +47,9 @@ CHECK_S = 2.0  # local checks of the VPN client and its certificate
 # What a full resync asks the server again: pending runs, each live run's task family, and
 # which runs this node holds (the server fails the others). Events ask for one of them.
 RESYNC = frozenset({"runs", "peers", "report"})
+# An unchanged list of the runs this node holds is sent again this often at most (every new
+# event stream sends it at once): an idle node's resync is then one request.
+REPORT_AGAIN_S = 600.0
 RENEW_RETRY_S = 3600.0  # a failed or pointless renewal is tried again an hour later, not every check
 HOLDER_MEMORY, HOLDER_PIDS = 32 * 2**20, 16  # the pause container only sleeps
 LOG_TAIL_BYTES = 8 * 1024  # of an algorithm's log, sent with its result
@@ -116,6 +119,7 @@ class Agent:
         self.adopted_at: float | None = None  # when start-up had adopted them and applied their rules
         self.server: dict[str, Any] = {"state": "ok", "since": None, "error": None}
         self._server_has_run_report = True
+        self._last_report: tuple[list[int], float] | None = None  # (runs, monotonic time) the server took
         self.session: SessionState | None = None  # of the VPN client, from its log (every check)
         self.stopped = False
         self.proxy: NodeProxy | None = None
@@ -659,6 +663,9 @@ class Agent:
             ids = sorted(set(self.runs) | set(self._records) | set(self._admitted))
         if not self._server_has_run_report:
             return
+        last = self._last_report
+        if last is not None and last[0] == ids and time.monotonic() - last[1] < REPORT_AGAIN_S:
+            return  # nothing changed on this side since the server took the list
         try:
             failed = self.api.report_runs(ids)
         except ServerError as exc:
@@ -668,6 +675,7 @@ class Agent:
                         "this node lost; upgrade it")
             self._server_has_run_report = False
             return
+        self._last_report = (ids, time.monotonic())
         if failed:
             log.warning("server marked run(s) %s failed: this node no longer has them", failed)
 
@@ -737,6 +745,7 @@ class Agent:
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
         """An event from the server's stream (server_ext/events.py lists them)."""
         if kind == "hello":  # a new connection: what happened while there was none is resynced
+            self._last_report = None  # the server may have been restored meanwhile: tell it again
             self.want(*RESYNC)
         elif kind == "run":
             self.want("runs")

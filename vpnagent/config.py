@@ -82,7 +82,9 @@ SCHEMA: dict[str, Key] = {
                       "stream, the agent polls every poll_interval.", True),
     "resync_interval": Key((int, float), "Seconds between full resyncs with the server while the event stream is "
                                          "open (new runs, peers, the runs it holds), the safety net for an event "
-                                         "lost on the way; each node adds up to 10 % of jitter.", 60),
+                                         "lost on the way; each node adds up to 10 % of jitter. Every new stream "
+                                         "resyncs at once, so only an event lost by a server that stayed up "
+                                         "waits this long.", 120),
     "poll_interval": Key((int, float), "Seconds between polls of the server for new runs when there is no event "
                                        "stream (push off, or a server without it).", 0.5),
     "vpn_connect_timeout": Key((int, float), "Seconds to wait for the VPN tunnel before going on without VPN.",

@@ -26,7 +26,7 @@ from .serverapi import ServerAPI, ServerError
 
 log = logging.getLogger(__name__)
 
-READ_TIMEOUT_S = 45.0  # three of the server's keepalive intervals without a byte: the connection is dead
+READ_TIMEOUT_S = 65.0  # over two of the server's keepalive intervals (25 s) without a byte: the connection is dead
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
 UNSUPPORTED_RETRY_S = 300.0

@@ -328,3 +328,37 @@ def test_doctor_warns_without_a_stream_and_skips_with_push_off(loopback):
         doctor.check_event_stream(_doctor_ctx(api))
     with pytest.raises(doctor.NotApplicable):
         doctor.check_event_stream(_doctor_ctx(api, push=False))
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.sent: list[list[int]] = []
+
+    def report_runs(self, ids: list[int]) -> list[int]:
+        self.sent.append(ids)
+        return []
+
+
+def test_an_unchanged_run_list_is_not_sent_again_until_a_new_stream_or_ten_minutes(tmp_path, monkeypatch):
+    """An idle node's resync is one request: the list of runs it holds goes to the server
+    when it changed, on every new event stream (the server may have been restored), and
+    at least every REPORT_AGAIN_S."""
+    from vpnagent import agent as agent_module
+
+    api = _Reports()
+    cfg = parse_config({"name": "pr1", "server_url": "https://127.0.0.1:1/api", "api_key": "k",
+                        "data_dir": str(tmp_path / "node")})
+    agent = Agent(cfg, runtime=object(), api=api)
+    agent._tell_server()
+    agent._tell_server()
+    assert api.sent == [[]]
+    agent._admitted[4] = False
+    agent._tell_server()
+    assert api.sent == [[], [4]]
+    agent.on_event("hello", {})
+    agent._tell_server()
+    assert api.sent == [[], [4], [4]]
+    clock = time.monotonic() + agent_module.REPORT_AGAIN_S + 1
+    monkeypatch.setattr(agent_module.time, "monotonic", lambda: clock)
+    agent._tell_server()
+    assert api.sent == [[], [4], [4], [4]]

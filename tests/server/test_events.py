@@ -140,6 +140,37 @@ def test_a_hub_hands_out_what_another_engine_committed(world):
         other.close()
 
 
+def test_a_hub_is_woken_by_its_own_process_and_on_postgresql_by_any(world):
+    """A hub waits POLL_S between looks (1 s) unless told: this process's commits wake it at
+    once, and on PostgreSQL so do other processes' (LISTEN/NOTIFY). Here its poll is 30 s,
+    so only a wake-up can deliver within the test's bound."""
+    import subprocess
+    import sys
+
+    n1, n2, *_ = node_ids(world)
+    hub = Hub(world.store, poll=30.0)
+    try:
+        sub = hub.subscribe(n1)
+        time.sleep(0.3)  # the hub's first look (and its LISTEN) are done
+        t0 = time.monotonic()
+        world.create_task([world.orgs[0]])
+        got = wait_for(lambda: sub.get(0.05), "the run event", 2.0)
+        assert got[0].kind in ("run", "peers") and time.monotonic() - t0 < 1.0
+        if world.store.engine.dialect.name != "postgresql":
+            return
+        other = hub.subscribe(n2)
+        t0 = time.monotonic()
+        url = world.store.engine.url.render_as_string(hide_password=False)
+        code = ("import sys; from server_ext.store import Store; "
+                f"s = Store({url!r}, migrate=False); s.rotate_node_key({n2}); s.close()")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+        got = wait_for(lambda: other.get(0.05), "the revoked event from another process", 5.0)
+        assert [e.kind for e in got] == ["revoked"]
+        print(f"another process's event arrived {time.monotonic() - t0:.2f} s after it started")
+    finally:
+        hub.close()
+
+
 def test_the_cursor_reads_a_gap_again_until_it_fills_or_is_given_up():
     c = Cursor(10)
     assert c.take([11, 13], now=0.0) == [11, 13]
@@ -320,9 +351,10 @@ def test_killing_a_task_stops_its_runs_and_subtasks_and_tells_their_nodes(world)
 def test_only_a_researcher_who_sees_the_task_may_kill_it(world):
     task = world.create_task([world.orgs[0]])
     run = task["runs"][0]["id"]
+    tries = ((world.user_headers(world.other_user_key), 403), (world.node_headers(0), 403),
+             (world.container_headers(0, run), 403), ({}, 401))  # tokens first: issuing one notes the node seen
     before = world.snapshot()
-    for headers, status in ((world.user_headers(world.other_user_key), 403), (world.node_headers(0), 403),
-                            (world.container_headers(0, run), 403), ({}, 401)):
+    for headers, status in tries:
         r = world.client.post(f"/api/task/{task['id']}/kill", headers=headers)
         assert r.status_code == status, r.json
     assert world.client.post("/api/task/99999/kill", headers=world.user_headers()).status_code == 404

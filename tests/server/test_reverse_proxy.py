@@ -27,7 +27,7 @@ from vpnagent import push
 from vpnagent.serverapi import ServerAPI
 from vpnagent.tls import make_session
 
-PROXY_READ_TIMEOUT_S = 20  # nginx's default is 60 s; the server's keepalive (15 s) must beat either
+PROXY_READ_TIMEOUT_S = 30  # nginx's default is 60 s; the server's keepalive (25 s) must beat either
 
 
 def _free_port() -> int:
@@ -131,7 +131,7 @@ def test_the_event_stream_passes_an_ordinary_https_reverse_proxy(serve, nginx):
 
 
 def test_control_a_proxy_timeout_shorter_than_the_keepalive_cuts_the_stream(serve, nginx):
-    """The same proxy with a read timeout below the server's keepalive (15 s) cuts the stream
+    """The same proxy with a read timeout below the server's keepalive (25 s) cuts the stream
     and the node reconnects: the keepalive is what holds streams open, not a lenient proxy."""
     served = serve()
     store, collab, org, node, user_token, url, verify = _through_proxy(served, nginx, read_timeout=5)
