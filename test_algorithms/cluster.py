@@ -239,6 +239,9 @@ class LocalCluster:
             "name": name, "server_url": server_url or self.server_url, "api_key": key, "data_dir": str(data_dir),
             "vpn_subnet": self.vpn_subnet, "vpn_client_network": self.wan_network,
             "port_range": [port_base, port_base + self.ports_per_node - 1], "poll_interval": 0.25,
+            # the nodes act on the server's events at once; what bypasses them (rows changed
+            # behind the API's back, tests of drift) is repaired at the resync
+            "resync_interval": 15,
             "metrics_listen": f"127.0.0.1:{metrics_port}",
             "server_ca_file": str(self.ca_file),
             **self.node_extra, **(overrides or {}),

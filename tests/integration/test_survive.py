@@ -237,8 +237,9 @@ def test_tasks_run_list_is_not_changed_by_a_restart(cluster):
 
 
 def test_ports_missing_at_the_server_are_registered_again(cluster, docker_client):
-    """A live run's port rows vanish from the server's store (a restored backup, say): the
-    node's next pass registers them again, and the run is reachable by its address again."""
+    """A live run's port rows vanish from the server's store behind the API's back (a
+    restored backup, say: no event tells anyone): the node's next resync (every 15 s on this
+    cluster) registers them again, and the run is reachable by its address again."""
     from sqlalchemy import delete
 
     from server_ext.store import Port
@@ -257,7 +258,7 @@ def test_ports_missing_at_the_server_are_registered_again(cluster, docker_client
     finally:
         store.close()
     wait_for(lambda: sorted(p for _, r, p in port_rows(cluster) if r == run_id), "the ports to be registered again",
-             30, 0.1, until=lambda ports: ports == before)
+             45, 0.1, until=lambda ports: ports == before)
     assert any(f"of run {run_id} at the server" in f for f in node.status()["fixes"])
     kill_run(docker_client, run_id)
     wait_task_done(cluster, http, task["id"])
