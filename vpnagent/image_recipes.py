@@ -113,7 +113,10 @@ class DebootstrapRecipe:
                 self.suite, target, self.mirror]
 
 
-VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "iputils-ping", "procps"))
+# wireguard-go and wg: the direct peer links of the WireGuard data plane (dataplane/wireguard.py);
+# with kernel WireGuard on the host only `wg` is used.
+VPN_RECIPE = DebootstrapRecipe(VPN_IMAGE, ("openvpn", "iptables", "iproute2", "iputils-ping", "procps",
+                                           "wireguard-go", "wireguard-tools"))
 # python3, not python3-minimal: the minimal one has no http.server. libstdc++6: the C++
 # runtime compiled Python wheels link (numpy, pandas: every vantage6 algorithm has them).
 ALGO_BASE_RECIPE = DebootstrapRecipe(ALGO_BASE_IMAGE, ("python3", "iproute2", "iputils-ping", "libstdc++6"))
