@@ -27,6 +27,7 @@ from . import metrics as m
 from .config import NodeConfig
 from .dataplane import DataPlane, SessionState, VPNError
 from .dataplane.openvpn import OpenVPN
+from .dataplane.wireguard import Peer
 from .journal import DONE, RUNNING, Journal, RunRecord
 from .netapply import ApplyResult, HostRules, NetworkApplier, NodeNetwork, VpnClientNet, remove_host
 from .netns import NetnsError
@@ -247,8 +248,10 @@ class Agent:
             return None
         with self._lock:
             runs = tuple(self._run_rules(r) for r in sorted(self.runs.values(), key=lambda r: r.run_id))
+        peer_if = self.vpn.peer_if
         return firewall.VpnClientRules(st.vpn_ip, st.iso_if, str(self.iso_subnet), runs=runs, mss=st.path.mss,
-                                      tun_if=self.vpn.tunnel_if)
+                                      tun_if=self.vpn.tunnel_if, p2p_if=peer_if,
+                                      p2p_mss=self.vpn.peer_mss if peer_if else None)
 
     def _run_rules(self, r: LiveRun) -> firewall.RunRules:
         local = tuple(self.runs[i].holder_ip for i in r.peer_run_ids if i in self.runs)
@@ -260,16 +263,23 @@ class Agent:
         """Follow each run's task family as runs appear and end: one request for all live
         runs; the applier rewrites the chains of runs whose family changed (and of local
         family runs whose hairpin rules follow)."""
-        if not self.runs or self.vpn.state is None:
+        if self.vpn.state is None:
             return
-        families = {int(r["run_id"]): r["peers"] for r in self.api.node_peers()}
+        if not self.runs:  # no family, no peers: the direct links (if any) go quiet
+            if self.vpn.peer_if is not None:
+                self.vpn.set_peers(self.vpn.plane, [])
+            return
+        view = self.api.peers_view()
+        families = {int(r["run_id"]): r["peers"] for r in view["runs"]}
         with self._lock:
             ended = [r.run_id for r in self.runs.values() if r.run_id not in families and r.container_id is not None]
         for run_id in ended:  # the safety net for a lost stop event
             self.stop_run(run_id, "the server no longer has this run active (its task was killed or the run failed)")
         self._converge_ports(families)
-        if self._set_families(families):
-            self.apply_network()
+        links_before = self.vpn.peer_if
+        self.vpn.set_peers(view.get("data_plane") or "openvpn", direct_peers(families))
+        if self._set_families(families) or self.vpn.peer_if != links_before:
+            self.apply_network()  # a new or removed tunnel interface: the applier rewrites all
 
     def _converge_ports(self, families: dict[int, list[dict]]) -> None:
         """Ports are part of a run's actual state at the server: a registered port the
@@ -395,6 +405,7 @@ class Agent:
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.bring_up(self.network):
             self.apply_network()  # a new namespace: the applier rewrites everything
+            self.want("peers")  # and the direct links are made again in it
             self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)",
                              m.FIX_VPN_CLIENT)
@@ -827,6 +838,8 @@ class Agent:
                 if "vpn" in due or now - last_check > CHECK_S:
                     last_check = now
                     self.check_vpn()
+                    if not self.vpn.refresh_peers():
+                        self.want("peers")
                     self.check_cert()
                     self.vpn_checks += 1
                     self._write_status()  # also a heartbeat: `status` can tell a stale file
@@ -921,6 +934,7 @@ class Agent:
             "adopted": self.adopted, "adopted_at": self.adopted_at,
             "server": self.server, "stopped": self.stopped,
             "push": self.push.summary() if self.push is not None else {"state": "off"},
+            "data_plane": self.vpn.peer_summary(),
             "reports_waiting": sorted(r.run_id for r in list(self._records.values()) if r.report is not None),
             "fixes": self.fixes[-50:],
         }
@@ -960,6 +974,19 @@ def family_fields(peers: list[dict]) -> tuple[tuple[str, ...], tuple[int, ...], 
     return (tuple(sorted({p["ip"] for p in peers})),
             tuple(sorted(int(p["run_id"]) for p in peers)),
             tuple(sorted({(p["ip"], int(port)) for p in peers for port in p["ports"]})))
+
+
+def direct_peers(families: dict[int, list[dict]]) -> list[Peer]:
+    """The nodes of all task families that have a WireGuard key at the server, once each
+    (the server leaves `wireguard` null on the hub-only plane and for this node itself)."""
+    found: dict[str, Peer] = {}
+    for peers in families.values():
+        for p in peers:
+            wg = p.get("wireguard")
+            if isinstance(wg, dict) and wg.get("public_key") and p.get("ip"):
+                found[wg["public_key"]] = Peer(int(p["node_id"]), p["ip"], wg["public_key"],
+                                               tuple(str(e) for e in wg.get("endpoints") or ())[:8])
+    return list(found.values())
 
 
 def cleanup(cfg: NodeConfig, runtime: Runtime) -> list[str]:

@@ -110,6 +110,22 @@ def _push_line(push: dict) -> str:
             f"){detail}")
 
 
+def _plane_lines(plane: dict) -> list[str]:
+    """The data plane and, on WireGuard, each peer's path: direct, or through the hub."""
+    if plane.get("plane") != "wireguard":
+        return ["data plane: OpenVPN hub (every peer through the server)"]
+    if not plane.get("interface"):
+        return ["data plane: WireGuard, direct links not up yet (every peer through the OpenVPN hub)"]
+    peers = plane.get("peers") or []
+    direct = sum(1 for p in peers if p.get("path") == "direct")
+    lines = [f"data plane: WireGuard ({plane.get('mode')}, {plane['interface']}, UDP {plane.get('listen_port')}): "
+             f"{direct} of {len(peers)} peer(s) direct, the rest through the OpenVPN hub"]
+    for p in peers:
+        via = f" via {p['endpoint']}" if p.get("path") == "direct" and p.get("endpoint") else ""
+        lines.append(f"  node {p.get('node_id')} {p.get('vpn_ip')}: {p.get('path')}{via} ({p.get('detail')})")
+    return lines
+
+
 def render_status(status: dict, now: float) -> tuple[list[str], int]:
     """What `vpnagent status` prints for a status.json, and its exit code: 1 when no running
     agent stands behind the file (stale, or stopped on purpose)."""
@@ -129,6 +145,8 @@ def render_status(status: dict, now: float) -> tuple[list[str], int]:
         lines.append(f"  {server}")
     if status.get("push"):
         lines.append(f"  {_push_line(status['push'])}")
+    if status.get("data_plane"):
+        lines += [f"  {line}" for line in _plane_lines(status["data_plane"])]
     if vpn.get("tunnel_mtu"):
         lines.append(f"  tunnel MTU {vpn['tunnel_mtu']} ({vpn.get('tunnel_mtu_source')}: "
                      f"{vpn.get('tunnel_mtu_detail') or '-'})")

@@ -77,6 +77,16 @@ SCHEMA: dict[str, Key] = {
                                   "server at every connect (pings through the tunnel with don't-fragment); a number "
                                   "skips the probe. Shown in `vpnagent status` and checked by `vpnagent doctor`.",
                       "auto"),
+    "wireguard_port": Key(int, "UDP port the VPN client listens on for direct WireGuard links to other nodes, "
+                               "when the server puts this node's collaboration on the WireGuard data plane. "
+                               "No inbound port is needed: without one, peers that cannot reach it go through "
+                               "the OpenVPN hub.", 51820),
+    "wireguard_endpoints": Key(list, "Extra addresses other nodes may reach this node's WireGuard port at, as "
+                                     "'IPv4:port' (e.g. a public address with a port forward to wireguard_port). "
+                                     "The agent also offers the VPN client's own addresses; the server adds the "
+                                     "address it sees the node's requests come from."),
+    "wireguard_mtu": Key(int, "MTU of the WireGuard interface (bytes): 60 below the path for IPv4 underlay, 80 "
+                              "for IPv6; 1420 fits a 1500-byte path either way.", 1420),
     "push": Key(bool, "Hold an event stream open to the server (GET /node/events), so it tells this node of new "
                       "runs, peer changes and its removal as they happen. Off, or against a server without the "
                       "stream, the agent polls every poll_interval.", True),
@@ -140,6 +150,9 @@ class NodeConfig:
     push: bool = _default("push")
     resync_interval: float = float(_default("resync_interval"))
     max_concurrent_runs: int = _default("max_concurrent_runs")
+    wireguard_port: int = _default("wireguard_port")
+    wireguard_endpoints: tuple[str, ...] = ()
+    wireguard_mtu: int = _default("wireguard_mtu")
     max_concurrent_subtasks: int | None = None  # None: 4 x max_concurrent_runs
     isolated_mtu: int | None = None  # MTU of the isolated network (None: Docker's, 1500)
     tunnel_mtu: int | None = None  # None: probe the path at connect (pathmtu.py)
@@ -262,6 +275,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if isinstance(value, str) or not 576 <= value <= 65535:
             raise ConfigError(f"'tunnel_mtu' {value!r} must be auto or a number of bytes within 576-65535")
         kwargs["tunnel_mtu"] = value
+    kwargs.update(_wireguard(raw))
     if raw.get("max_concurrent_runs") is not None:
         if not 1 <= raw["max_concurrent_runs"] <= 1000:
             raise ConfigError("'max_concurrent_runs' must be within 1-1000")
@@ -290,6 +304,34 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
     if raw.get("databases") is not None:
         kwargs["databases"] = _databases(raw["databases"], base_dir)
     return NodeConfig(**kwargs)
+
+
+def _wireguard(raw: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if raw.get("wireguard_port") is not None:
+        if not 1 <= raw["wireguard_port"] <= 65535:
+            raise ConfigError(f"'wireguard_port' {raw['wireguard_port']} must be within 1-65535")
+        out["wireguard_port"] = raw["wireguard_port"]
+    if raw.get("wireguard_mtu") is not None:
+        if not 1280 <= raw["wireguard_mtu"] <= 65455:
+            raise ConfigError(f"'wireguard_mtu' {raw['wireguard_mtu']} must be within 1280-65455 (IPv6 needs 1280)")
+        out["wireguard_mtu"] = raw["wireguard_mtu"]
+    if raw.get("wireguard_endpoints"):
+        endpoints = []
+        for value in raw["wireguard_endpoints"]:
+            try:
+                host, port = _host_port("wireguard_endpoints", str(value))
+                ip = ipaddress.IPv4Address(host)
+            except (ConfigError, ValueError):
+                raise ConfigError(f"'wireguard_endpoints' entry {value!r} must be 'IPv4:port', like "
+                                  "'203.0.113.7:51820'") from None
+            if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+                raise ConfigError(f"'wireguard_endpoints' entry {value!r}: other nodes cannot reach {ip}")
+            endpoints.append(f"{ip}:{port}")
+        if len(endpoints) > 8:
+            raise ConfigError("'wireguard_endpoints' takes at most 8 addresses")
+        out["wireguard_endpoints"] = tuple(endpoints)
+    return out
 
 
 def _databases(value: list, base_dir: Path | None) -> tuple[Database, ...]:

@@ -7,6 +7,9 @@ Layout inside the VPN client container's namespace:
   nat    PREROUTING  -> VPNAGENT-PRE  -> VA-<run>-N   (DNAT vpn_ip:port -> holder:port)
   nat    POSTROUTING -> VPNAGENT-POST                 (MASQUERADE out of tun0, hairpin)
   filter FORWARD (policy DROP) -> VPNAGENT-FWD -> VA-<run>-F (only tun0/iso <-> holder)
+With the WireGuard data plane a second tunnel interface (wg0: direct links to peers) gets
+exactly the rules tun0 gets: WireGuard only accepts a peer's packets from that peer's VPN
+IP (allowed-ips), as the OpenVPN server does, so the source-address rules mean the same.
 and on the host:
   filter DOCKER-USER -> VA-HOST-<node> (the isolated bridge may talk to the VPN subnet)
 """
@@ -64,6 +67,16 @@ class VpnClientRules:
     tun_if: str = "tun0"
     runs: tuple[RunRules, ...] = ()
     mss: int | None = None  # largest TCP segment through the tunnel; None: no clamp
+    p2p_if: str | None = None  # direct links to peers (wg0), beside tun0; None: hub only
+    p2p_mss: int | None = None
+
+    def tunnels(self) -> tuple[tuple[str, int | None], ...]:
+        """(interface, MSS clamp) of every tunnel interface: traffic to and from other
+        nodes may use any of them, under the same rules."""
+        return ((self.tun_if, self.mss),) + (((self.p2p_if, self.p2p_mss),) if self.p2p_if else ())
+
+    def check(self) -> None:
+        _check(self.vpn_ip, self.iso_if, *(t for t, _ in self.tunnels()))
 
 
 @dataclass
@@ -106,17 +119,18 @@ def _check(*tokens: object) -> None:
 def render_vpn_client(desired: VpnClientRules, current: TableState) -> str:
     """One batch that makes the VPN client namespace match `desired` exactly."""
     d = desired
-    _check(d.vpn_ip, d.iso_if, d.iso_subnet, d.tun_if)
+    d.check()
+    _check(d.iso_subnet)
     nat: list[str] = [f":{PRE} - [0:0]", f":{POST} - [0:0]"]
     flt: list[str] = [":FORWARD DROP [0:0]", f":{FWD} - [0:0]", f":{IN} - [0:0]"]
     nat_body: list[str] = []
     flt_body: list[str] = [f"-A {FWD} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
     # Nothing may open a connection to the VPN client itself, neither from the VPN nor from
     # the algorithms (its own OpenVPN traffic runs on the other interface).
-    for iface in (d.tun_if, d.iso_if):
+    for iface in (*(t for t, _ in d.tunnels()), d.iso_if):
         flt_body += [f"-A {IN} -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
                      f"-A {IN} -i {iface} -j DROP"]
-    nat_body.append(f"-A {POST} -o {d.tun_if} -j MASQUERADE")
+    nat_body += [f"-A {POST} -o {tun} -j MASQUERADE" for tun, _ in d.tunnels()]
     # Hairpin: a run reaching its own node's VPN IP is DNATed back onto the isolated
     # network; masquerade so the reply returns through us and gets un-NATed.
     nat_body.append(f"-A {POST} -o {d.iso_if} -s {d.iso_subnet} -d {d.iso_subnet} -j MASQUERADE")
@@ -154,10 +168,10 @@ def _render_mss(d: VpnClientRules, current: TableState) -> list[str]:
     """SYNs into and out of the tunnel announce at most `mss` (only ever lowered), so both
     ends of every connection send segments the path carries."""
     lines = ["*mangle", f":{MSS} - [0:0]"]
-    if d.mss is not None:
-        mss = int(d.mss)
-        lines += [f"-A {MSS} -{flag} {d.tun_if} -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss {mss + 1}:65535 "
-                  f"-j TCPMSS --set-mss {mss}" for flag in ("o", "i")]
+    for tun, mss in d.tunnels():
+        if mss is not None:
+            lines += [f"-A {MSS} -{flag} {tun} -p tcp -m tcp --tcp-flags SYN,RST SYN -m tcpmss --mss {int(mss) + 1}:65535 "
+                      f"-j TCPMSS --set-mss {int(mss)}" for flag in ("o", "i")]
     if not current.has_rule("mangle", f"-A FORWARD -j {MSS}"):
         lines.append(f"-A FORWARD -j {MSS}")
     return lines + ["COMMIT"]
@@ -184,28 +198,29 @@ def _filter_rules(d: VpnClientRules, run: RunRules) -> list[str]:
     rules = []
     for fw in run.forwards:
         # from other nodes: masqueraded, so the source is the sending node's VPN IP
-        rules += [f"-A {f} -s {ip}/32 -d {h}/32 -i {d.tun_if} -p tcp -m tcp --dport {fw.target_port} -j ACCEPT"
-                  for ip in sorted(set(run.peer_ips))]
+        rules += [f"-A {f} -s {ip}/32 -d {h}/32 -i {tun} -p tcp -m tcp --dport {fw.target_port} -j ACCEPT"
+                  for tun, _ in d.tunnels() for ip in sorted(set(run.peer_ips))]
         # from this node (hairpin through our VPN IP): the source is the sending holder
         rules += [f"-A {f} -s {ip}/32 -d {h}/32 -i {d.iso_if} -p tcp -m tcp --dport {fw.target_port} -j ACCEPT"
                   for ip in sorted(set(run.local_peers))]
     for ip, port in sorted(set(run.destinations)):
         if ip != d.vpn_ip:  # own node: DNATed back onto the isolated network, checked above
-            rules.append(f"-A {f} -s {h}/32 -d {ip}/32 -i {d.iso_if} -o {d.tun_if} -p tcp -m tcp --dport {int(port)} -j ACCEPT")
+            rules += [f"-A {f} -s {h}/32 -d {ip}/32 -i {d.iso_if} -o {tun} -p tcp -m tcp --dport {int(port)} -j ACCEPT"
+                      for tun, _ in d.tunnels()]
     return rules
 
 
 def render_run_refreshed(d: VpnClientRules, run: RunRules) -> str:
     """Fast path: the run's task family changed; rewrite its filter chain (declaring it
     empties it; the jump into it stays)."""
-    _check(d.vpn_ip, d.iso_if, d.tun_if)
+    d.check()
     return "\n".join(["*filter", f":{filter_chain(run.run_id)} - [0:0]", *_filter_rules(d, run), "COMMIT"]) + "\n"
 
 
 def render_run_added(d: VpnClientRules, run: RunRules) -> str:
     """Fast path: add one run to a namespace known to match `d` without it. The batch size
     does not grow with the number of live runs (a full rewrite would)."""
-    _check(d.vpn_ip, d.iso_if, d.tun_if)
+    d.check()
     nat, flt = _run_lines(d, run)
     return "\n".join(["*nat", *nat, "COMMIT", "*filter", *flt, "COMMIT"]) + "\n"
 
@@ -214,7 +229,7 @@ def render_run_replaced(d: VpnClientRules, run: RunRules) -> str:
     """Fast path: a live run's holder address or ports changed (not only its family):
     rewrite both of its chains. Declaring them empties them; the jumps into them depend only
     on the VPN IP, so they stay."""
-    _check(d.vpn_ip, d.iso_if, d.tun_if)
+    d.check()
     n, f = nat_chain(run.run_id), filter_chain(run.run_id)
     return "\n".join(["*nat", f":{n} - [0:0]", *_nat_rules(d, run), "COMMIT",
                       "*filter", f":{f} - [0:0]", *_filter_rules(d, run), "COMMIT"]) + "\n"

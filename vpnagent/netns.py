@@ -23,8 +23,12 @@ class Netns:
 
     pid: int | None  # None = the host's own namespace
 
-    def run(self, argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = argv if self.pid is None else ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *argv]
+    def run(self, argv: list[str], stdin: str | None = None, check: bool = True,
+            mount: bool = False) -> subprocess.CompletedProcess:
+        """`mount`: also enter the process's mount namespace, so `argv[0]` and the files it
+        opens are the container's (wg finds wireguard-go's socket under its /var/run)."""
+        enter = [f"--net=/proc/{self.pid}/ns/net"] + ([f"--mount=/proc/{self.pid}/ns/mnt"] if mount else [])
+        cmd = argv if self.pid is None else ["nsenter", *enter, "--", *argv]
         try:
             proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
         except FileNotFoundError as exc:

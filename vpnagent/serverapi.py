@@ -129,6 +129,19 @@ class ServerAPI:
         params = {"run_id": run_id} if run_id is not None else None
         return self._send("GET", "/node/peers", params=params)["runs"]
 
+    def peers_view(self) -> dict:
+        """GET /node/peers whole: the task families and the collaboration's data plane."""
+        return self._send("GET", "/node/peers")
+
+    def register_wireguard(self, public_key: str, port: int, endpoints: list[str]) -> dict:
+        """Tell the server this node's WireGuard public key and where peers may reach it;
+        the answer says which data plane the node's collaboration uses."""
+        return self._send("PUT", "/node/wireguard", json={"public_key": public_key, "port": port,
+                                                          "endpoints": endpoints})
+
+    def wireguard(self) -> dict:
+        return self._send("GET", "/node/wireguard")
+
     def open_events(self, read_timeout: float) -> requests.Response:
         """GET /node/events, open: its body is the node's event stream (vpnagent/push.py).
         A read that waits longer than `read_timeout` fails (the server writes at least

@@ -247,6 +247,9 @@ class _Peers:
     def node_peers(self, run_id=None) -> list[dict]:
         return [{"run_id": r, "peers": []} for r in self.runs]
 
+    def peers_view(self) -> dict:
+        return {"runs": self.node_peers(), "data_plane": "openvpn"}
+
 
 def _agent_with_a_live_run(tmp_path: Path, api) -> tuple[Agent, FakeRuntime, str]:
     from vpnagent.agent import LiveRun

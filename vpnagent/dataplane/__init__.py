@@ -4,9 +4,10 @@ agent, metrics and the doctor use `DataPlane` and the records below.
 
 The tunnel lives in a network namespace of its own (a client container), attached to the
 node's isolated network: the firewall rules of every run go into that namespace, and each
-run's holder routes through the client's address on the isolated network. A new
-implementation (WireGuard next) provides every method of `DataPlane`; docs/architecture.md
-("Seams") says what each must guarantee."""
+run's holder routes through the client's address on the isolated network. The WireGuard
+data plane (wireguard.py) adds direct links between nodes in that same namespace, with the
+OpenVPN tunnel as the relay; docs/architecture.md ("Seams") says what each method must
+guarantee."""
 from __future__ import annotations
 
 import ipaddress
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from ..runtime import Container, Network
 from .pathmtu import FALLBACK_MTU, PathMTU
+from .wireguard import Peer
 
 
 class VPNError(RuntimeError):
@@ -107,6 +109,22 @@ class DataPlane(Protocol):
 
     def stop(self) -> None:
         """Remove the client (it says goodbye to the server first)."""
+
+    # --- direct links to peers (the WireGuard data plane; wireguard.py)
+    plane: str  # the data plane the server set for the node's collaboration: "openvpn" or "wireguard"
+    peer_if: str | None  # the interface of the direct links while it is up (firewall rules cover it too)
+    peer_mss: int | None  # TCP MSS clamp for it
+
+    def set_peers(self, plane: str, peers: list[Peer]) -> None:
+        """Make the direct links match the server's word: on "wireguard", one link per
+        peer (a node sharing a task family), each direct when it works and through the hub
+        otherwise; on "openvpn", none (everything through the hub). Idempotent."""
+
+    def refresh_peers(self) -> bool:
+        """One pass over the direct links (new handshakes, lost peers, endpoints to try);
+        False when they were lost and set_peers must make them again."""
+
+    def peer_summary(self) -> dict: ...
 
 
 def parse_net_dev(text: str, ifname: str) -> TunnelCounters | None:

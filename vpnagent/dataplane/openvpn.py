@@ -19,6 +19,7 @@ from ..runtime import Container, EngineError, Mount, Network, NotFound, Runtime,
 from ..serverapi import ServerAPI, ServerError
 from . import Observed, SessionState, Tunnel, TunnelCounters, VPNError, pathmtu, read_counters
 from .pathmtu import PathMTU
+from .wireguard import WG_IF, Peer, PeerLinks, WireGuardError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,10 @@ class OpenVPN:
         self.cert_expires: float | None = None  # of the config on disk (Unix time)
         self.renewals = 0
         self._session_mark: tuple[str, float, int] | None = None  # (client, log read up to, renewals)
+        # the WireGuard data plane's direct links, in this client's namespace (wireguard.py)
+        self.plane = "openvpn"
+        self.links = PeerLinks(self.dir, cfg.wireguard_port, cfg.wireguard_mtu)
+        self._registered: tuple[str, int, tuple[str, ...]] | None = None  # what the server last took
 
     # --- start-up state machine
     def bring_up(self, network: Network) -> Tunnel | None:
@@ -193,6 +198,7 @@ class OpenVPN:
             log.info("vpn: %s: replacing it", found)
             return None
         self.state = found
+        self.links.forget()  # set_peers takes over a wg0 left in it, as it is
         self.cert_expires = cert_not_after(self.ovpn_path.read_text())
         self.last_error = None
         log.info("vpn: adopted the running client %s (VPN IP %s, up since %s, tunnel MTU %d as it was left)",
@@ -297,6 +303,7 @@ class OpenVPN:
 
     def _start(self, network: Network) -> Tunnel:
         self.stop()
+        self.links.forget()
         container = self.runtime.start_holder(self._spec())
         ns = Netns(container.pid)
         # Fail closed: forwarding policy DROP before the client joins the isolated network,
@@ -353,6 +360,63 @@ class OpenVPN:
                     pass
             self.runtime.remove(found.id)
         self.state = None
+        self.links.forget()
+
+    # --- direct links (the WireGuard data plane)
+    @property
+    def peer_if(self) -> str | None:
+        return WG_IF if self.links.is_up else None
+
+    @property
+    def peer_mss(self) -> int | None:
+        return self.cfg.wireguard_mtu - 40  # IPv4 and TCP headers
+
+    def set_peers(self, plane: str, peers: list[Peer]) -> None:
+        if plane != self.plane:
+            log.info("vpn: the server puts this node's collaboration on the %s data plane", plane)
+            self.plane = plane
+        if plane != "wireguard" or self.state is None:
+            if self.links.is_up:
+                self.links.down()
+                log.info("wireguard: direct links removed; every peer through the OpenVPN hub")
+            return
+        try:
+            if self.links.pid != self.state.pid:
+                self.links.up(self.state.pid, self.state.vpn_ip)
+            self._register()
+            self.links.set_peers(peers)
+        except WireGuardError as exc:
+            log.error("wireguard: %s; every peer goes through the OpenVPN hub", exc)
+            self.links.forget()
+
+    def _register(self) -> None:
+        """The server needs this node's public key and where it may be reached: the
+        configured endpoints, then the client's own addresses outside the tunnel (the
+        server adds the address it sees requests come from). Sent again only on a change."""
+        found = self.runtime.inspect(self.state.container_id) if self.state else None
+        outside = found.networks.get(self.cfg.vpn_client_network) if found else None
+        own = [f"{outside}:{self.cfg.wireguard_port}"] if outside else []
+        endpoints = tuple(dict.fromkeys([*self.cfg.wireguard_endpoints, *own]))[:8]
+        wanted = (self.links.public_key(), self.cfg.wireguard_port, endpoints)
+        if wanted != self._registered and self.api is not None:
+            view = self.api.register_wireguard(wanted[0], wanted[1], list(endpoints))
+            self._registered = wanted
+            log.info("wireguard: registered key %s… and endpoint(s) %s at the server (it sees %s)",
+                     wanted[0][:8], ", ".join(endpoints) or "none", view.get("seen") or "no public address")
+
+    def refresh_peers(self) -> bool:
+        if not self.links.is_up:
+            return self.plane != "wireguard" or self.state is None
+        try:
+            self.links.refresh()
+            return True
+        except WireGuardError as exc:
+            log.warning("wireguard: %s; making the links again", exc)
+            self.links.forget()
+            return False
+
+    def peer_summary(self) -> dict:
+        return {"plane": self.plane, **self.links.summary()}
 
     # --- what the log says
     def _sessions(self, since: float, until: float | None = None) -> int:
