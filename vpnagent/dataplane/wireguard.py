@@ -118,12 +118,12 @@ def load_or_create_key(path: Path) -> str:
     return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
-def peer_args(peer: Peer, endpoint: str | None, fresh: bool) -> list[str]:
+def peer_args(peer: Peer, endpoint: str | None, fresh: bool, keepalive: int = KEEPALIVE_S) -> list[str]:
     """`wg set` arguments that make one peer as wanted. `fresh`: remove it first, which
     drops its handshake state, so setting the keepalive sends a new handshake at once
     (WireGuard gives up after 90 s without traffic, and a relayed peer has none)."""
     args = ["peer", peer.public_key, "remove"] if fresh else []
-    args += ["peer", peer.public_key, "allowed-ips", f"{peer.vpn_ip}/32", "persistent-keepalive", str(KEEPALIVE_S)]
+    args += ["peer", peer.public_key, "allowed-ips", f"{peer.vpn_ip}/32", "persistent-keepalive", str(keepalive)]
     return args + (["endpoint", endpoint] if endpoint else [])
 
 
@@ -148,7 +148,8 @@ class PeerLinks:
     pid: int | None = None
     vpn_ip: str | None = None
     mode: str | None = None  # "kernel" or "userspace" while wg0 is up
-    live_s: float = LIVE_S  # (tests shorten these two)
+    keepalive_s: int = KEEPALIVE_S  # (tests shorten these three)
+    live_s: float = LIVE_S
     retry_s: float = RETRY_S
     wanted: dict[str, Peer] = field(default_factory=dict)
     paths: list[PeerPath] = field(default_factory=list)
@@ -273,7 +274,7 @@ class PeerLinks:
             seen.tried = (seen.tried + 1) % len(peer.endpoints) if peer.endpoints else -1
             seen.tried_at = mono
             endpoint = peer.endpoints[seen.tried] if peer.endpoints else None
-            args = peer_args(peer, endpoint, fresh=found is not None)
+            args = peer_args(peer, endpoint, fresh=found is not None, keepalive=self.keepalive_s)
         if not peer.endpoints:
             detail = "no endpoint known (the peer offers none); waiting for it to reach this node"
         elif age is None:
