@@ -469,6 +469,42 @@ def check_tunnel_mtu(ctx: Context) -> str:
     return f"{size} bytes cross the tunnel to {server} ({source}: {vpn.get('tunnel_mtu_detail') or '-'})"
 
 
+def check_peer_paths(ctx: Context) -> str:
+    """On the WireGuard data plane: wg0 is up with the key the server has, and which peers
+    are direct and which go through the OpenVPN hub (a relayed peer works, only slower)."""
+    from .dataplane.wireguard import KEY_FILE, SESSION_S, WG_IF, parse_dump, read_public_key
+    from .serverapi import ServerAPI, ServerError
+
+    api = ServerAPI(ctx.cfg.server_url, ctx.cfg.api_key, timeout=10, session=_session(ctx.cfg))
+    try:
+        view = api.wireguard()
+    except ServerError as exc:
+        if exc.status in (404, 405):
+            raise NotApplicable("the server has no WireGuard data plane (an older server): OpenVPN hub only") from None
+        raise CheckFailed(str(exc), "see the server's log for the request") from None
+    if view.get("data_plane") != "wireguard":
+        return "OpenVPN hub: this node's collaboration sends every peer's traffic through the server"
+    key_path = ctx.cfg.data_dir / "vpn" / KEY_FILE
+    if view.get("public_key") and view["public_key"] != read_public_key(key_path):
+        raise CheckFailed(f"the server has another WireGuard key for this node than {key_path}: peers would drop "
+                          "its packets", "restart the agent: it registers its key again")
+    shown = Netns(ctx.vpn_pid).run(["wg", "show", WG_IF, "dump"], check=False, mount=True)
+    if shown.returncode != 0:
+        return (f"WireGuard plane; {WG_IF} is not up (it is made when this node has a run with peers); "
+                "until then every peer goes through the OpenVPN hub")
+    _, peers = parse_dump(shown.stdout)
+    now = time.time()
+    direct = {k for k, p in peers.items() if p.latest_handshake and now - p.latest_handshake < SESSION_S}
+    agent = {p.get("vpn_ip"): p for p in (((_agent_status(ctx.cfg) or {}).get("data_plane") or {}).get("peers") or [])}
+    relayed = sorted(f"{ip} ({p.get('detail')})" for ip, p in agent.items() if p.get("path") != "direct")
+    summary = f"WireGuard plane: {len(direct)} of {len(peers)} peer(s) with a live direct session"
+    if relayed:
+        raise CheckWarning(f"{summary}; through the OpenVPN hub: {'; '.join(relayed)}",
+                           f"they still work, slower; for direct paths let UDP {ctx.cfg.wireguard_port} reach this "
+                           "node (a port forward, listed in wireguard_endpoints) or the peers reach each other")
+    return summary
+
+
 # --------------------------------------------------------------------------- self-test
 def check_self_test(ctx: Context) -> str:
     """An echo container on the isolated network, reachable at VPN_IP:port through a DNAT in
@@ -592,6 +628,7 @@ CHECKS: list[Check] = [
     Check("VPN handshake", check_vpn_handshake, needs=("docker reachable",)),
     Check("own VPN IP in vpn_subnet", check_vpn_ip, needs=("VPN handshake",)),
     Check("tunnel MTU", check_tunnel_mtu, needs=("VPN handshake",)),
+    Check("peer paths", check_peer_paths, needs=("VPN handshake", "token valid")),
     Check("self-test", check_self_test, needs=("own VPN IP in vpn_subnet", "DOCKER-USER chain")),
 ]
 

@@ -95,27 +95,38 @@ def parse_dump(text: str) -> tuple[int | None, dict[str, DumpPeer]]:
     return port, peers
 
 
+def read_public_key(path: Path) -> str | None:
+    """The public key of the private key in `path`; None when there is no usable one."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    try:
+        key = X25519PrivateKey.from_private_bytes(base64.b64decode(path.read_text().strip(), validate=True))
+    except (OSError, ValueError):
+        return None
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
 def load_or_create_key(path: Path) -> str:
     """This node's public key; the private key is made here once (0600) and never leaves
     the node: the server gets only the public key."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    try:
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
-        key = X25519PrivateKey.from_private_bytes(raw)
-    except (OSError, ValueError):
-        if path.exists():
-            log.warning("wireguard: %s is not a WireGuard private key; making a new key", path)
-        key = X25519PrivateKey.generate()
-        text = base64.b64encode(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    public = read_public_key(path)
+    if public is not None:
+        return public
+    if path.exists():
+        log.warning("wireguard: %s is not a WireGuard private key; making a new key", path)
+    text = base64.b64encode(X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw,
+                                                                      NoEncryption())).decode()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
+    return read_public_key(path)
 
 
 def peer_args(peer: Peer, endpoint: str | None, fresh: bool, keepalive: int = KEEPALIVE_S) -> list[str]:
