@@ -293,7 +293,9 @@ class OpenVPN:
         return WorkloadSpec(
             name=self.cfg.vpn_container, image=self.cfg.vpn_image, command=tuple(OPENVPN_ARGV),
             network=self.cfg.vpn_client_network, cap_add=("NET_ADMIN",), cap_drop=(),
-            devices=("/dev/net/tun",), sysctls={"net.ipv4.ip_forward": "1"},
+            # rp_filter loose: on the WireGuard plane a peer may reach this node direct while
+            # this node's route back to it still goes through the hub (each side decides alone)
+            devices=("/dev/net/tun",), sysctls={"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "2"},
             mounts=(Mount(str(self.dir), "/vpn", read_only=True),),
             # No restart policy: a client the engine restarted would come back with a new namespace
             # and no rules (forwarding open) until the agent noticed; the agent replaces a dead
