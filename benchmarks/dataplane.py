@@ -570,16 +570,24 @@ def bring_up_cluster(sc: "Scenario", cp: ClusterPath, net: WanNet, workdir: Path
 
 
 def reported_data_plane(status: dict) -> str | None:
-    """What a node's status (`vpnagent status --json`, status.json) says carries its tunnel:
-    `data_plane` at the top or under `vpn`, a name or a dict with `kind`. None when it says
-    nothing, as agents before issue 18 (OpenVPN only) do."""
-    for where in (status, status.get("vpn") or {}):
-        got = where.get("data_plane")
-        if isinstance(got, dict):
-            got = got.get("kind") or got.get("name")
-        if got:
-            return str(got)
-    return None
+    """The data plane a node's status (`vpnagent status --json`, status.json) says the server
+    put it on; None for agents from before issue 18 (OpenVPN only)."""
+    return ((status.get("data_plane") or {}).get("plane")) or None
+
+
+def wait_direct(cp: ClusterPath, a, b, timeout: float = 20.0) -> None:
+    """On the WireGuard plane, `a` must send to `b` direct before anything is measured, or
+    the figure would be the hub's under another name."""
+    ip = b.status()["vpn"]["vpn_ip"]
+    deadline = time.monotonic() + timeout
+    while True:
+        peers = {p["vpn_ip"]: p for p in ((a.status() or {}).get("data_plane") or {}).get("peers") or []}
+        if (peers.get(ip) or {}).get("path") == "direct":
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"({cp.key}) {a.name} -> {b.name} is not direct within {timeout:.0f} s "
+                             f"({peers.get(ip)}); not measured")
+        time.sleep(0.2)
 
 
 def check_data_plane(cluster: LocalCluster, cp: ClusterPath, timeout: float = 20.0) -> None:
@@ -621,6 +629,8 @@ def cluster_runs(client: docker.DockerClient, cluster: LocalCluster, cp: Cluster
             time.sleep(0.1)
         if len(live) < 2:
             raise BenchError(f"({cp.key}) the runs of task {task_id} on {a.name} and {b.name} did not become live")
+        if cp.data_plane == "wireguard":
+            wait_direct(cp, a, b)
         hpid = {n.name: int(client.containers.get(live[n.name]["holder_id"]).attrs["State"]["Pid"]) for n in (a, b)}
         vport = {p["container_port"]: p["vpn_port"] for p in live[b.name]["ports"]}
         key, label = (cp.key, cp.label) if not out else (f"{cp.key}2", f"{cp.label}, second pair")

@@ -145,6 +145,7 @@ class Agent:
         self._due: set[str] = set(RESYNC)
         self._stopping: dict[int, str] = {}  # runs the server ended while this node runs them -> why
         self._wake = threading.Event()
+        self._plane_stale = True  # the data plane of the collaboration is asked at start (sync_peers)
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -265,10 +266,12 @@ class Agent:
         family runs whose hairpin rules follow)."""
         if self.vpn.state is None:
             return
-        if not self.runs:  # no family, no peers: the direct links (if any) go quiet
+        if not self.runs and not self._plane_stale:  # no family, no peers: the direct links go quiet
             if self.vpn.peer_if is not None:
                 self.vpn.set_peers(self.vpn.plane, [])
             return
+        # without runs only at start and on the server's word: the plane may have changed
+        self._plane_stale = False
         view = self.api.peers_view()
         families = {int(r["run_id"]): r["peers"] for r in view["runs"]}
         with self._lock:
@@ -405,7 +408,8 @@ class Agent:
         log.warning("vpn: %s; reconnecting", why)
         if self.vpn.bring_up(self.network):
             self.apply_network()  # a new namespace: the applier rewrites everything
-            self.want("peers")  # and the direct links are made again in it
+            self._plane_stale = True  # the direct links are made again in it
+            self.want("peers")
             self.metrics.count_reconnect(m.RECONNECT_CLIENT_RESTARTED)
             self._record_fix(f"reconnected the VPN client ({why}) and re-applied the rules of {len(self.runs)} run(s)",
                              m.FIX_VPN_CLIENT)
@@ -757,10 +761,12 @@ class Agent:
         """An event from the server's stream (server_ext/events.py lists them)."""
         if kind == "hello":  # a new connection: what happened while there was none is resynced
             self._last_report = None  # the server may have been restored meanwhile: tell it again
+            self._plane_stale = True
             self.want(*RESYNC)
         elif kind == "run":
             self.want("runs")
-        elif kind == "peers":
+        elif kind == "peers":  # a family changed, or the collaboration's data plane
+            self._plane_stale = True
             self.want("peers")
         elif kind == "stop" and isinstance(data.get("run_id"), int):
             self.stop_run(data["run_id"], "the server stopped the run (its task was killed)")
