@@ -187,6 +187,31 @@ def vpn_client_container(ctx: Context) -> list[Attempt]:
     return connect_all("vpn_client_container", [("VPN client", ip, p) for p in (22, 53, 1194, 8888)]) if ip else []
 
 
+def udp(ip: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> tuple[bool, str]:
+    """(answered?, what happened): one datagram, and a wait for any reply."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"hostile canary probe", (ip, int(port)))
+            data, src = s.recvfrom(2048)
+            return True, f"answered from {src[0]}:{src[1]}: {data[:40]!r}"
+    except OSError as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+@attack
+def udp_across_the_tunnels(ctx: Context) -> list[Attempt]:
+    """UDP to UDP echo canaries the test runs inside other runs' namespaces, at their node's
+    VPN address and forwarded port (over tun0, or wg0 on the WireGuard plane) and at their
+    holder address on this node's bridge: only TCP to the family's ports is forwarded, and
+    never another task's. The test shows each canary answers from its own network first."""
+    out = []
+    for c in ctx.hints.get("udp_canaries", []):
+        ok, detail = udp(c["ip"], c["port"])
+        out.append(_attempt("udp_across_the_tunnels", f"{c['name']} {c['ip']}:{c['port']}", "blocked", ok, detail))
+    return out
+
+
 def _http(ctx: Context, method: str, path: str, body: bytes | None = None, token: bool = True) -> tuple[int, str]:
     """One raw HTTP/1.1 request to the own node proxy, the path sent exactly as given (no
     client-side normalisation): (status, first bytes of the body); status 0 = no answer."""

@@ -9,16 +9,23 @@ FIFO, a huge file), resource limits of algorithm containers, and the node's imag
 allowlist."""
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import secrets
+import subprocess
+import sys
+from typing import Iterator
 
 import pytest
 
 from test_algorithms import hostile
 from tests.waiting import wait_for
 
-from .util import create_task, kill_run, outsider_session, user_session, wait_live, wait_task_done, wait_zero
+from vpnagent.netns import Netns
+
+from .util import (create_task, kill_run, outsider_session, user_session, vpn_container, wait_live, wait_task_done,
+                   wait_zero)
 
 pytestmark = pytest.mark.docker
 
@@ -95,6 +102,56 @@ def _echo_everywhere(cluster, http) -> tuple[dict, dict]:
     return task, {n.name: wait_live(n, runs[n.organization_id]) for n in cluster.nodes}
 
 
+UDP_ECHO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+sys.stdout.write("ready\n"); sys.stdout.flush()
+while True:
+    data, src = s.recvfrom(2048)
+    s.sendto(b"canary: " + data, src)
+"""
+
+
+@contextlib.contextmanager
+def udp_canaries(cluster, docker_client, node, echo_runs: dict) -> Iterator[list[dict]]:
+    """A UDP echo on port 8888 in every victim run's holder (where the echo listens on TCP),
+    as hints for the hostile run on `node`: at the victim's node VPN IP and forwarded port,
+    and on `node`'s own bridge at the holder address. Each canary first answers a datagram
+    from its own node's VPN client over the bridge (the control: the attack's "blocked"
+    means the path is closed, not that the canary is deaf). Stopped afterwards."""
+    procs, hints = [], []
+    try:
+        for n in cluster.nodes:
+            run = echo_runs[n.name]
+            pid = int(docker_client.containers.get(run["holder_id"]).attrs["State"]["Pid"])
+            proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", UDP_ECHO,
+                                     "8888"], stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+            assert proc.stdout.readline().strip() == "ready"
+            client_pid = int(vpn_container(docker_client, n.name).attrs["State"]["Pid"])
+            ask = Netns(client_pid).run([sys.executable, "-c", UDP_ASK, run["holder_ip"], "8888"], check=False)
+            assert ask.stdout.startswith("canary:"), (n.name, ask.stdout, ask.stderr)
+            vpn_ip = n.status()["vpn"]["vpn_ip"]
+            hints.append({"name": f"run {run['run_id']} on {n.name} at its VPN port", "ip": vpn_ip,
+                          "port": run["ports"][0]["vpn_port"]})
+            if n is node:
+                hints.append({"name": f"run {run['run_id']} on the own bridge", "ip": run["holder_ip"], "port": 8888})
+        yield hints
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+
+
+UDP_ASK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b"control", (sys.argv[1], int(sys.argv[2])))
+print(s.recvfrom(2048)[0].decode())
+"""
+
+
 def _end(cluster, docker_client, http, task: dict) -> None:
     for r in task["runs"]:
         kill_run(docker_client, r["id"])
@@ -108,9 +165,10 @@ def test_hostile_algorithm_escapes_nowhere_and_its_controls_pass(cluster, docker
     echo_task, echo_runs = _echo_everywhere(cluster, http)
     try:
         hints = _hints(cluster, docker_client, node, echo_task, echo_runs, host_listener)
-        task = _hostile_task(cluster, http, node.organization_id, hints=hints,
-                             child_orgs=[node.organization_id, other.organization_id], timeout=60)
-        attempts = _attempts(wait_task_done(cluster, http, task["id"], timeout=240))
+        with udp_canaries(cluster, docker_client, node, echo_runs) as canaries:
+            task = _hostile_task(cluster, http, node.organization_id, hints={**hints, "udp_canaries": canaries},
+                                 child_orgs=[node.organization_id, other.organization_id], timeout=60)
+            attempts = _attempts(wait_task_done(cluster, http, task["id"], timeout=240))
     finally:
         _end(cluster, docker_client, http, echo_task)
     escaped = [a for a in attempts if a["outcome"] == "ESCAPED"]
