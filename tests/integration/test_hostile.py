@@ -114,34 +114,38 @@ while True:
 
 
 @contextlib.contextmanager
-def udp_canaries(cluster, docker_client, node, echo_runs: dict) -> Iterator[list[dict]]:
-    """A UDP echo on port 8888 in every victim run's holder (where the echo listens on TCP),
-    as hints for the hostile run on `node`: at the victim's node VPN IP and forwarded port,
-    and on `node`'s own bridge at the holder address. Each canary first answers a datagram
-    from its own node's VPN client over the bridge (the control: the attack's "blocked"
-    means the path is closed, not that the canary is deaf). Stopped afterwards."""
-    procs, hints = [], []
+def udp_canary(docker_client, node, run: dict) -> Iterator[None]:
+    """A UDP echo on port 8888 in the run's holder (where the echo listens on TCP). It
+    first answers a datagram from its node's VPN client over the bridge (the control: an
+    attack's "blocked" then means the path is closed, not that the canary is deaf)."""
+    pid = int(docker_client.containers.get(run["holder_id"]).attrs["State"]["Pid"])
+    proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", UDP_ECHO, "8888"],
+                            stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout.readline().strip() == "ready"
+        client_pid = int(vpn_container(docker_client, node.name).attrs["State"]["Pid"])
+        ask = Netns(client_pid).run([sys.executable, "-c", UDP_ASK, run["holder_ip"], "8888"], check=False)
+        assert ask.stdout.startswith("canary:"), (node.name, ask.stdout, ask.stderr)
+        yield
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def udp_canaries(cluster, docker_client, node, echo_runs: dict) -> Iterator[list[dict]]:
+    """A canary in every victim run, as hints for the hostile run on `node`: at the
+    victim's node VPN IP and forwarded port, and on `node`'s own bridge at the holder."""
+    hints = []
+    with contextlib.ExitStack() as stack:
         for n in cluster.nodes:
             run = echo_runs[n.name]
-            pid = int(docker_client.containers.get(run["holder_id"]).attrs["State"]["Pid"])
-            proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-c", UDP_ECHO,
-                                     "8888"], stdout=subprocess.PIPE, text=True)
-            procs.append(proc)
-            assert proc.stdout.readline().strip() == "ready"
-            client_pid = int(vpn_container(docker_client, n.name).attrs["State"]["Pid"])
-            ask = Netns(client_pid).run([sys.executable, "-c", UDP_ASK, run["holder_ip"], "8888"], check=False)
-            assert ask.stdout.startswith("canary:"), (n.name, ask.stdout, ask.stderr)
-            vpn_ip = n.status()["vpn"]["vpn_ip"]
-            hints.append({"name": f"run {run['run_id']} on {n.name} at its VPN port", "ip": vpn_ip,
+            stack.enter_context(udp_canary(docker_client, n, run))
+            hints.append({"name": f"run {run['run_id']} on {n.name} at its VPN port", "ip": n.status()["vpn"]["vpn_ip"],
                           "port": run["ports"][0]["vpn_port"]})
             if n is node:
                 hints.append({"name": f"run {run['run_id']} on the own bridge", "ip": run["holder_ip"], "port": 8888})
         yield hints
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(5)
 
 
 UDP_ASK = r"""
@@ -215,9 +219,10 @@ def test_weakened_token_swap_lets_a_forged_token_take_another_runs_identity(clus
 
 
 def test_weakened_firewall_lets_the_same_node_attack_through(cluster, docker_client, hostile_image):
-    """The negative control of the test above: the same attack against a node started with
-    the test switch VPNAGENT_TEST_WEAKEN_FIREWALL=same-node (no bridge DROP, Docker's
-    inter-container communication on) must reach the other task's run directly."""
+    """The negative control of the test above: the same attacks (TCP, and UDP to a canary)
+    against a node started with the test switch VPNAGENT_TEST_WEAKEN_FIREWALL=same-node (no
+    bridge DROP, Docker's inter-container communication on) must reach the other task's run
+    directly."""
     node = cluster.nodes[2]
     http = user_session(cluster)
     cluster.stop_node(node)  # a clean stop removes the node's network: the weakened agent makes a new one
@@ -228,14 +233,18 @@ def test_weakened_firewall_lets_the_same_node_attack_through(cluster, docker_cli
                            {"method": "peer", "kwargs": {"timeout": 90, "n_peers": 5}})
         victim = wait_live(node, echo["runs"][0]["id"])
         try:
-            task = _hostile_task(cluster, http, node.organization_id, timeout=30,
-                                 only=["same_node_runs_over_the_bridge"],
-                                 hints={"same_node_holders": [{"run_id": victim["run_id"], "ip": victim["holder_ip"]}]})
-            attempts = _attempts(wait_task_done(cluster, http, task["id"], timeout=120))
+            with udp_canary(docker_client, node, victim):
+                task = _hostile_task(cluster, http, node.organization_id, timeout=30,
+                                     only=["same_node_runs_over_the_bridge", "udp_across_the_tunnels"],
+                                     hints={"same_node_holders": [{"run_id": victim["run_id"], "ip": victim["holder_ip"]}],
+                                            "udp_canaries": [{"name": "victim on the own bridge",
+                                                              "ip": victim["holder_ip"], "port": 8888}]})
+                attempts = _attempts(wait_task_done(cluster, http, task["id"], timeout=120))
         finally:
             _end(cluster, docker_client, http, echo)
-        direct = [a for a in attempts if victim["holder_ip"] in a["target"]]
-        assert direct and direct[0]["outcome"] == "ESCAPED", direct
+        direct = [a for a in attempts if a["target"].endswith(f" {victim['holder_ip']}:8888")]
+        assert {a["attack"] for a in direct} == {"same_node_runs_over_the_bridge", "udp_across_the_tunnels"}, direct
+        assert all(a["outcome"] == "ESCAPED" for a in direct), direct
     finally:
         cluster.stop_node(node)
         cluster.start_node(node)
