@@ -69,11 +69,12 @@ class World:
                 [(r.id, r.status, repr(r.result), r.log, repr(r.input)) for r in s.scalars(select(Run))],
                 [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port))],
                 [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate))],
-                [(n.id, n.name, n.vpn_ip, n.api_key_hash, n.removed_at, n.key_version)
-                 for n in s.scalars(select(Node))],
+                [(n.id, n.name, n.vpn_ip, n.api_key_hash, n.removed_at, n.key_version, n.wg_public_key, n.wg_port,
+                  repr(n.wg_endpoints), n.wg_seen_ip, n.wg_updated_at) for n in s.scalars(select(Node))],
                 [(u.id, u.api_key_hash, u.removed_at, u.key_version) for u in s.scalars(select(User))],
                 [(o.id, o.name) for o in s.scalars(select(Organization))],
-                [(c.id, c.name, sorted(o.id for o in c.organizations)) for c in s.scalars(select(Collaboration))],
+                [(c.id, c.name, sorted(o.id for o in c.organizations), c.data_plane)
+                 for c in s.scalars(select(Collaboration))],
                 [(a.id, a.name, a.api_key_hash, a.removed_at, a.key_version) for a in s.scalars(select(Admin))],
             )
 
