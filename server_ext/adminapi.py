@@ -101,17 +101,31 @@ def admin_organization_remove(s: Session, ident: Identity, organization_id: int)
 @bp.get("/admin/collaboration")
 @requires(ADMIN)
 def admin_collaborations(s: Session, ident: Identity):
-    return jsonify(view(inventory.collaborations))
+    return jsonify(view(inventory.collaborations, ext().data_plane))
 
 
 @bp.post("/admin/collaboration")
 @requires(ADMIN)
 def admin_collaboration_create(s: Session, ident: Identity):
-    data = body(name=(str, True), organizations=(list, True))
+    data = body(name=(str, True), organizations=(list, True), data_plane=(str, False))
     orgs = _ids("organizations", data["organizations"])
     with refusals():
-        collab = ext().store.create_collaboration(data["name"], orgs)
-    return jsonify(view(inventory.collaboration, collab.id)), 201
+        collab = ext().store.create_collaboration(data["name"], orgs, data.get("data_plane"))
+    return jsonify(view(inventory.collaboration, collab.id, ext().data_plane)), 201
+
+
+@bp.patch("/admin/collaboration/<int:collaboration_id>")
+@requires(ADMIN)
+def admin_collaboration_update(s: Session, ident: Identity, collaboration_id: int):
+    """Move a collaboration to a data plane (`default` or null: the server's); every node
+    of it is told at once and switches (set-data-plane)."""
+    data = body(data_plane=(str, False))
+    if "data_plane" not in data:
+        raise ApiError(400, "field 'data_plane' is required: openvpn, wireguard, or default (null) for the "
+                            "server's")
+    with refusals():
+        ext().store.set_data_plane(collaboration_id, data["data_plane"])
+    return jsonify(view(inventory.collaboration, collaboration_id, ext().data_plane))
 
 
 def _ids(field: str, value: list) -> list[int]:
@@ -125,7 +139,7 @@ def _ids(field: str, value: list) -> list[int]:
 @bp.get("/admin/collaboration/<int:collaboration_id>")
 @requires(ADMIN)
 def admin_collaboration_get(s: Session, ident: Identity, collaboration_id: int):
-    return jsonify(view(inventory.collaboration, collaboration_id))
+    return jsonify(view(inventory.collaboration, collaboration_id, ext().data_plane))
 
 
 # ---------------------------------------------------------------- nodes

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import yaml
 
 JSON_HELP = "print JSON (what /api/admin answers) instead of lines"
+PLANE_CHOICES = ("openvpn", "wireguard", "default")  # config.DATA_PLANES, or the server's
 # Admin commands that cli.main defines itself; register() gives them --json too.
 EARLIER = ("add-organization", "add-collaboration", "add-node", "join-token", "add-user", "remove-user", "rotate-user-key",
            "remove-node", "remove-organization")
@@ -38,9 +39,16 @@ def view(args: argparse.Namespace, what: str, *ids: Any, **extra: Any) -> Any:
     return {**data, **extra} if extra else data
 
 
-def _show(args: argparse.Namespace, what: str, ident: int) -> int:
+def server_plane(args: argparse.Namespace) -> str:
+    """The server config's data_plane: the plane of every collaboration that sets none."""
+    from .cli import _config, _get
+
+    return _get(_config(args), "data_plane")
+
+
+def _show(args: argparse.Namespace, what: str, *ids: Any) -> int:
     """One object with its relations: JSON, or the same as YAML for reading."""
-    data = view(args, what, ident)
+    data = view(args, what, *ids)
     if args.json:
         return print_json(data)
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
@@ -68,10 +76,16 @@ def cmd_list_organizations(args: argparse.Namespace) -> int:
                            f"{', '.join(str(c['id']) for c in o['collaborations']) or 'none'})", "no organizations")
 
 
+def plane_text(c: dict) -> str:
+    """How a line says a collaboration's data plane: "wireguard", "openvpn (server default)"."""
+    return f"{c['data_plane']}{' (server default)' if c['data_plane_default'] else ''}"
+
+
 def cmd_list_collaborations(args: argparse.Namespace) -> int:
-    return _list(args, view(args, "collaborations"),
+    return _list(args, view(args, "collaborations", server_plane(args)),
                  lambda c: f"collaboration {c['id']} {c['name']} (organizations: "
-                           f"{', '.join(str(o['id']) for o in c['organizations'])})", "no collaborations")
+                           f"{', '.join(str(o['id']) for o in c['organizations'])}) data plane {plane_text(c)}",
+                 "no collaborations")
 
 
 def _node_line(n: dict) -> str:
@@ -101,7 +115,20 @@ def cmd_show_organization(args: argparse.Namespace) -> int:
 
 
 def cmd_show_collaboration(args: argparse.Namespace) -> int:
-    return _show(args, "collaboration", args.collaboration_id)
+    return _show(args, "collaboration", args.collaboration_id, server_plane(args))
+
+
+def cmd_set_data_plane(args: argparse.Namespace) -> int:
+    """Every node of the collaboration is told at once (a `peers` event) and switches."""
+    from .cli import _store
+
+    _store(args).set_data_plane(args.collaboration_id, args.data_plane)
+    data = view(args, "collaboration", args.collaboration_id, server_plane(args))
+    if args.json:
+        return print_json(data)
+    print(f"collaboration {data['id']} {data['name']}: data plane {plane_text(data)}; its nodes were told and "
+          "switch within seconds")
+    return 0
 
 
 def cmd_show_node(args: argparse.Namespace) -> int:
@@ -184,8 +211,11 @@ def register(sub: argparse._SubParsersAction, add: Callable[..., argparse.Argume
     command("show-organization", cmd_show_organization, "one organisation: collaborations, nodes, researchers",
             "organization_id")
     command("list-collaborations", cmd_list_collaborations, "list the collaborations with their organisations")
-    command("show-collaboration", cmd_show_collaboration, "one collaboration: organisations, nodes, number of tasks",
-            "collaboration_id")
+    command("show-collaboration", cmd_show_collaboration, "one collaboration: organisations, data plane, nodes, "
+            "number of tasks", "collaboration_id")
+    s = command("set-data-plane", cmd_set_data_plane, "move a collaboration's algorithm traffic to a data plane "
+                "(default: the server config's data_plane); its nodes switch at once", "collaboration_id")
+    s.add_argument("data_plane", choices=PLANE_CHOICES)
     s = command("list-nodes", cmd_list_nodes, "list the nodes: VPN IP, last seen, removed ones included")
     s.add_argument("--org", type=db_id, help="only this organisation's")
     s.add_argument("--collaboration", type=db_id, help="only this collaboration's")

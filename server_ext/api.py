@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, default_exceptions
 from werkzeug.routing import Map
@@ -26,6 +27,7 @@ from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, KILLED, NODE_REPORTS, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
                     Node, Organization, Port, Run, StoreError, Task, User, hash_key, member)
 from .tokens import Identity, TokenError
+from . import wireguard
 
 bp = Blueprint("vpnagent", __name__)
 log = logging.getLogger(__name__)
@@ -471,16 +473,63 @@ def node_peers(s: Session, ident: Identity):
     if run_id is not None:
         stmt = stmt.where(Run.id == run_id)
     mine = s.scalars(stmt)
+    plane = _plane(s, _node(s, ident))
     out = []
     for run in mine:
         fam = family_task_ids(s, run.task)
-        # the ports of every peer run in one more query, not one per run (selectinload)
+        # the ports of every peer run in one more query, not one per run (selectinload); a
+        # removed node's runs are no peers, whatever state they were left in
         rows = s.execute(select(Run, Node).join(Node, Run.node_id == Node.id).options(selectinload(Run.ports))
-                         .where(Run.task_id.in_(fam), Run.status.in_(ACTIVE_STATES)).order_by(Run.id))
-        peers = [{"run_id": r.id, "node_id": n.id, "ip": n.vpn_ip, "ports": sorted(p.port for p in r.ports)}
+                         .where(Run.task_id.in_(fam), Run.status.in_(ACTIVE_STATES), Node.removed_at.is_(None))
+                         .order_by(Run.id))
+        peers = [{"run_id": r.id, "node_id": n.id, "ip": n.vpn_ip, "ports": sorted(p.port for p in r.ports),
+                  "wireguard": wireguard.peer_entry(n, plane, ident["node_id"])}
                  for r, n in rows if n.vpn_ip]
         out.append({"run_id": run.id, "peers": peers})
-    return jsonify(runs=out)
+    return jsonify(data_plane=plane, runs=out)
+
+
+def _plane(s: Session, node: Node) -> str:
+    """The data plane of the node's collaboration (its own, else the server's)."""
+    return wireguard.plane_of(s.get(Collaboration, node.collaboration_id), ext().data_plane)
+
+
+@bp.get("/node/wireguard")
+@requires("node")
+def node_wireguard_get(s: Session, ident: Identity):
+    node = _node(s, ident)
+    return jsonify(wireguard.registration_view(node, _plane(s, node)))
+
+
+@bp.put("/node/wireguard")
+@requires("node")
+def node_wireguard_put(s: Session, ident: Identity):
+    """The node's WireGuard peer: its public key (it keeps the private one), listen port and
+    the endpoints it found for itself. A change tells the nodes that share a task family
+    with it (a `peers` event each); the same registration again changes nothing."""
+    data = body(public_key=(str, True), port=(int, True), endpoints=(list, False))
+    subnet = ext().settings.subnet
+    try:
+        reg = wireguard.parse_registration(data, subnet)
+    except wireguard.RegistrationError as exc:
+        raise ApiError(400, str(exc)) from None
+    node = _node(s, ident)
+    holder = s.scalar(select(Node.id).where(Node.wg_public_key == reg.public_key, Node.id != node.id))
+    if holder is not None:
+        raise _key_taken(holder)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    if wireguard.register(node, reg, wireguard.seen_ip(request.remote_addr, subnet), now):
+        try:
+            s.flush()
+        except IntegrityError:  # another node registered the key since the check above
+            raise _key_taken(None) from None
+    return jsonify(wireguard.registration_view(node, _plane(s, node)))
+
+
+def _key_taken(holder: int | None) -> ApiError:
+    who = f"node {holder}" if holder is not None else "another node"
+    return ApiError(409, f"this WireGuard public key is registered by {who}; a key names one peer: generate a new "
+                         "key pair on this node (`wg genkey`) and register its public key")
 
 
 @bp.post("/node/runs")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vpnshared.cli import ConfigOption, MissingConfig, add_subcommands, require_config, setup_logging, top_parser
 
-from .admincli import print_json, view
+from .admincli import PLANE_CHOICES, plane_text, print_json, server_plane, view
 from .config import (ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, default_tls_hostnames, flask_config,
                      load_server_config)
 
@@ -285,10 +285,11 @@ def cmd_add_org(args) -> int:
 
 
 def cmd_add_collab(args) -> int:
-    c = _store(args).create_collaboration(args.name, args.org)
+    c = _store(args).create_collaboration(args.name, args.org, args.data_plane)
+    data = view(args, "collaboration", c.id, server_plane(args))
     if args.json:
-        return print_json(view(args, "collaboration", c.id))
-    print(f"collaboration {c.id} {c.name}")
+        return print_json(data)
+    print(f"collaboration {c.id} {c.name} data plane {plane_text(data)}")
     return 0
 
 
@@ -554,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")
     s.add_argument("name")
     s.add_argument("--org", type=db_id, action="append", required=True, help="organisation id (repeat)")
+    s.add_argument("--data-plane", choices=PLANE_CHOICES, default="default",
+                   help="how its algorithm traffic travels (default: the server config's data_plane, and any "
+                        "later change of it)")
     s = add("add-node", cmd_add_node, "create a node; prints its join string (for `vpnagent join`)")
     s.add_argument("name")
     s.add_argument("--org", type=db_id, required=True)

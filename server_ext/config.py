@@ -144,6 +144,10 @@ DIRECTORY = Check("a directory path", _problem_if(
     "is empty or not a directory: give a directory path, e.g. /var/lib/vpnagent-server"))
 SECONDS = above(0, 3600, "seconds")
 SECRET_LENGTH = 32
+# How algorithm traffic between nodes travels (issue 18): through the OpenVPN hub, or over
+# direct WireGuard links between the nodes of a task family with the hub as fallback. The
+# store keeps one per collaboration (NULL: the server's `data_plane`).
+DATA_PLANES = ("openvpn", "wireguard")
 
 
 # What one_port changes the defaults of: OpenVPN over TCP on the HTTPS port.
@@ -256,6 +260,11 @@ SCHEMA: dict[str, Key] = {
                            check=Check("cipher: AEAD ciphers, ':'-separated; tun_mtu 576-65535; mssfix, fragment "
                                        "0-65535; sndbuf, rcvbuf 0-268435456; txqueuelen 0-1000000; fast_io "
                                        "true/false", _profile)),
+    "data_plane": Key(str, "How algorithm traffic travels between nodes in every collaboration that sets no plane "
+                           "of its own: `openvpn`, through the OpenVPN server (the hub); `wireguard`, over direct "
+                           "WireGuard links between the nodes of a task family, with the hub as relay and "
+                           "fallback. Per collaboration: `vpnagent-server set-data-plane`.", "openvpn",
+                      check=one_of(*DATA_PLANES)),
 }
 
 # Keys the Flask extension reads (as VPNAGENT_<KEY>); the others are for `serve` (listening,
@@ -263,7 +272,7 @@ SCHEMA: dict[str, Key] = {
 EXTENSION_KEYS: tuple[str, ...] = (
     "data_dir", "database_url", "secret", "vpn_subnet", "openvpn_remote_host", "openvpn_remote_port",
     "openvpn_proto", "cert_days", "container_token_seconds", "openvpn_processes", "openvpn_profile",
-    "api_event_streams")
+    "api_event_streams", "data_plane")
 
 # Keys of the Flask extension that a YAML config does not take.
 EXTENSION_ONLY: dict[str, Key] = {

@@ -7,7 +7,10 @@ only if its change was committed:
 - run      a new run for the node (it should take it now)
 - stop     a run of the node was killed (its task was: POST /task/<id>/kill)
 - peers    a run, its status or its ports changed in a task family one of the node's
-           active runs belongs to (its allow rules follow)
+           active runs belongs to (its allow rules follow); or another node of such a
+           family changed its WireGuard peer, was removed or had its key replaced (its
+           WireGuard peers follow); or its collaboration's data plane changed (every node
+           of the collaboration, so all switch planes)
 - revoked  the node was removed, or its API key replaced (its tokens stop working)
 - cert     one of the node's certificates was revoked (detail: the serial)
 
@@ -31,7 +34,7 @@ from typing import Any, Iterable
 from sqlalchemy import delete, event, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from .store import ACTIVE_STATES, KILLED, Certificate, Node, NodeEvent, Port, Run, Store, Task
+from .store import ACTIVE_STATES, KILLED, Certificate, Collaboration, Node, NodeEvent, Port, Run, Store, Task
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +70,16 @@ class _Changes:
     stopped: set[tuple[int, int]] = field(default_factory=set)  # (node, run)
     revoked: set[int] = field(default_factory=set)
     certs: list[tuple[int, str]] = field(default_factory=list)
+    peer_nodes: set[int] = field(default_factory=set)  # nodes whose entry in others' GET /node/peers changed
+    planes: set[int] = field(default_factory=set)  # collaborations whose data plane changed
 
     def __bool__(self) -> bool:
-        return bool(self.new_runs or self.tasks or self.port_runs or self.stopped or self.revoked or self.certs)
+        return bool(self.new_runs or self.tasks or self.port_runs or self.stopped or self.revoked or self.certs
+                    or self.peer_nodes or self.planes)
+
+
+# What other nodes' WireGuard configs are made of (GET /node/peers); wg_updated_at is not.
+WIREGUARD_FIELDS = ("wg_public_key", "wg_port", "wg_endpoints", "wg_seen_ip")
 
 
 def _changed(obj: Any, attr: str) -> bool:
@@ -90,8 +100,14 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
                 changes.stopped.add((obj.node_id, obj.id))
         elif isinstance(obj, Port) and obj.run_id is not None:
             changes.port_runs.add(obj.run_id)
-        elif isinstance(obj, Node) and (_changed(obj, "removed_at") or _changed(obj, "key_version")):
-            changes.revoked.add(obj.id)
+        elif isinstance(obj, Node):
+            if _changed(obj, "removed_at") or _changed(obj, "key_version"):
+                changes.revoked.add(obj.id)
+                changes.peer_nodes.add(obj.id)
+            elif any(_changed(obj, name) for name in WIREGUARD_FIELDS):
+                changes.peer_nodes.add(obj.id)
+        elif isinstance(obj, Collaboration) and _changed(obj, "data_plane"):
+            changes.planes.add(obj.id)
         elif isinstance(obj, Certificate) and _changed(obj, "revoked_at") and obj.revoked_at is not None:
             changes.certs.append((obj.node_id, obj.serial))
 
@@ -109,6 +125,19 @@ def family_nodes(s: Session, task_ids: Iterable[int]) -> set[int]:
                          .distinct()))
 
 
+def family_peers(s: Session, node_id: int) -> set[int]:
+    """The other nodes that share a task family with the node's active runs: the nodes
+    whose GET /node/peers list it."""
+    tasks = s.scalars(select(Run.task_id).where(Run.node_id == node_id, Run.status.in_(ACTIVE_STATES)))
+    return family_nodes(s, tasks) - {node_id}
+
+
+def collaboration_nodes(s: Session, collaboration_ids: Iterable[int]) -> set[int]:
+    """Every node (not removed) of the collaborations, runs or not."""
+    return set(s.scalars(select(Node.id).where(Node.collaboration_id.in_(set(collaboration_ids)),
+                                               Node.removed_at.is_(None))))
+
+
 def _write(session: Session) -> None:
     session.flush()  # commit flushes after this hook: what is still unflushed is collected now
     changes = session.info.pop(_CHANGES, None)
@@ -122,7 +151,12 @@ def _write(session: Session) -> None:
             tasks.add(run.task_id)
     if changes.port_runs:
         tasks |= set(session.scalars(select(Run.task_id).where(Run.id.in_(changes.port_runs))))
-    rows |= {(node, "peers", None, None) for node in family_nodes(session, tasks)}
+    peers = family_nodes(session, tasks)
+    for node in changes.peer_nodes:  # a removed node's runs were failed with it: `tasks` has those
+        peers |= family_peers(session, node)
+    if changes.planes:
+        peers |= collaboration_nodes(session, changes.planes)
+    rows |= {(node, "peers", None, None) for node in peers}
     rows |= {(node, "stop", run, None) for node, run in changes.stopped}
     rows |= {(node, "revoked", None, None) for node in changes.revoked}
     rows |= {(node, "cert", None, serial) for node, serial in changes.certs}

@@ -46,21 +46,24 @@ def organization(s: Session, organization_id: int) -> Json:
 
 
 # ---------------------------------------------------------------- collaborations
-def collaboration_json(collab: Collaboration) -> Json:
+def collaboration_json(collab: Collaboration, server_plane: str) -> Json:
+    """`server_plane`: the server config's data_plane, which a collaboration without a plane
+    of its own uses (`data_plane_default` says so)."""
     return {"id": collab.id, "name": collab.name,
-            "organizations": [_ref(o) for o in sorted(collab.organizations, key=lambda o: o.id)]}
+            "organizations": [_ref(o) for o in sorted(collab.organizations, key=lambda o: o.id)],
+            "data_plane": collab.data_plane or server_plane, "data_plane_default": collab.data_plane is None}
 
 
-def collaborations(s: Session) -> list[Json]:
-    return [collaboration_json(c) for c in s.scalars(select(Collaboration).order_by(Collaboration.id))]
+def collaborations(s: Session, server_plane: str) -> list[Json]:
+    return [collaboration_json(c, server_plane) for c in s.scalars(select(Collaboration).order_by(Collaboration.id))]
 
 
-def collaboration(s: Session, collaboration_id: int) -> Json:
-    """One collaboration with its organisations, nodes and number of tasks."""
+def collaboration(s: Session, collaboration_id: int, server_plane: str) -> Json:
+    """One collaboration with its organisations, data plane, nodes and number of tasks."""
     collab = _get(s, Collaboration, collaboration_id)
     node_rows = s.scalars(select(Node).where(Node.collaboration_id == collab.id).order_by(Node.id))
     tasks = s.scalar(select(func.count(Task.id)).where(Task.collaboration_id == collab.id)) or 0
-    return {**collaboration_json(collab), "nodes": [node_json(n) for n in node_rows], "tasks": tasks}
+    return {**collaboration_json(collab, server_plane), "nodes": [node_json(n) for n in node_rows], "tasks": tasks}
 
 
 # ---------------------------------------------------------------- nodes
@@ -99,7 +102,17 @@ def node(s: Session, node_id: int) -> Json:
             "collaboration": _ref(s.get(Collaboration, n.collaboration_id)),
             "certificates": [{"serial": c.serial, "not_after": when(c.not_after), "revoked_at": when(c.revoked_at),
                               "state": certificate_state(c, now)} for c in certs],
-            "active_runs": list(active)}
+            "active_runs": list(active), "wireguard": wireguard_json(n)}
+
+
+def wireguard_json(n: Node) -> Json | None:
+    """The WireGuard peer the node registered (PUT /node/wireguard), None before it has."""
+    from .wireguard import seen_endpoint
+
+    if n.wg_public_key is None:
+        return None
+    return {"public_key": n.wg_public_key, "port": n.wg_port, "endpoints": list(n.wg_endpoints or []),
+            "seen": seen_endpoint(n), "updated_at": when(n.wg_updated_at)}
 
 
 # ---------------------------------------------------------------- researchers and admins

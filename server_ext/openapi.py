@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import DATA_PLANES
 from .store import NODE_REPORTS, RUN_STATES
+from .wireguard import MAX_ENDPOINTS
 
 ERR = {"$ref": "#/components/responses/Error"}
 BEARER = [{"bearer": []}]
@@ -58,6 +60,15 @@ RUN_ID, TASK_ID = _path_id("run_id"), _path_id("task_id")
 CONTRACT = {"type": "string", "enum": ["vpnagent", "vantage6"]}
 V6_ORG = _obj({"id": INT, "input": {"type": "string", "contentEncoding": "base64",
                                     "description": "base64 of the UTF-8 JSON input (unencrypted)"}}, ["id", "input"])
+PLANE_SETTING = {"type": "string", "enum": [*DATA_PLANES, "default"],
+                 "description": "default: the server config's data_plane"}
+WIREGUARD_PUT = _obj({
+    "public_key": {"type": "string", "minLength": 44, "maxLength": 44, "contentEncoding": "base64",
+                   "description": "standard base64 of the 32-byte WireGuard public key"},
+    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+    "endpoints": {"type": "array", "maxItems": MAX_ENDPOINTS, "items": {
+        "type": "string", "description": "IPv4:port outside the VPN subnet (not loopback, unspecified, multicast, "
+                                         "broadcast or link-local)"}}}, ["public_key", "port"])
 DATABASES = {"type": "array", "maxItems": 100, "items": {
     "type": "object", "properties": {"label": {"type": "string", "minLength": 1, "maxLength": 128}},
     "required": ["label"]}}
@@ -85,12 +96,16 @@ def _admin_paths() -> dict:
             "get": op("An organisation with its collaborations, nodes and researchers", params=[org_id]),
             "delete": op("Remove every node and researcher of an organisation", params=[org_id])},
         "/admin/collaboration": {
-            "get": op("Every collaboration with its organisations"),
+            "get": op("Every collaboration with its organisations and data plane"),
             "post": op("Create a collaboration of organisations (201)", _obj({
-                "name": name, "organizations": {"type": "array", "minItems": 1, "maxItems": 1000, "items": INT}},
-                ["name", "organizations"]), ok="201", errors=changes)},
-        "/admin/collaboration/{collaboration_id}": {"get": op(
-            "A collaboration with its organisations, nodes and number of tasks", params=[collab_id])},
+                "name": name, "organizations": {"type": "array", "minItems": 1, "maxItems": 1000, "items": INT},
+                "data_plane": PLANE_SETTING}, ["name", "organizations"]), ok="201", errors=changes)},
+        "/admin/collaboration/{collaboration_id}": {
+            "get": op("A collaboration with its organisations, data plane, nodes and number of tasks",
+                      params=[collab_id]),
+            "patch": op("Move a collaboration to a data plane; every node of it is told at once",
+                        _obj({"data_plane": {"oneOf": [PLANE_SETTING, {"type": "null"}]}}, ["data_plane"]),
+                        params=[collab_id])},
         "/admin/node": {
             "get": op("Every node (removed ones too), optionally of one organisation or collaboration",
                       params=[org_q, collab_q]),
@@ -146,7 +161,14 @@ def spec(prefix: str = "/api") -> dict:
                                    errors=("400", "401", "403", "413"))},
         "/node/self": {"get": _op("The calling node", "node")},
         "/node/events": {"get": _events_op()},
-        "/node/peers": {"get": _op("Task families of this node's active runs", "node", params=[_q("run_id", INT)])},
+        "/node/peers": {"get": _op("Task families of this node's active runs, with the data plane and each peer's "
+                                   "WireGuard key and endpoints", "node", params=[_q("run_id", INT)])},
+        "/node/wireguard": {
+            "get": _op("This node's WireGuard registration and its collaboration's data plane", "node",
+                       errors=("401", "403")),
+            "put": _op("Register this node's WireGuard peer (public key, port, endpoints); a change tells the "
+                       "nodes of its task families", "node", WIREGUARD_PUT,
+                       errors=("400", "401", "403", "409", "413"))},
         "/node/runs": {"post": _op("The runs this node still has; its other initializing or active runs are failed",
                                    "node", _obj({"runs": {"type": "array", "maxItems": 100000, "items": INT}},
                                                 ["runs"]), errors=("400", "401", "403", "413"))},

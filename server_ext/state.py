@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import ServerConfigError, default, setting
+from .config import SCHEMA, ServerConfigError, default, setting
 from .datadir import private_data_dir
 from .events import Hub
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
@@ -37,8 +37,9 @@ class ExtensionState:
 
     def __init__(self, data_dir: Path, database_url: str, settings: VPNSettings, cert_days: float,
                  container_token_seconds: int, secret: str | None = None,
-                 event_streams: int = default("api_event_streams")) -> None:
+                 event_streams: int = default("api_event_streams"), data_plane: str = default("data_plane")) -> None:
         self.data_dir = data_dir
+        self.data_plane = data_plane  # of every collaboration that sets none (config.DATA_PLANES)
         self.event_streams = event_streams
         self.store = Store(database_url, migrate=False)
         self.settings = settings
@@ -70,7 +71,8 @@ class ExtensionState:
                    database_url=setting(config, "database_url") or f"sqlite:///{data_dir / 'store.db'}",
                    settings=settings, cert_days=float(setting(config, "cert_days")),
                    container_token_seconds=container_token_seconds(setting(config, "container_token_seconds")),
-                   secret=setting(config, "secret"), event_streams=int(setting(config, "api_event_streams")))
+                   secret=setting(config, "secret"), event_streams=int(setting(config, "api_event_streams")),
+                   data_plane=data_plane(setting(config, "data_plane")))
 
     @property
     def secret_path(self) -> Path:
@@ -177,6 +179,17 @@ def container_token_seconds(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 604_800:
         raise ServerConfigError(f"container_token_seconds is {value!r}; give whole seconds from 2 to 604800 "
                                 f"(7 days), or leave it out for {default('container_token_seconds')}")
+    return value
+
+
+def data_plane(value: Any) -> str:
+    """The server's default data plane. Checked here as well: an app embedding the extension
+    sets VPNAGENT_DATA_PLANE without the YAML loader's checks, and a typo must not quietly
+    become some plane."""
+    problem = SCHEMA["data_plane"].check.problem(value) if isinstance(value, str) else "is not a string"
+    if problem:
+        raise ServerConfigError(f"data_plane is {value!r}: {problem} (or leave it out for "
+                                f"{default('data_plane')})")
     return value
 
 

@@ -20,6 +20,8 @@ from sqlalchemy.pool import StaticPool
 
 from vpnshared import names
 
+from .config import DATA_PLANES
+
 if TYPE_CHECKING:
     from .schema import Step
 
@@ -81,6 +83,9 @@ class Collaboration(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     organizations: Mapped[list[Organization]] = relationship(secondary=member, back_populates="collaborations")
+    # How its nodes' algorithm traffic travels (0008, config.DATA_PLANES); None: the server's
+    # data_plane, so changing the server's default moves every collaboration that chose none.
+    data_plane: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Node(Base):
@@ -96,6 +101,15 @@ class Node(Base):
     key_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # When the node last got a token with its API key (every 15 minutes while it runs).
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Its WireGuard peer as it registered it (0008, PUT /node/wireguard): the public key (the
+    # node keeps the private one), listen port, the endpoints it reported, and the address the
+    # server saw it come from (often its NAT's outside). Unique by a unique index: a key names
+    # one peer. A unique index, not a constraint, so that 0008 adds it in place on SQLite.
+    wg_public_key: Mapped[str | None] = mapped_column(String(44), nullable=True, index=True, unique=True)
+    wg_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    wg_endpoints: Mapped[list | None] = mapped_column(JSON, nullable=True)  # ["a.b.c.d:port"]
+    wg_seen_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    wg_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     @property
     def common_name(self) -> str:
@@ -336,13 +350,27 @@ class Store:
             _add_named(s, org)
             return org
 
-    def create_collaboration(self, name: str, organization_ids: list[int]) -> Collaboration:
+    def create_collaboration(self, name: str, organization_ids: list[int],
+                             data_plane: str | None = None) -> Collaboration:
+        """A collaboration; `data_plane` None (or "default") follows the server's data_plane."""
         _new_name(names.COLLABORATION, name)
+        data_plane = _plane(data_plane)
         with self.session() as s:
             _name_is_free(s, Collaboration, name)
             orgs = [self._get(s, Organization, i) for i in dict.fromkeys(organization_ids)]
-            collab = Collaboration(name=name, organizations=orgs)
+            collab = Collaboration(name=name, organizations=orgs, data_plane=data_plane)
             _add_named(s, collab)
+            return collab
+
+    def set_data_plane(self, collaboration_id: int, data_plane: str | None) -> Collaboration:
+        """Move a collaboration to a data plane (None or "default": the server's). Its nodes hear
+        of it at once (a `peers` event each, events.py) and switch; setting the plane it
+        has changes nothing and tells no one."""
+        data_plane = _plane(data_plane)
+        with self.session() as s:
+            collab = self._get(s, Collaboration, collaboration_id)
+            if collab.data_plane != data_plane:
+                collab.data_plane = data_plane
             return collab
 
     def create_node(self, organization_id: int, collaboration_id: int, name: str) -> tuple[Node, str]:
@@ -382,6 +410,7 @@ class Store:
             if node.removed_at is None:
                 node.removed_at = now
                 node.api_key_hash = f"removed-{node.id}-{secrets.token_hex(8)}"
+                node.wg_public_key = None  # no peer trusts it any more, and another node may take the key
             for cert in s.scalars(select(Certificate).where(Certificate.node_id == node.id,
                                                             Certificate.revoked_at.is_(None))):
                 cert.revoked_at = now
@@ -620,6 +649,17 @@ def _add_named(s: Session, obj: Any) -> None:
         if "name" not in str(exc.orig):
             raise
         raise _taken(_KINDS[type(obj).__name__], obj.name, None) from None
+
+
+def _plane(data_plane: str | None) -> str | None:
+    """A collaboration's data plane as stored: None (or "default", as the admin command and
+    API spell it) follows the server's data_plane."""
+    if data_plane is None or data_plane == "default":
+        return None
+    if data_plane not in DATA_PLANES:
+        raise StoreError(f"data plane {data_plane!r} is not one of {', '.join(DATA_PLANES)}; give one of them, "
+                         "or default for the server's (its config's data_plane)")
+    return data_plane
 
 
 def _disable_user(user: User, now: dt.datetime) -> None:

@@ -61,20 +61,26 @@ class World:
         return r.json
 
     def snapshot(self) -> tuple:
-        """Everything a rejected request must leave untouched."""
+        """Everything a rejected request must leave untouched, in id order (PostgreSQL
+        returns rows in any order, and moves a row it updates, e.g. last_seen_at at a token)."""
         with self.store.session() as s:
             return (
                 [(t.id, t.parent_id, t.image, repr(t.input), t.contract, t.description, repr(t.databases))
-                 for t in s.scalars(select(Task))],
-                [(r.id, r.status, repr(r.result), r.log, repr(r.input)) for r in s.scalars(select(Run))],
-                [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port))],
-                [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate))],
-                [(n.id, n.name, n.vpn_ip, n.api_key_hash, n.removed_at, n.key_version)
-                 for n in s.scalars(select(Node))],
-                [(u.id, u.api_key_hash, u.removed_at, u.key_version) for u in s.scalars(select(User))],
-                [(o.id, o.name) for o in s.scalars(select(Organization))],
-                [(c.id, c.name, sorted(o.id for o in c.organizations)) for c in s.scalars(select(Collaboration))],
-                [(a.id, a.name, a.api_key_hash, a.removed_at, a.key_version) for a in s.scalars(select(Admin))],
+                 for t in s.scalars(select(Task).order_by(Task.id))],
+                [(r.id, r.status, repr(r.result), r.log, repr(r.input))
+                 for r in s.scalars(select(Run).order_by(Run.id))],
+                [(p.id, p.run_id, p.port, p.label) for p in s.scalars(select(Port).order_by(Port.id))],
+                [(c.serial, c.revoked_at) for c in s.scalars(select(Certificate).order_by(Certificate.id))],
+                [(n.id, n.name, n.vpn_ip, n.api_key_hash, n.removed_at, n.key_version, n.wg_public_key, n.wg_port,
+                  repr(n.wg_endpoints), n.wg_seen_ip, n.wg_updated_at)
+                 for n in s.scalars(select(Node).order_by(Node.id))],
+                [(u.id, u.api_key_hash, u.removed_at, u.key_version)
+                 for u in s.scalars(select(User).order_by(User.id))],
+                [(o.id, o.name) for o in s.scalars(select(Organization).order_by(Organization.id))],
+                [(c.id, c.name, sorted(o.id for o in c.organizations), c.data_plane)
+                 for c in s.scalars(select(Collaboration).order_by(Collaboration.id))],
+                [(a.id, a.name, a.api_key_hash, a.removed_at, a.key_version)
+                 for a in s.scalars(select(Admin).order_by(Admin.id))],
             )
 
 

@@ -29,8 +29,9 @@ def test_list_and_show_organizations_and_collaborations(world, cli):
     org = as_json(cli("show-organization", "1", "--json"))
     assert [n["name"] for n in org["nodes"]] == ["n1"] and [u["name"] for u in org["users"]] == ["alice"]
     assert yaml.safe_load(cli("show-organization", "1")[1]) == org, "the text form is the same data as YAML"
-    assert cli("list-collaborations")[1].splitlines() == ["collaboration 1 C (organizations: 1, 2, 3)",
-                                                         "collaboration 2 D (organizations: 4)"]
+    assert cli("list-collaborations")[1].splitlines() == [
+        "collaboration 1 C (organizations: 1, 2, 3) data plane openvpn (server default)",
+        "collaboration 2 D (organizations: 4) data plane openvpn (server default)"]
     collab = as_json(cli("show-collaboration", str(world.collab), "--json"))
     assert [n["name"] for n in collab["nodes"]] == ["n1", "n2", "n3"] and collab["tasks"] == 0
 

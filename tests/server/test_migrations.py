@@ -52,7 +52,7 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
             command.downgrade(schema.alembic_config(conn), "base")
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
-        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003", "0004", "0005", "0006", "0007"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == [schema.BASELINE, "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
         with store.engine.connect() as conn:
             assert schema_differences(conn) == []
     finally:
@@ -253,7 +253,7 @@ def test_upgrading_to_0003_keeps_tasks_and_runs_and_their_input(database_url, tm
                          {"c": collab, "i": '{"method": "old"}', "t": dt.datetime(2026, 11, 1)})
             conn.execute(text("INSERT INTO run (task_id, organization_id, node_id, status) VALUES (1, :o, :n, 'pending')"),
                          {"o": org, "n": node.id})
-        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003", "0004", "0005", "0006", "0007"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == ["0003", "0004", "0005", "0006", "0007", "0008"]
         with store.session() as s:
             task, run = s.get(Task, 1), s.get(Run, 1)
             assert (task.contract, task.description, task.databases, task.input) == \
@@ -284,7 +284,7 @@ def test_upgrading_to_0005_adds_join_tokens_and_keeps_nodes_and_their_keys(datab
         with store.engine.begin() as conn:
             command.downgrade(schema.alembic_config(conn), "0004")
             assert "join_token" not in inspect(conn).get_table_names()
-        assert [s.revision for s in schema.upgrade(store.engine)] == ["0005", "0006", "0007"]
+        assert [s.revision for s in schema.upgrade(store.engine)] == ["0005", "0006", "0007", "0008"]
         client = app.test_client()
         assert client.post("/api/token/node", json={"api_key": key}).status_code == 200
         token = issue_join_token(store, node.id).token

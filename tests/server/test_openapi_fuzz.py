@@ -41,7 +41,7 @@ JSON = st.recursive(st.none() | st.booleans() | INTEGERS | st.floats() | st.text
                     max_leaves=12)
 FIELDS = ["api_key", "run_id", "vpn_config", "status", "result", "log", "port", "label", "collaboration_id",
           "organizations", "image", "input", "name", "description", "databases", "contract", "study_id", "store_id",
-          "runs", "organization_id"]
+          "runs", "organization_id", "public_key", "endpoints", "data_plane"]
 # Nesting past the parser's recursion limit, alone or as a field's value (sent as raw text).
 DEEP = st.one_of(st.integers(1, 30000).map(lambda d: "[" * d + "]" * d),
                  st.tuples(st.sampled_from(FIELDS), st.integers(1, 30000))

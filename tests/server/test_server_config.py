@@ -65,6 +65,7 @@ BAD = [
     ({"host": "a b"}, "give an IP address"),
     ({"openvpn_remote_host": "-x"}, "give one DNS name or IP address"),
     ({"openvpn_container": "bad/name"}, "Docker container name"),
+    ({"data_plane": "wg"}, "must be openvpn or wireguard"),
     ({"tls_cert": "/nonexistent/api.crt", "tls_key": "/nonexistent/api.key"}, "is not a file"),
 ]
 
