@@ -84,7 +84,7 @@ def test_debootstrap_hash_follows_packages_only():
     assert "python3" in ALGO_BASE_RECIPE.packages and "python3-minimal" not in ALGO_BASE_RECIPE.packages
     cmd = VPN_RECIPE.command("/tmp/x.tar")
     assert cmd[0] == "mmdebstrap" and "--variant=essential" in cmd
-    assert "--include=openvpn,iptables,iproute2,iputils-ping,procps" in cmd
+    assert "--include=openvpn,iptables,iproute2,iputils-ping,procps,wireguard-go,wireguard-tools" in cmd
     assert f"LABEL {recipes.RECIPE_LABEL}={VPN_RECIPE.recipe_hash()}" in VPN_RECIPE.changes()
 
 
