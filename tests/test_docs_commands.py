@@ -40,7 +40,7 @@ WHAT: list[tuple[str, str, str]] = [
     (r"(vpnagent|vpnagent-server) --version$", RUN, "prints the version"),
     (r"ls \S+/share/doc/vpnagent/examples/$", RUN, "the installed example configs"),
     (r"vpnagent-server (migrate|db-current|db-upgrade|add-organization|add-collaboration|add-node|add-user|"
-     r"add-admin|list-\w+|show-\w+|rotate-\w+-key|remove-node|remove-user|join-token) ", RUN,
+     r"add-admin|list-\w+|show-\w+|rotate-\w+-key|remove-node|remove-user|join-token|set-data-plane) ", RUN,
      "admin commands need only the config and its data_dir"),
     (r"chmod 600 ", RUN, "file mode"),
     (r"cat > \S+ <<'(PY|RECIPE)'", RUN, "writes an algorithm's files"),
