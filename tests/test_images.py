@@ -77,14 +77,20 @@ def test_recipes_need_no_container_engine():
 
 
 def test_debootstrap_hash_follows_packages_only():
-    assert VPN_RECIPE.recipe_hash() == DebootstrapRecipe(VPN_RECIPE.tag, VPN_RECIPE.packages).recipe_hash()
+    assert VPN_RECIPE.recipe_hash() == DebootstrapRecipe(VPN_RECIPE.tag, VPN_RECIPE.packages,
+                                                         later_suite=VPN_RECIPE.later_suite).recipe_hash()
+    assert VPN_RECIPE.recipe_hash() != DebootstrapRecipe(VPN_RECIPE.tag, VPN_RECIPE.packages).recipe_hash()
     assert VPN_RECIPE.recipe_hash() != ALGO_BASE_RECIPE.recipe_hash()
     more = DebootstrapRecipe(VPN_RECIPE.tag, VPN_RECIPE.packages + ("iperf3",))
     assert more.recipe_hash() != VPN_RECIPE.recipe_hash()
     assert "python3" in ALGO_BASE_RECIPE.packages and "python3-minimal" not in ALGO_BASE_RECIPE.packages
     cmd = VPN_RECIPE.command("/tmp/x.tar")
     assert cmd[0] == "mmdebstrap" and "--variant=essential" in cmd
-    assert "--include=openvpn,iptables,iproute2,iputils-ping,procps,wireguard-go,wireguard-tools" in cmd
+    assert "--include=openvpn,iptables,iproute2,iputils-ping,procps,wireguard-go/trixie,wireguard-tools" in cmd
+    # Debian 12 stays the default release; Debian 13 is a second source for wireguard-go only
+    assert 'APT::Default-Release "bookworm"' in " ".join(cmd) and cmd[-2:] == [
+        f"deb {recipes.MIRROR} bookworm main", f"deb {recipes.MIRROR} trixie main"]
+    assert ALGO_BASE_RECIPE.command("/tmp/x.tar")[-1] == recipes.MIRROR  # the others: one source, as before
     assert f"LABEL {recipes.RECIPE_LABEL}={VPN_RECIPE.recipe_hash()}" in VPN_RECIPE.changes()
 
 
