@@ -29,8 +29,7 @@ def test_wiring_benchmark_smoke(docker_client, tmp_path):
     assert all(r["adopt_ms"] > 0 for r in report["restart"]) and "restart: live runs" in proc.stdout
 
 
-# path f (vpnagent's WireGuard data plane) joins this list once the node side has landed
-DATAPLANE_SMOKE_PATHS = "a,b,c,d,e"
+DATAPLANE_SMOKE_PATHS = "a,b,c,d,e,f"
 
 
 @pytest.mark.docker
@@ -43,7 +42,7 @@ def test_dataplane_benchmark_smoke(docker_client, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["headline"] == "wan_1500" and set(report["scenarios"]) == {"wan_1500"}
-    assert report["paths"] == ["a", "b", "c", "d", "e"]
+    assert report["paths"] == ["a", "b", "c", "d", "e", "f"]
     wan = report["scenarios"]["wan_1500"]
     # the figures say what they were measured over: a 1500-byte link dropping fragments, and
     # the tunnel MTU the agent probed there (smaller than the link: the encapsulation fits)
@@ -51,28 +50,28 @@ def test_dataplane_benchmark_smoke(docker_client, tmp_path):
     assert wan["mtu"]["tunnel_c_source"] == "probed" and 1280 <= wan["mtu"]["tunnel_c"] < 1500
     assert wan["mtu"]["tunnel_e"] == 1420
     paths = {"a": report["direct"], **wan["paths"]}
-    assert set(paths) == {"a", "b", "c", "d", "e"}
+    assert set(paths) == {"a", "b", "c", "d", "e", "f"}
     for key, path in paths.items():
         assert path["tcp_1_mbit"]["median"] > 0 and path["tcp_4_mbit"]["median"] > 0
         assert path["rr_p99_ms"]["median"] >= path["rr_p50_ms"]["median"] > 0
-        assert (path["ping_ms"] is None) == (key == "c")
+        assert (path["ping_ms"] is None) == (key in ("c", "f"))  # runs: TCP ports only
         assert (path["cpu_s_per_gb"] is None) == (key in ("a", "e"))  # OpenVPN processes: not on a or e
         assert path["machine_cpu_s_per_gb"]["median"] > 0  # the whole machine: every path
     assert wan["paths"]["e"]["ping_ms"]["median"] > 0
     assert set(wan["ratios"]) == {"c/b tcp 1 stream", "c/d tcp 1 stream", "c/d rr p99", "e/c tcp 1 stream",
-                                  "e/c machine CPU s/GB"}
-    # issue 18's targets: without f, the raw WireGuard peers stand in, and the JSON says so
+                                  "e/c machine CPU s/GB", "f/c tcp 1 stream", "f/c machine CPU s/GB"}
+    # issue 18's targets: vpnagent's WireGuard plane (f) against its OpenVPN hub (c)
     targets = wan["targets"]
     for name in ("tcp_1_stream", "machine_cpu_s_per_gb"):
-        assert targets[name]["path"] == "e" and targets[name]["vs"] == "c" and targets[name]["ratio"] > 0
+        assert targets[name]["path"] == "f" and targets[name]["vs"] == "c" and targets[name]["ratio"] > 0
         assert isinstance(targets[name]["met"], bool)
-    assert set(wan["side_by_side"]) == {"c", "d", "e"}
+    assert set(wan["side_by_side"]) == {"c", "d", "e", "f"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(wan["two_pairs"]) == {"b", "c", "e"}
+    assert set(wan["two_pairs"]) == {"b", "c", "e", "f"}
     for pair in wan["two_pairs"].values():
         assert pair["two_pairs_mbit"] > 0 and pair["one_pair_mbit"] > 0 and pair["ratio"] > 0
     assert wan["side_by_side"]["e"]["two_pairs_ratio"] > 0
-    assert "(e) wireguard raw" in proc.stdout and "target tcp_1_stream: (e)/(c)" in proc.stdout
+    assert "(e) wireguard raw" in proc.stdout and "target tcp_1_stream: (f)/(c)" in proc.stdout
 
 
 @pytest.mark.docker
@@ -156,3 +155,16 @@ def test_scaleout_benchmark_smoke(docker_client, tmp_path):
     connect = report["connect"]
     assert connect["config_to_entry_s"]["n"] == 1 and connect["reconnect_s"]["median"] > 0
     assert connect["config_to_connected_s"]["median"] >= connect["config_to_entry_s"]["median"] > 0
+
+
+@pytest.mark.docker
+def test_wireguard_go_benchmark_smoke(docker_client, tmp_path):
+    out = tmp_path / "wireguard-go.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wireguard_go.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    # Debian 12's wireguard-go, then the image's (Debian 13's), each through a real wg0
+    assert [r["wireguard_go"].split("-")[0] for r in rows] == ["0.0.20220316", "0.0.20231211"]
+    assert all(r["mbit_median"] > 0 and r["cpu_median"] > 0 for r in rows)
+    assert docker_client.images.list(name="vpnagent/vpn-wg-bookworm") == []  # the variant is removed
