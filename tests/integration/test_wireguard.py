@@ -5,7 +5,10 @@ session to the server is untouched), so node 3 can reach no one directly.
 
 - the echo task across the three nodes passes: nodes 1 and 2 talk direct, node 3 through
   the OpenVPN hub, and every node's status says which;
-- direct traffic really crosses wg0 (its counters grow), relayed traffic does not;
+- direct traffic really crosses wg0 (its counters grow), relayed traffic does not; the
+  doctor tells direct from relayed peers;
+- the plane is one server setting: a collaboration moved to the hub and back makes its
+  nodes remove wg0 and its rules, and make them again, within seconds;
 - the hostile algorithm escapes nowhere on this plane either (test_hostile's test, run
   here against this cluster);
 - a node removed at the server drops out of its peers' WireGuard config within seconds,
@@ -27,6 +30,7 @@ from vpnagent.netns import Netns
 
 from . import test_hostile
 from .test_hostile import hostile_image  # noqa: F401 - the fixture, for the hostile test below
+from .test_doctor import run_doctor
 from .util import create_task, kill_run, store_of, user_session, vpn_container, wait_live, wait_task_done
 
 pytestmark = pytest.mark.docker
@@ -107,8 +111,43 @@ def test_echo_across_three_nodes_direct_where_it_can_and_relayed_where_it_cannot
     assert after.tx_bytes - before.tx_bytes > 200_000 and after.rx_bytes - before.rx_bytes > 200_000, (before, after)
     # node 3 sent nothing direct: all of its traffic took the hub
     assert read_counters(_pid(docker_client, n3), WG_IF).rx_bytes == 0
-    status_text = n1.status()["data_plane"]
-    assert status_text["plane"] == "wireguard" and status_text["mode"] in ("kernel", "userspace")
+    plane = n1.status()["data_plane"]
+    assert plane["plane"] == "wireguard" and plane["mode"] in ("kernel", "userspace")
+    # the doctor says the same from outside the agent: node 1 has a live direct session with
+    # node 2 and warns about node 3 (relayed), naming the fix; node 3 warns about both
+    _, checks = run_doctor(n1.config_path)
+    assert checks["peer paths"]["status"] == "warn", checks["peer paths"]
+    assert "1 of 2 peer(s) with a live direct session" in checks["peer paths"]["detail"]
+    assert ip[n3.name] in checks["peer paths"]["detail"] and "wireguard_port" in checks["peer paths"]["fix"]
+    _, checks = run_doctor(n3.config_path)
+    assert "0 of 2 peer(s)" in checks["peer paths"]["detail"], checks["peer paths"]
+
+
+def _wg_rules(docker_client, node) -> list[str]:
+    save = Netns(_pid(docker_client, node)).iptables_save()
+    return [line for line in save.splitlines() if "wg0" in line]
+
+
+def test_the_plane_is_one_server_setting_and_nodes_follow_it_at_once(wg_cluster, docker_client):
+    """set-data-plane's store call moves the collaboration to the hub: every node removes wg0
+    and its rules within seconds, and back on WireGuard makes them again (no run needed)."""
+    n1 = wg_cluster.nodes[0]
+    wait_for(lambda: _wg_rules(docker_client, n1), "node 1's wg0 rules", 20, 0.2)
+    store = store_of(wg_cluster)
+    try:
+        store.set_data_plane(wg_cluster.collaboration_id, "openvpn")
+        for n in wg_cluster.nodes:
+            wait_for(lambda n=n: (n.status()["data_plane"], _wg_rules(docker_client, n)),
+                     f"{n.name} on the hub only", 15, 0.2,
+                     until=lambda got: got[0]["plane"] == "openvpn" and not got[0]["interface"] and not got[1])
+        assert Netns(_pid(docker_client, n1)).link_mtu(WG_IF) is None
+    finally:
+        store.set_data_plane(wg_cluster.collaboration_id, None)  # back to the server's data_plane: wireguard
+        store.close()
+    for n in wg_cluster.nodes:
+        wait_for(lambda n=n: n.status()["data_plane"], f"{n.name} on WireGuard again", 15, 0.2,
+                 until=lambda plane: plane["plane"] == "wireguard" and plane["interface"] == WG_IF)
+    assert _wg_rules(docker_client, n1)
 
 
 def test_hostile_algorithm_escapes_nowhere_on_the_wireguard_plane(wg_cluster, docker_client, hostile_image,  # noqa: F811

@@ -115,6 +115,9 @@ def database_url(request, tmp_path) -> Iterator[str]:
 def world(tmp_path, database_url) -> Iterator[World]:
     w = build_world(tmp_path, database_url)
     yield w
+    state = w.app.extensions["vpnagent"]
+    if "hub" in vars(state):  # a hub was made (event streams): its PostgreSQL listener goes before the database
+        state.hub.close()
     w.store.close()
 
 
