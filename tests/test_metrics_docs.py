@@ -22,7 +22,8 @@ def _names(text: str) -> set[str]:
 
 
 def test_every_exported_metric_is_documented(tmp_path):
-    agent = m.AgentMetrics(lambda: m.AgentSnapshot(1, True, TunnelCounters(1, 2, 3, 4), cert_not_after=2e9))
+    agent = m.AgentMetrics(lambda: m.AgentSnapshot(1, True, TunnelCounters(1, 2, 3, 4), cert_not_after=2e9,
+                                                   peer_paths={"direct": 1}))
     app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "server"), "TESTING": True}, migrate=True)
     exported = _names(agent.render().decode()) | _names(app.test_client().get("/metrics").get_data(as_text=True))
     exported.add("vpnagent_server_nodes_connected")  # only while OpenVPN answers, which it does not here

@@ -948,8 +948,14 @@ class Agent:
     def metrics_snapshot(self) -> m.AgentSnapshot:
         """The node's state for a scrape: read now, from the kernel and the files on disk."""
         tun = self.vpn.counters()
+        plane = self.vpn.peer_summary()
+        paths = None
+        if plane.get("interface"):
+            paths = {}
+            for peer in plane.get("peers") or []:
+                paths[peer["path"]] = paths.get(peer["path"], 0) + 1
         return m.AgentSnapshot(live_runs=len(self.runs), vpn_up=tun is not None, tun=tun,
-                               cert_not_after=self.vpn.cert_expires)
+                               cert_not_after=self.vpn.cert_expires, peer_paths=paths)
 
     def _write_status(self) -> None:
         path = self.cfg.data_dir / "status.json"

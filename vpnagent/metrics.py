@@ -52,6 +52,7 @@ class AgentSnapshot:
     vpn_up: bool
     tun: TunnelCounters | None = None
     cert_not_after: float | None = None  # Unix time the VPN certificate expires
+    peer_paths: dict[str, int] | None = None  # WireGuard plane: peers per path ("direct", "relay")
 
 
 class _StateCollector(Collector):
@@ -81,6 +82,13 @@ class _StateCollector(Collector):
                 yield CounterMetricFamily(f"vpnagent_agent_tun_{direction}_packets",
                                           f"Packets {'received on' if direction == 'receive' else 'sent out of'} "
                                           "the tunnel interface.", value=value)
+        if snap.peer_paths is not None:
+            peers = GaugeMetricFamily("vpnagent_agent_peers", "WireGuard data plane: peers of this node by the way "
+                                      "their traffic goes now (direct over wg0, or relay through the OpenVPN hub).",
+                                      labels=["path"])
+            for path in ("direct", "relay"):
+                peers.add_metric([path], snap.peer_paths.get(path, 0))
+            yield peers
         if snap.cert_not_after is not None:
             yield GaugeMetricFamily("vpnagent_agent_certificate_expiry_timestamp_seconds",
                                     "Unix time the node's VPN client certificate expires.", value=snap.cert_not_after)

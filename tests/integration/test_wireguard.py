@@ -20,6 +20,7 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from test_algorithms.cluster import LocalCluster
 from test_algorithms.send_echo import format_matrix, send_echo
@@ -111,6 +112,8 @@ def test_echo_across_three_nodes_direct_where_it_can_and_relayed_where_it_cannot
     assert after.tx_bytes - before.tx_bytes > 200_000 and after.rx_bytes - before.rx_bytes > 200_000, (before, after)
     # node 3 sent nothing direct: all of its traffic took the hub
     assert read_counters(_pid(docker_client, n3), WG_IF).rx_bytes == 0
+    metrics = requests.get(f"http://127.0.0.1:{n1.metrics_port}/metrics", timeout=5).text
+    assert 'vpnagent_agent_peers{path="direct"} 1.0' in metrics and 'vpnagent_agent_peers{path="relay"} 1.0' in metrics
     plane = n1.status()["data_plane"]
     assert plane["plane"] == "wireguard" and plane["mode"] in ("kernel", "userspace")
     # the doctor says the same from outside the agent: node 1 has a live direct session with

@@ -80,7 +80,8 @@ def _ovpn_with_cert(not_after: dt.datetime) -> str:
 
 
 def test_endpoint_serves_counters_histogram_and_scrape_time_state():
-    state = {"snap": m.AgentSnapshot(live_runs=2, vpn_up=True, tun=dataplane.TunnelCounters(10, 20, 1, 2), cert_not_after=1.9e9)}
+    state = {"snap": m.AgentSnapshot(live_runs=2, vpn_up=True, tun=dataplane.TunnelCounters(10, 20, 1, 2), cert_not_after=1.9e9,
+                                     peer_paths={"direct": 2})}
     metrics = m.AgentMetrics(lambda: state["snap"])
     server = m.MetricsServer(metrics.render, "127.0.0.1", 0).start()
     try:
@@ -90,6 +91,8 @@ def test_endpoint_serves_counters_histogram_and_scrape_time_state():
         assert first[("vpnagent_agent_tun_receive_bytes_total", ())] == 10
         assert first[("vpnagent_agent_tun_transmit_bytes_total", ())] == 20
         assert first[("vpnagent_agent_certificate_expiry_timestamp_seconds", ())] == 1.9e9
+        assert first[("vpnagent_agent_peers", (("path", "direct"),))] == 2
+        assert first[("vpnagent_agent_peers", (("path", "relay"),))] == 0
         # labelled counters exist at 0 before anything happened
         assert first[("vpnagent_agent_reconcile_corrections_total", (("kind", "drift"),))] == 0
         assert first[("vpnagent_agent_vpn_reconnects_total", (("how", "client_restarted"),))] == 0
@@ -111,6 +114,7 @@ def test_endpoint_serves_counters_histogram_and_scrape_time_state():
         assert second[("vpnagent_agent_vpn_up", ())] == 0
         # without a VPN there is no tun0 to report: absent, not a stale number
         assert ("vpnagent_agent_tun_receive_bytes_total", ()) not in second
+        assert ("vpnagent_agent_peers", (("path", "direct"),)) not in second  # hub only: no such gauge
         assert requests.get(server.url.replace("/metrics", "/other"), timeout=5).status_code == 404
     finally:
         server.stop()
