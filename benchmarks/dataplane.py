@@ -209,11 +209,13 @@ def two_pairs(first: Path_, second: Path_, runs: int, seconds: int) -> dict:
 
     def mbit(proc: subprocess.Popen) -> float | None:
         """Mbit/s, or None when the iperf3 server could not take the test yet: not listening
-        yet, or still closing the previous test ("busy"; it serves one at a time). With -J
-        iperf3 says so in the JSON and still exits 0."""
+        yet, or still closing the previous test ("busy", or it resets the new control
+        connection; it serves one test at a time). With -J iperf3 says so in the JSON and
+        still exits 0."""
         out, _ = proc.communicate(timeout=seconds + 60)
         data = json.loads(out)
-        if any(why in str(data.get("error", "")) for why in ("unable to connect", "server is busy")):
+        if any(why in str(data.get("error", "")) for why in ("unable to connect", "server is busy",
+                                                             "unable to receive control message")):
             return None
         if "sum_received" not in data.get("end", {}):
             raise BenchError(f"iperf3 to {proc.args[5]}: {data.get('error') or 'no result'}")
