@@ -500,8 +500,9 @@ def check_peer_paths(ctx: Context) -> str:
     summary = f"WireGuard plane: {len(direct)} of {len(peers)} peer(s) with a live direct session"
     if relayed:
         raise CheckWarning(f"{summary}; through the OpenVPN hub: {'; '.join(relayed)}",
-                           f"they still work, slower; for direct paths let UDP {ctx.cfg.wireguard_port} reach this "
-                           "node (a port forward, listed in wireguard_endpoints) or the peers reach each other")
+                           f"they still work, slower; for direct paths let UDP {ctx.cfg.wireguard_port} (wireguard_port) "
+                           "reach this node's VPN client from the peers (e.g. a port forward, with its public "
+                           "address in wireguard_endpoints)")
     return summary
 
 
