@@ -16,6 +16,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from vpnshared.endpoints import EndpointError, parse_endpoint, unreachable
+
 from .store import Collaboration, Node
 
 MAX_ENDPOINTS = 8
@@ -63,32 +65,12 @@ def check_port(what: str, value: Any) -> int:
 
 
 def check_endpoint(value: Any, vpn_subnet: ipaddress.IPv4Network) -> str:
-    """"a.b.c.d:port", with an address other nodes could send to from outside the VPN."""
-    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    """"a.b.c.d:port", with an address other nodes could send to from outside the VPN (the
+    rule the node's config applies too: vpnshared/endpoints.py)."""
     try:
-        ip = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise RegistrationError(f"endpoint {value!r} is not IPv4:port: give a dotted IPv4 address and a UDP port, "
-                                "e.g. 192.0.2.10:51820") from None
-    if not (port.isascii() and port.isdigit() and len(port) <= 5):
-        raise RegistrationError(f"endpoint {value!r} has no port: give a UDP port within 1-65535 after the ':'")
-    check_port(f"the port of endpoint {value!r}", int(port))
-    problem = unreachable(ip, vpn_subnet)
-    if problem:
-        raise RegistrationError(f"endpoint {value!r}: {problem}; give an address other nodes reach outside the VPN")
-    return f"{ip}:{int(port)}"
-
-
-def unreachable(ip: ipaddress.IPv4Address, vpn_subnet: ipaddress.IPv4Network) -> str | None:
-    """Why other nodes cannot use `ip` as a WireGuard endpoint, or None."""
-    for test, why in ((ip.is_loopback, "a loopback address"), (ip.is_unspecified, "the unspecified address"),
-                      (ip.is_multicast, "a multicast address"), (ip == ipaddress.IPv4Address("255.255.255.255"),
-                                                                  "the broadcast address"),
-                      (ip.is_link_local, "a link-local address"), (ip in vpn_subnet, f"inside the VPN subnet "
-                                                                   f"{vpn_subnet} (it would loop through the tunnel)")):
-        if test:
-            return f"{ip} is {why}"
-    return None
+        return parse_endpoint(value, vpn_subnet)
+    except EndpointError as exc:
+        raise RegistrationError(str(exc)) from None
 
 
 def seen_ip(remote_addr: str | None, vpn_subnet: ipaddress.IPv4Network) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from vpnshared.endpoints import EndpointError, parse_endpoint
 from vpnshared.names import NODE as NODE_NAME
 from vpnshared.schema import Key, schema_table
 
@@ -275,7 +276,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
         if isinstance(value, str) or not 576 <= value <= 65535:
             raise ConfigError(f"'tunnel_mtu' {value!r} must be auto or a number of bytes within 576-65535")
         kwargs["tunnel_mtu"] = value
-    kwargs.update(_wireguard(raw))
+    kwargs.update(_wireguard(raw, kwargs.get("vpn_subnet", NodeConfig.vpn_subnet)))
     if raw.get("max_concurrent_runs") is not None:
         if not 1 <= raw["max_concurrent_runs"] <= 1000:
             raise ConfigError("'max_concurrent_runs' must be within 1-1000")
@@ -306,7 +307,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> NodeConfig:
     return NodeConfig(**kwargs)
 
 
-def _wireguard(raw: dict) -> dict[str, Any]:
+def _wireguard(raw: dict, vpn_subnet: ipaddress.IPv4Network) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if raw.get("wireguard_port") is not None:
         if not 1 <= raw["wireguard_port"] <= 65535:
@@ -317,20 +318,12 @@ def _wireguard(raw: dict) -> dict[str, Any]:
             raise ConfigError(f"'wireguard_mtu' {raw['wireguard_mtu']} must be within 1280-65455 (IPv6 needs 1280)")
         out["wireguard_mtu"] = raw["wireguard_mtu"]
     if raw.get("wireguard_endpoints"):
-        endpoints = []
-        for value in raw["wireguard_endpoints"]:
-            try:
-                host, port = _host_port("wireguard_endpoints", str(value))
-                ip = ipaddress.IPv4Address(host)
-            except (ConfigError, ValueError):
-                raise ConfigError(f"'wireguard_endpoints' entry {value!r} must be 'IPv4:port', like "
-                                  "'203.0.113.7:51820'") from None
-            if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
-                raise ConfigError(f"'wireguard_endpoints' entry {value!r}: other nodes cannot reach {ip}")
-            endpoints.append(f"{ip}:{port}")
-        if len(endpoints) > 8:
+        if len(raw["wireguard_endpoints"]) > 8:
             raise ConfigError("'wireguard_endpoints' takes at most 8 addresses")
-        out["wireguard_endpoints"] = tuple(endpoints)
+        try:  # the server's rule too (vpnshared/endpoints.py): what passes here, it takes
+            out["wireguard_endpoints"] = tuple(parse_endpoint(e, vpn_subnet) for e in raw["wireguard_endpoints"])
+        except EndpointError as exc:
+            raise ConfigError(f"'wireguard_endpoints': {exc}") from None
     return out
 
 

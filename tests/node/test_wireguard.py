@@ -129,10 +129,11 @@ def test_wireguard_config_keys_and_their_errors():
     assert (cfg.wireguard_port, cfg.wireguard_endpoints, cfg.wireguard_mtu) == (51999, ("203.0.113.7:51820",), 1380)
     assert parse_config(BASE).wireguard_port == 51820 and parse_config(BASE).wireguard_mtu == 1420
     for bad, says in [({"wireguard_port": 0}, "within 1-65535"), ({"wireguard_mtu": 1000}, "1280"),
-                      ({"wireguard_endpoints": ["vpn.example.org:51820"]}, "'IPv4:port'"),
-                      ({"wireguard_endpoints": ["203.0.113.7"]}, "'IPv4:port'"),
-                      ({"wireguard_endpoints": [51820]}, "'IPv4:port'"),
-                      ({"wireguard_endpoints": ["127.0.0.1:51820"]}, "cannot reach"),
+                      ({"wireguard_endpoints": ["vpn.example.org:51820"]}, "is not IPv4:port"),
+                      ({"wireguard_endpoints": ["203.0.113.7"]}, "is not IPv4:port"),
+                      ({"wireguard_endpoints": [51820]}, "is not IPv4:port"),
+                      ({"wireguard_endpoints": ["127.0.0.1:51820"]}, "a loopback address"),
+                      ({"wireguard_endpoints": ["10.76.0.9:51820"]}, "inside the VPN subnet"),
                       ({"wireguard_endpoints": [f"203.0.113.{i}:1" for i in range(9)]}, "at most 8")]:
         with pytest.raises(ConfigError, match=says):
             parse_config({**BASE, **bad})
