@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from .store import (ACTIVE_STATES, RUN_STATES, Admin, Certificate, Collaboration, Node, Organization, Port, Run, Store,
                     Task, User)
+from .wireguard import plane_of, seen_endpoint
 
 Json = dict[str, Any]
 _get = Store._get  # the row, or UnknownObject naming the id
@@ -51,7 +52,7 @@ def collaboration_json(collab: Collaboration, server_plane: str) -> Json:
     of its own uses (`data_plane_default` says so)."""
     return {"id": collab.id, "name": collab.name,
             "organizations": [_ref(o) for o in sorted(collab.organizations, key=lambda o: o.id)],
-            "data_plane": collab.data_plane or server_plane, "data_plane_default": collab.data_plane is None}
+            "data_plane": plane_of(collab, server_plane), "data_plane_default": collab.data_plane is None}
 
 
 def collaborations(s: Session, server_plane: str) -> list[Json]:
@@ -107,8 +108,6 @@ def node(s: Session, node_id: int) -> Json:
 
 def wireguard_json(n: Node) -> Json | None:
     """The WireGuard peer the node registered (PUT /node/wireguard), None before it has."""
-    from .wireguard import seen_endpoint
-
     if n.wg_public_key is None:
         return None
     return {"public_key": n.wg_public_key, "port": n.wg_port, "endpoints": list(n.wg_endpoints or []),

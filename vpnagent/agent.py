@@ -17,7 +17,7 @@ import os
 import random
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -949,11 +949,7 @@ class Agent:
         """The node's state for a scrape: read now, from the kernel and the files on disk."""
         tun = self.vpn.counters()
         plane = self.vpn.peer_summary()
-        paths = None
-        if plane.get("interface"):
-            paths = {}
-            for peer in plane.get("peers") or []:
-                paths[peer["path"]] = paths.get(peer["path"], 0) + 1
+        paths = dict(Counter(p["path"] for p in plane.get("peers") or [])) if plane.get("interface") else None
         return m.AgentSnapshot(live_runs=len(self.runs), vpn_up=tun is not None, tun=tun,
                                cert_not_after=self.vpn.cert_expires, peer_paths=paths)
 

@@ -147,7 +147,7 @@ class OpenVPN:
         # the WireGuard data plane's direct links, in this client's namespace (wireguard.py)
         self.plane = "openvpn"
         self.links = PeerLinks(self.dir, cfg.wireguard_port, cfg.wireguard_mtu)
-        self._registered: tuple[str, int, tuple[str, ...]] | None = None  # what the server last took
+        self._registered: tuple[str, str, int, tuple[str, ...]] | None = None  # (client, key, port, endpoints)
 
     # --- start-up state machine
     def bring_up(self, network: Network) -> Tunnel | None:
@@ -394,21 +394,25 @@ class OpenVPN:
     def _register(self) -> None:
         """The server needs this node's public key and where it may be reached: the
         configured endpoints, then the client's own addresses outside the tunnel (the
-        server adds the address it sees requests come from). Sent again only on a change."""
-        found = self.runtime.inspect(self.state.container_id) if self.state else None
+        server adds the address it sees requests come from). Sent once per client container:
+        only a new one has a new address (set_peers runs on every peers event)."""
+        if self.state is None or self.api is None or (self._registered or ("",))[0] == self.state.container_id:
+            return
+        found = self.runtime.inspect(self.state.container_id)
         outside = found.networks.get(self.cfg.vpn_client_network) if found else None
         own = [f"{outside}:{self.cfg.wireguard_port}"] if outside else []
         endpoints = tuple(dict.fromkeys([*self.cfg.wireguard_endpoints, *own]))[:8]
-        wanted = (self.links.public_key(), self.cfg.wireguard_port, endpoints)
-        if wanted != self._registered and self.api is not None:
-            view = self.api.register_wireguard(wanted[0], wanted[1], list(endpoints))
-            self._registered = wanted
-            log.info("wireguard: registered key %s… and endpoint(s) %s at the server (it sees %s)",
-                     wanted[0][:8], ", ".join(endpoints) or "none", view.get("seen") or "no public address")
+        key = self.links.public_key()
+        view = self.api.register_wireguard(key, self.cfg.wireguard_port, list(endpoints))
+        self._registered = (self.state.container_id, key, self.cfg.wireguard_port, endpoints)
+        log.info("wireguard: registered key %s… and endpoint(s) %s at the server (it sees %s)",
+                 key[:8], ", ".join(endpoints) or "none", view.get("seen") or "no public address")
 
     def refresh_peers(self) -> bool:
         if not self.links.is_up:
             return self.plane != "wireguard" or self.state is None
+        if not self.links.wanted:  # set_peers([]) removed every peer already: nothing to watch
+            return True
         try:
             self.links.refresh()
             return True

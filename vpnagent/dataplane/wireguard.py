@@ -165,13 +165,18 @@ class PeerLinks:
     wanted: dict[str, Peer] = field(default_factory=dict)
     paths: list[PeerPath] = field(default_factory=list)
     _seen: dict[str, _Seen] = field(default_factory=dict)
+    _public: str | None = None
 
     @property
     def key_path(self) -> Path:
         return self.key_dir / KEY_FILE
 
     def public_key(self) -> str:
-        return load_or_create_key(self.key_path)
+        """Read (or made) once: every set_peers asks for it, and the file does not change
+        under a running agent."""
+        if self._public is None:
+            self._public = load_or_create_key(self.key_path)
+        return self._public
 
     # --- the interface
     def up(self, pid: int, vpn_ip: str) -> None:
