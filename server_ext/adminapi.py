@@ -22,16 +22,6 @@ from .tokens import Identity
 ADMIN = "admin"
 
 
-def check_admin(s: Session, ident: Identity) -> None:
-    """An admin token works while its admin is in and its key is the one it was issued with."""
-    admin = s.get(Admin, ident.claims.get("admin_id"))
-    if admin is None or admin.removed_at is not None:
-        raise ApiError(401, "this admin was removed from the server")
-    if admin.key_version != ident.claims.get("key_version"):
-        raise ApiError(401, "this admin's API key was replaced after the token was issued; request a new token "
-                            "with the new key")
-
-
 @contextmanager
 def refusals() -> Iterator[None]:
     """The store's refusals as the API's: unknown id 404, collision 409, bad value 400."""

@@ -25,7 +25,8 @@ from .taskbody import task_databases, task_organizations
 from .ovpn import render_client
 from .pki import PKIError, cert_from_ovpn, common_name
 from .store import (ACTIVE_STATES, CONTRACTS, FINAL_STATES, KILLED, NODE_REPORTS, RUN_STATES, TAKEN_STATES, Certificate, Collaboration,
-                    Node, Organization, Port, Run, StoreError, Task, User, hash_key, member)
+                    Node, Organization, Port, Run, StoreError, Task, User, hash_key)
+from .directory import Refused
 from .tokens import Identity, TokenError
 from . import wireguard
 
@@ -160,51 +161,31 @@ def text_arg(name: str) -> str | None:
 
 # ---------------------------------------------------------------- auth
 def requires(*kinds: str) -> Callable:
-    """Bearer token of one of `kinds`; sets g.identity. Container tokens die with their run."""
+    """Bearer token of one of `kinds`, valid now by the app's directory (directory.py);
+    sets g.identity. Container tokens die with their run."""
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             header = request.headers.get("Authorization", "")
             if not header.startswith("Bearer "):
                 raise ApiError(401, "missing 'Authorization: Bearer <token>' header")
+            directory = ext().directory
             try:
-                ident = ext().tokens.decode(header[7:].strip())
+                ident = directory.identify(header[7:].strip())
             except TokenError as exc:
                 raise ApiError(401, str(exc)) from None
             if ident.kind not in kinds:
                 raise ApiError(403, f"a {ident.kind} token cannot use this endpoint (needs: {', '.join(kinds)})")
-            g.identity = ident
             with ext().store.session() as s:
                 g.session = s
-                if ident.kind == "container":
-                    run = s.get(Run, ident.claims.get("run_id"))
-                    if run is None or run.status not in ACTIVE_STATES or run.task_id != ident.claims.get("task_id"):
-                        raise ApiError(401, "container token no longer valid: its run has ended")
-                elif ident.kind == "node":
-                    node = s.get(Node, ident.claims.get("node_id"))
-                    if node is None or node.removed_at is not None:
-                        raise ApiError(401, "this node was removed from the server")
-                    if node.key_version != ident.claims.get("key_version", 1):  # tokens from before 0004 carry none
-                        raise ApiError(401, "this node's API key was replaced after the token was issued; put the "
-                                            "new key into the node config's api_key and restart the agent")
-                elif ident.kind == "user":
-                    _check_user(s.get(User, ident.claims.get("user_id")), ident)
-                elif ident.kind == "admin":
-                    from .adminapi import check_admin
-
-                    check_admin(s, ident)
+                try:
+                    ident = directory.check(s, ident)
+                except Refused as exc:
+                    raise ApiError(exc.status, exc.msg) from None
+                g.identity = ident
                 return fn(s, ident, *args, **kwargs)
         return wrapper
     return deco
-
-
-def _check_user(user: User | None, ident: Identity) -> None:
-    """A user token works while its user is in and its key is the one it was issued with."""
-    if user is None or user.removed_at is not None:
-        raise ApiError(401, "this user was removed from the server")
-    if user.key_version != ident.claims.get("key_version", 1):  # tokens from before 0002 carry none
-        raise ApiError(401, "this user's API key was replaced after the token was issued; request a new token "
-                            "with the new key")
 
 
 def _node(s: Session, ident: Identity) -> Node:
@@ -276,9 +257,10 @@ def openapi():
 @bp.get("/node/self")
 @requires("node")
 def node_self(s: Session, ident: Identity):
-    node = _node(s, ident)
-    return jsonify(id=node.id, name=node.name, organization_id=node.organization_id,
-                   collaboration_id=node.collaboration_id, vpn_ip=node.vpn_ip, vpn_subnet=str(ext().settings.subnet))
+    info = ext().directory.node(s, ident["node_id"])
+    return jsonify(id=info.id, name=info.name, organization_id=info.organization_id,
+                   collaboration_id=info.collaboration_id, vpn_ip=_node(s, ident).vpn_ip,
+                   vpn_subnet=str(ext().settings.subnet))
 
 
 # ---------------------------------------------------------------- join (server_ext/join.py)
@@ -307,7 +289,9 @@ def node_join():
     return jsonify(out)
 
 
-def _issue_config(s: Session, node: Node) -> str:
+def issue_config(s: Session, node: Node) -> str:
+    """A fresh config for `node` (GET /vpn): its VPN IP, allocated once, and a new
+    certificate; any it held before is revoked."""
     e = ext()
     ip = e.store.allocate_vpn_ip(s, node, e.settings.subnet, e.settings.slices)
     e.files.write_ccd(node.common_name, ip)
@@ -330,26 +314,31 @@ def _issue_config(s: Session, node: Node) -> str:
 @bp.get("/vpn")
 @requires("node")
 def vpn_get(s: Session, ident: Identity):
-    return jsonify(ovpn_config=_issue_config(s, _node(s, ident)))
+    return jsonify(ovpn_config=issue_config(s, _node(s, ident)))
 
 
 @bp.post("/vpn/update")
 @requires("node")
 def vpn_update(s: Session, ident: Identity):
     data = body(vpn_config=(str, True))
+    return jsonify(ovpn_config=renew_config(s, _node(s, ident), data["vpn_config"]))
+
+
+def renew_config(s: Session, node: Node, vpn_config: str) -> str:
+    """POST /vpn/update: a fresh config for the node whose current config `vpn_config` is;
+    the presented certificate is revoked with it."""
     try:
-        cert = ext().pki.verify_issued(cert_from_ovpn(data["vpn_config"]))
+        cert = ext().pki.verify_issued(cert_from_ovpn(vpn_config))
     except PKIError as exc:
         if "not issued" in str(exc):
             raise ApiError(403, f"{exc}; fetch a fresh config with GET /vpn") from None
         raise ApiError(400, f"vpn_config is not a usable OpenVPN config: {exc}") from None
-    node = _node(s, ident)
     record = s.scalar(select(Certificate).where(Certificate.serial == str(cert.serial_number)))
     if record is None or record.node_id != node.id or common_name(cert) != node.common_name:
         raise ApiError(403, "this config belongs to another node; a node can only renew its own")
     if record.revoked_at is not None:
         raise ApiError(403, "this certificate was revoked; fetch a fresh config with GET /vpn")
-    return jsonify(ovpn_config=_issue_config(s, node))  # revokes the presented certificate
+    return issue_config(s, node)
 
 
 # ---------------------------------------------------------------- runs and ports
@@ -451,18 +440,6 @@ def port_delete(s: Session, ident: Identity):
 
 
 # ---------------------------------------------------------------- isolation
-def family_task_ids(s: Session, task: Task) -> set[int]:
-    """The tasks whose runs may talk to `task`'s runs: itself, its parent and its children —
-    exactly what GET /vpn/algorithm/addresses can return to it (vantage6's "siblings" are
-    the runs of the same task at other organisations, not other tasks). The relation is
-    symmetric, so the same set says who may send to it and whom it may reach."""
-    ids = {task.id}
-    ids |= set(s.scalars(select(Task.id).where(Task.parent_id == task.id)))
-    if task.parent_id is not None:
-        ids.add(task.parent_id)
-    return ids
-
-
 @bp.get("/node/peers")
 @requires("node")
 def node_peers(s: Session, ident: Identity):
@@ -476,7 +453,7 @@ def node_peers(s: Session, ident: Identity):
     plane = _plane(s, _node(s, ident))
     out = []
     for run in mine:
-        fam = family_task_ids(s, run.task)
+        fam = ext().directory.family(s, run.task_id)
         # the ports of every peer run in one more query, not one per run (selectinload); a
         # removed node's runs are no peers, whatever state they were left in
         rows = s.execute(select(Run, Node).join(Node, Run.node_id == Node.id).options(selectinload(Run.ports))
@@ -609,7 +586,7 @@ def _task_json(task: Task) -> dict:
 def _may_see_collaboration(s: Session, ident: Identity, collab: Collaboration) -> bool:
     if ident.kind == "container":
         return ident["collaboration_id"] == collab.id
-    return any(o.id == ident["organization_id"] for o in collab.organizations)
+    return bool(ext().directory.members(s, collab.id, [ident["organization_id"]]))
 
 
 def _job_of(s: Session, task: Task) -> int:
@@ -674,10 +651,7 @@ def task_create(s: Session, ident: Identity):
         if data["image"] != ident["image"]:
             raise ApiError(403, "an algorithm may only create subtasks with its own image")
         parent = s.get(Task, ident["task_id"])
-    # only the organisations asked for: loading all of a large collaboration's took most of
-    # the request's time at 1,000 organisations (benchmarks/controlplane.py)
-    members = set(s.scalars(select(member.c.organization_id).where(
-        member.c.collaboration_id == collab.id, member.c.organization_id.in_(set(orgs)))))
+    members = ext().directory.members(s, collab.id, orgs)
     task = Task(name=data.get("name") or "", image=data["image"], collaboration_id=collab.id,
                 parent_id=parent.id if parent else None, input=data.get("input"),
                 contract=contract or (parent.contract if parent else "vpnagent"),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import SCHEMA, ServerConfigError, default, setting
 from .datadir import private_data_dir
+from .directory import Directory, StoreDirectory
 from .events import Hub
 from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
 from .pki import PKI, fingerprint, write_private
@@ -85,6 +86,12 @@ class ExtensionState:
     @cached_property
     def tokens(self) -> TokenService:
         return TokenService(self.token_secret, {"container": self._container_seconds})
+
+    @cached_property
+    def directory(self) -> Directory:
+        """Who callers are and what they may see (directory.py): this store, unless
+        `directory` was set (the vantage6 sidecar sets vantage6's)."""
+        return StoreDirectory(self.tokens)
 
     @cached_property
     def hub(self) -> Hub:
