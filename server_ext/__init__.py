@@ -39,7 +39,12 @@ class VPNExtension:
 
         state = ExtensionState.from_config(app.config, app.instance_path)
         app.extensions["vpnagent"] = state
-        app.register_blueprint(bp, url_prefix=setting(app.config, "url_prefix"))
+        if state.vantage6 is not None:  # a sidecar: vantage6's VPN routes only, under its api_path
+            from .sidecar import bp as sidecar
+
+            app.register_blueprint(sidecar, url_prefix=state.vantage6.api_path)
+        else:
+            app.register_blueprint(bp, url_prefix=setting(app.config, "url_prefix"))
         app.cli.add_command(cli)
         if setting(app.config, "metrics"):
             from .metrics import init_metrics

@@ -45,12 +45,10 @@ class ApiError(Exception):
         self.status, self.msg = status, msg
 
 
-@bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
     return jsonify(msg=exc.msg), exc.status
 
 
-@bp.errorhandler(InputError)
 def _input_error(exc: InputError):
     return jsonify(msg=str(exc)), 400
 
@@ -64,19 +62,10 @@ def _http_error(exc: HTTPException):
     return response, exc.code
 
 
-# On the Blueprint, not the app: the host app's own routes keep their own error pages. By code
-# as well as by class, because Flask prefers a handler for the code, even the host app's, to
-# one for the class.
-bp.register_error_handler(HTTPException, _http_error)
-for _code in default_exceptions:
-    bp.register_error_handler(_code, _http_error)
-
-
 def _size(n: int) -> str:
     return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
 
 
-@bp.before_request
 def _bounded_and_ready() -> None:
     """This API's body limit on its routes only (a host app's may take more), and a clear
     503 until the migrate command has set the extension up."""
@@ -89,23 +78,39 @@ def _bounded_and_ready() -> None:
         raise ApiError(503, reason)
 
 
-@bp.route("/<path:_rest>", methods=UNMATCHED_METHODS)
-def _unmatched(_rest: str) -> NoReturn:
-    """A path under the API's prefix that no route takes. Flask hands routing errors to
-    app-wide handlers only, which belong to the host app; this route makes them the API's
-    own JSON 404 (or 405 for a route that takes other methods)."""
-    raise _routing_error()
+def json_api(blueprint: Blueprint) -> None:
+    """Make `blueprint` one of this extension's APIs: JSON errors, the body limit, a 503
+    until set up, and a JSON 404/405 for any path under its prefix that no route takes.
+    On the Blueprint, not the app: the host app's own routes keep their own error pages.
+    By code as well as by class, because Flask prefers a handler for the code, even the
+    host app's, to one for the class."""
+    blueprint.register_error_handler(ApiError, _api_error)
+    blueprint.register_error_handler(InputError, _input_error)
+    blueprint.register_error_handler(HTTPException, _http_error)
+    for code in default_exceptions:
+        blueprint.register_error_handler(code, _http_error)
+    blueprint.before_request(_bounded_and_ready)
+
+    def unmatched(_rest: str) -> NoReturn:
+        """Flask hands routing errors to app-wide handlers only, which belong to the host
+        app; this route makes them the API's own."""
+        raise _routing_error(blueprint.name)
+
+    blueprint.add_url_rule("/<path:_rest>", "_unmatched", unmatched, methods=UNMATCHED_METHODS)
 
 
-def _routing_error() -> HTTPException:
+def _routing_error(name: str) -> HTTPException:
     rules = [rule.empty() for rule in current_app.url_map.iter_rules()
-             if rule.endpoint.startswith(f"{bp.name}.") and rule.endpoint != f"{bp.name}._unmatched"]
+             if rule.endpoint.startswith(f"{name}.") and rule.endpoint != f"{name}._unmatched"]
     adapter = Map(rules, converters=current_app.url_map.converters).bind("api")
     try:
         adapter.match(request.path, method=request.method)
     except HTTPException as exc:
         return exc
     return NotFound()
+
+
+json_api(bp)
 
 
 @bp.url_value_preprocessor

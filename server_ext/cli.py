@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vpnshared.cli import ConfigOption, MissingConfig, add_subcommands, require_config, setup_logging, top_parser
 
+from . import admincli
 from .admincli import PLANE_CHOICES, plane_text, print_json, server_plane, view
 from .config import (ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, default_tls_hostnames, flask_config,
                      load_server_config)
@@ -33,14 +34,28 @@ def _get(raw: dict[str, Any], key: str) -> Any:
     return default(key) if raw.get(key) is None else raw[key]
 
 
+# Commands that change who exists: vpnagent's own directory only (main fills it in).
+VPNAGENT_DIRECTORY_ONLY: set[Callable] = set()
+
 CONFIG = ConfigOption("/etc/vpnagent/server.yaml", "VPNAGENT_SERVER_CONFIG", "server config",
                       "write one: only data_dir is required (`data_dir: /var/lib/vpnagent-server`); "
                       "`vpnagent-server config-reference` lists every key", example="examples/server.yaml")
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    """The server config the command reads: --config, else $VPNAGENT_SERVER_CONFIG, else the default."""
-    return load_server_config(require_config(args.config, CONFIG))
+    """The server config the command reads: --config, else $VPNAGENT_SERVER_CONFIG, else the
+    default; `--vantage6 FILE` (serve, openvpn) sets its vantage6_config."""
+    raw = load_server_config(require_config(args.config, CONFIG))
+    if getattr(args, "vantage6", None):
+        problem = SCHEMA["vantage6_config"].check.problem(args.vantage6)
+        if problem:
+            raise ServerConfigError(f"--vantage6 {args.vantage6}: {problem}")
+        raw["vantage6_config"] = str(Path(args.vantage6).resolve())
+    if raw.get("vantage6_config") and args.fn in VPNAGENT_DIRECTORY_ONLY:
+        raise ServerConfigError(f"`{args.cmd}` changes nodes, organisations or users, which the vantage6 server owns "
+                                "here (vantage6_config is set): do it in vantage6 (its UI, `v6` or its API); the "
+                                "sidecar follows, and revokes a node vantage6 deleted within a second")
+    return raw
 
 
 def _database_url(args) -> str:
@@ -116,6 +131,8 @@ def _openvpn_service_process(args) -> subprocess.Popen:
     and ends with serve."""
     command = [sys.executable, "-m", "server_ext.cli", "--log-level", args.log_level, "openvpn",
                "--config", str(require_config(args.config, CONFIG)), "--under-serve"]
+    if args.vantage6:
+        command += ["--vantage6", args.vantage6]
     return subprocess.Popen(command)
 
 
@@ -149,7 +166,12 @@ def cmd_openvpn(args) -> int:
     vpn = None if args.no_container or args.under_serve else OpenVPNServer(state.files, name=name,
                                                                             network=raw.get("openvpn_network"))
     stop = threading.Event()
-    service = OpenVPNService(state.store, state.files, name=name)
+    sweeper = None
+    if state.vantage6 is not None:  # vantage6's deleted nodes are revoked first in every pass
+        from .sidecar import Sweeper
+
+        sweeper = Sweeper(state)
+    service = OpenVPNService(state.store, state.files, name=name, directory_pass=sweeper)
     try:
         check_sole_service(state.store, name, service.host)
         if vpn is not None:
@@ -511,11 +533,41 @@ def cmd_db_current(args) -> int:
     return 1
 
 
+def cmd_vantage6_status(args) -> int:
+    """A sidecar's vantage6 nodes: VPN IP, certificate expiry and what to do. A vantage6
+    node renews its certificate only by restarting, so this is the list to watch."""
+    from .sidecar import certificate_report
+
+    state = _admin_state(args)
+    if state.vantage6 is None:
+        raise ServerConfigError("this server is no vantage6 sidecar: set vantage6_config in its config, or give "
+                                "--vantage6 FILE (docs/vantage6.md)")
+    try:
+        rows = certificate_report(state)
+    finally:
+        state.store.close()
+        state.directory.close()
+    if args.json:
+        return print_json(rows)
+    print(f"vantage6 server config {state.vantage6.path}; {len(rows)} node(s) with VPN state")
+    for row in rows:
+        until = f" until {row['not_after']}" if row["not_after"] else ""
+        action = f": {row['action']}" if row["action"] else ""
+        print(f"node {row['node_id']}  {row['vpn_ip'] or '-'}  {row['state']}{until}{action}")
+    return 1 if any(row["state"] in ("expired", "expiring") for row in rows) else 0
+
+
 def cmd_config_reference(args) -> int:
     from .config import reference_markdown
 
     sys.stdout.write(reference_markdown())
     return 0
+
+
+def _vantage6_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--vantage6", metavar="FILE",
+                    help="serve as a sidecar beside the vantage6 4.x server that runs with this config file "
+                         "(sets vantage6_config; docs/vantage6.md)")
 
 
 def db_id(text: str) -> int:
@@ -540,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     s = add("serve", cmd_serve, "serve the API")
     s.add_argument("--with-openvpn", action="store_true",
                    help="also run the OpenVPN service here (the container and `vpnagent-server openvpn`)")
+    _vantage6_option(s)
     s = add("openvpn", cmd_openvpn, "the OpenVPN service: run the OpenVPN server container and keep it matching "
             "the database, for API servers on this host or others (docs/operator-guide.md, Scaling out)")
     s.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
@@ -550,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not start or stop the container: OpenVPN is run by something else")
     s.add_argument("--leave-running", action="store_true", help="leave the container running on exit")
     s.add_argument("--under-serve", action="store_true", help=argparse.SUPPRESS)  # started by serve --with-openvpn
+    _vantage6_option(s)
+    s = add("vantage6-status", cmd_vantage6_status, "a vantage6 sidecar's nodes: VPN IP, certificate expiry, what "
+            "to do (exit 1 when one expires within 30 days)")
+    _vantage6_option(s)
+    s.add_argument("--json", action="store_true", help="a JSON list instead of lines")
     s = add("add-organization", cmd_add_org, "create an organisation")
     s.add_argument("name")
     s = add("add-collaboration", cmd_add_collab, "create a collaboration of organisations")
@@ -591,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
         "and migrate the database (serve does it too)")
     add("db-upgrade", cmd_db_upgrade, "migrate the database only, saying each step (serve does it too)")
     add("db-current", cmd_db_current, "show the database's schema revision; exit 1 if an upgrade is pending")
+    VPNAGENT_DIRECTORY_ONLY.update({cmd_add_org, cmd_add_collab, cmd_add_node, cmd_join_token, cmd_add_user,
+                                    cmd_remove_user, cmd_rotate_user_key, cmd_remove_node, cmd_remove_org,
+                                    admincli.cmd_set_data_plane, admincli.cmd_rotate_node_key})
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
     s.set_defaults(fn=cmd_config_reference)
     args = p.parse_args(argv)

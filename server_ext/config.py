@@ -260,6 +260,12 @@ SCHEMA: dict[str, Key] = {
                            check=Check("cipher: AEAD ciphers, ':'-separated; tun_mtu 576-65535; mssfix, fragment "
                                        "0-65535; sndbuf, rcvbuf 0-268435456; txqueuelen 0-1000000; fast_io "
                                        "true/false", _profile)),
+    "vantage6_config": Key(str, "The vantage6 4.x server's own config file (YAML). Set, this server is a sidecar "
+                                "beside that vantage6 server (docs/vantage6.md): it serves only /api/vpn, "
+                                "/api/vpn/update and /api/vpn/algorithm/addresses, takes vantage6's tokens (its "
+                                "jwt_secret_key) and reads its database (its uri) read-only. `serve --vantage6 FILE` "
+                                "sets it too. Its defaults: cert_days 365, the openvpn_profile for vantage6's "
+                                "vpn-client (tun_mtu 1400).", check=_file("vantage6 server config")),
     "data_plane": Key(str, "How algorithm traffic travels between nodes in every collaboration that sets no plane "
                            "of its own: `openvpn`, through the OpenVPN server (the hub); `wireguard`, over direct "
                            "WireGuard links between the nodes of a task family, with the hub as relay and "
@@ -272,7 +278,7 @@ SCHEMA: dict[str, Key] = {
 EXTENSION_KEYS: tuple[str, ...] = (
     "data_dir", "database_url", "secret", "vpn_subnet", "openvpn_remote_host", "openvpn_remote_port",
     "openvpn_proto", "cert_days", "container_token_seconds", "openvpn_processes", "openvpn_profile",
-    "api_event_streams", "data_plane")
+    "api_event_streams", "data_plane", "vantage6_config")
 
 # Keys of the Flask extension that a YAML config does not take.
 EXTENSION_ONLY: dict[str, Key] = {

@@ -33,6 +33,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from sqlalchemy.exc import SQLAlchemyError
@@ -99,7 +100,11 @@ class OpenVPNService:
     """Makes one OpenVPN server (its files in `files`, its management sockets) match the store."""
 
     def __init__(self, store: Store, files: OpenVPNFiles, name: str = "vpnagent-openvpn",
-                 sockets: list[Path] | None = None, host: str | None = None) -> None:
+                 sockets: list[Path] | None = None, host: str | None = None,
+                 directory_pass: Callable[[], object] | None = None) -> None:
+        """`directory_pass`: first in every pass, makes the store match an outside directory
+        (a vantage6 sidecar's removes the nodes vantage6 deleted, sidecar.Sweeper)."""
+        self.directory_pass = directory_pass
         self.store = store
         self.files = files
         self.name = name
@@ -108,6 +113,8 @@ class OpenVPNService:
         self._others: tuple[str, ...] = ()
 
     def reconcile(self) -> Pass:
+        if self.directory_pass is not None:
+            self.directory_pass()
         management = Management(self.sockets, timeout=MGMT_TIMEOUT_S)
         try:
             connected: frozenset[str] | None = frozenset(management.connected())

@@ -56,6 +56,11 @@ VANTAGE6_PROFILE = Profile()  # UDP, AES-256-GCM, default buffers and MTU
 # buffers and fast-io were kept by measurement (docs/performance.md). A jumbo profile
 # (tun_mtu 9000, mssfix 0) is faster on a LAN that carries it, and is the operator's choice.
 DEFAULT_PROFILE = Profile(sndbuf=524288, rcvbuf=524288, fast_io=True)
+# For vantage6's own nodes (the sidecar, docs/vantage6.md): their vpn-client runs OpenVPN
+# without vpnagent's path-MTU clamp, so the tunnel itself must fit a 1500-byte path that
+# drops fragments. tun-mtu 1400: the largest inner packet plus OpenVPN's UDP overhead
+# (AES-GCM, tls-crypt-v2: 52 bytes over IPv4, 72 over IPv6) stays under 1500.
+VANTAGE6_NODE_PROFILE = Profile(tun_mtu=1400, sndbuf=524288, rcvbuf=524288, fast_io=True)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import SCHEMA, ServerConfigError, default, setting
+from .config import SCHEMA, ServerConfigError, default, flask_key, setting
 from .datadir import private_data_dir
 from .directory import Directory, StoreDirectory
 from .events import Hub
-from .ovpn import DEFAULT_PROFILE, Profile, VPNSettings
+from .ovpn import DEFAULT_PROFILE, VANTAGE6_NODE_PROFILE, Profile, VPNSettings
 from .pki import PKI, fingerprint, write_private
 from .store import Store
 from .tokens import TokenService
+from .v6directory import VANTAGE6_CERT_DAYS, Vantage6Config, load_vantage6_config
 from .vpnserver import OpenVPNFiles
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ class ExtensionState:
 
     def __init__(self, data_dir: Path, database_url: str, settings: VPNSettings, cert_days: float,
                  container_token_seconds: int, secret: str | None = None,
-                 event_streams: int = default("api_event_streams"), data_plane: str = default("data_plane")) -> None:
+                 event_streams: int = default("api_event_streams"), data_plane: str = default("data_plane"),
+                 vantage6: Vantage6Config | None = None) -> None:
         self.data_dir = data_dir
+        self.vantage6 = vantage6  # set: a sidecar beside this vantage6 server (sidecar.py)
         self.data_plane = data_plane  # of every collaboration that sets none (config.DATA_PLANES)
         self.event_streams = event_streams
         self.store = Store(database_url, migrate=False)
@@ -54,13 +57,19 @@ class ExtensionState:
         """The state the VPNAGENT_* keys of an app's config describe (server_ext/config.py);
         refuses a bad value before the app serves anything."""
         data_dir = Path(setting(config, "data_dir") or instance_path).resolve()
+        v6_path = setting(config, "vantage6_config")
+        vantage6 = load_vantage6_config(v6_path) if v6_path else None
+        profile, cert_days = setting(config, "openvpn_profile"), setting(config, "cert_days")
+        if vantage6 is not None:  # vantage6's nodes: their vpn-client, and no renewal but at start
+            profile = profile if config.get(flask_key("openvpn_profile")) else VANTAGE6_NODE_PROFILE
+            cert_days = cert_days if config.get(flask_key("cert_days")) is not None else VANTAGE6_CERT_DAYS
         try:
             settings = VPNSettings(
                 subnet=ipaddress.IPv4Network(setting(config, "vpn_subnet")),
                 remote_host=setting(config, "openvpn_remote_host"),
                 remote_port=int(setting(config, "openvpn_remote_port")),
                 proto=setting(config, "openvpn_proto"),
-                profile=profile_from_config(setting(config, "openvpn_profile")),
+                profile=profile if isinstance(profile, Profile) else profile_from_config(profile),
                 processes=int(setting(config, "openvpn_processes")),
                 port_share=_host_port(setting(config, "openvpn_port_share")),
             )
@@ -70,10 +79,10 @@ class ExtensionState:
             raise ServerConfigError(f"the vpnagent extension's config: {exc}") from exc
         return cls(data_dir=data_dir,
                    database_url=setting(config, "database_url") or f"sqlite:///{data_dir / 'store.db'}",
-                   settings=settings, cert_days=float(setting(config, "cert_days")),
+                   settings=settings, cert_days=float(cert_days),
                    container_token_seconds=container_token_seconds(setting(config, "container_token_seconds")),
                    secret=setting(config, "secret"), event_streams=int(setting(config, "api_event_streams")),
-                   data_plane=data_plane(setting(config, "data_plane")))
+                   data_plane=data_plane(setting(config, "data_plane")), vantage6=vantage6)
 
     @property
     def secret_path(self) -> Path:
@@ -90,7 +99,11 @@ class ExtensionState:
     @cached_property
     def directory(self) -> Directory:
         """Who callers are and what they may see (directory.py): this store, unless
-        `directory` was set (the vantage6 sidecar sets vantage6's)."""
+        this is a vantage6 sidecar: then vantage6's tokens and tables."""
+        if self.vantage6 is not None:
+            from .v6directory import Vantage6Directory
+
+            return Vantage6Directory(self.vantage6)
         return StoreDirectory(self.tokens)
 
     @cached_property
@@ -117,6 +130,10 @@ class ExtensionState:
         self.files.write_all()  # makes the PKI on first use
         steps = self.store.migrate(progress)
         self.check_same_identity()
+        if self.vantage6 is not None:
+            from .v6directory import probe
+
+            probe(self.directory)
         self._ready = True
         return steps
 
@@ -129,6 +146,13 @@ class ExtensionState:
                 "secret_sha256": (_digest(self.token_secret), "the token secret "
                                   + ("(the config's secret)" if self._secret else f"({self.secret_path})"),
                                   "the config's `secret` or the data directory's `secret` file")}
+        serves = self.directory.name
+        claimed = self.store.claim_identity("directory", serves)
+        if claimed != serves:
+            raise ReplicaMismatch(
+                f"the database {self.store.url} holds the VPN state of a {claimed} server's nodes; this server would "
+                f"serve {serves}'s (vantage6_config {'set' if self.vantage6 else 'unset'}): node ids of the two do "
+                "not mix, so give it a database (and data_dir) of its own")
         for key, (value, what, copy) in mine.items():
             claimed = self.store.claim_identity(key, value)
             if claimed != value:
