@@ -15,9 +15,11 @@ demo-down:
 	.venv/bin/python -m test_algorithms.demo --down
 
 # The server tests also run on a real PostgreSQL: scripts/postgres.sh starts it and prints its URL.
-# The vantage6 compatibility tests also need vantage6's own client and its wheels (scripts/v6-wheels.sh).
+# The vantage6 compatibility tests also need vantage6's own client and its wheels (scripts/v6-wheels.sh),
+# and the real vantage6 server in a virtualenv of its own (scripts/v6-server.sh, for tests/v6server).
 test: setup
 	bash scripts/v6-wheels.sh
+	bash scripts/v6-server.sh
 	url="$$(bash scripts/postgres.sh)" && VPNAGENT_TEST_POSTGRES_URL="$$url" .venv/bin/pytest -v -rs --durations=20
 
 test-unit:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up for `make demo` / `make test` on Debian 12 as root:
 # Debian packages, a running dockerd, the virtualenv with vpnagent and the local images.
-# (`make test` adds the vantage6 client's virtualenv and wheels: scripts/v6-wheels.sh.)
+# (`make test` adds the vantage6 client's virtualenv and wheels, scripts/v6-wheels.sh, and
+# the vantage6 server's virtualenv, scripts/v6-server.sh.)
 # A second run only checks and reuses what the first one built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
