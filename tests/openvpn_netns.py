@@ -64,11 +64,12 @@ def veth_link() -> Iterator[Link]:
 class OpenVPN:
     """One openvpn process in a namespace, its output (and its scripts') in a log file."""
 
-    def __init__(self, ns: str, config: Path, log: Path) -> None:
+    def __init__(self, ns: str, config: Path, log: Path, args: tuple[str, ...] = ()) -> None:
+        """`args`: more command-line options after --config (another client's flags)."""
         self.log_path = log
         with open(log, "wb") as out:
             # `ip netns exec` execs openvpn, so the pid is openvpn's own
-            self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "openvpn", "--config", str(config)],
+            self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "openvpn", "--config", str(config), *args],
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
@@ -92,8 +93,8 @@ class OpenVPN:
 
 
 @contextmanager
-def running(ns: str, config: Path, log: Path) -> Iterator[OpenVPN]:
-    process = OpenVPN(ns, config, log)
+def running(ns: str, config: Path, log: Path, args: tuple[str, ...] = ()) -> Iterator[OpenVPN]:
+    process = OpenVPN(ns, config, log, args)
     try:
         yield process
     finally:

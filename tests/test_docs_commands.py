@@ -46,6 +46,13 @@ WHAT: list[tuple[str, str, str]] = [
     (r"cat > \S+ <<'(PY|RECIPE)'", RUN, "writes an algorithm's files"),
     (r"rsync -a ", ELSEWHERE, "copies the CA and secret to another host; tests/server/test_replicas.py shows what "
                               "a replica with other files does"),
+    (r"vpnagent-server serve --config \S+ --vantage6 \S+ --with-openvpn$", ELSEWHERE,
+     "a sidecar beside a running vantage6 server, with the OpenVPN container (root, Docker): "
+     "tests/server/test_vantage6_sidecar.py serves the same app beside the real vantage6-server 4.13.7, behind the "
+     "documented nginx routes, with its OpenVPN server in namespaces"),
+    (r"vpnagent-server vantage6-status --config ", ELSEWHERE,
+     "needs a vantage6 server's database: tests/server/test_vantage6_sidecar.py::"
+     "test_vantage6_status_says_which_node_to_restart runs it against the real vantage6-server 4.13.7"),
     (r"vpnagent-server openvpn --config ", ELSEWHERE,
      "runs the OpenVPN service and its container (root, Docker): tests/integration/test_scale_out.py"),
     (r"vpnagent images build-algorithm ", ELSEWHERE,

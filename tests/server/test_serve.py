@@ -68,8 +68,10 @@ def write_config(tmp_path: Path, **keys) -> Path:
     return path
 
 
-def start(tmp_path: Path, **keys) -> Served:
-    proc = subprocess.Popen([sys.executable, "-m", "server_ext.cli", "serve", "--config", str(write_config(tmp_path, **keys))],
+def start(tmp_path: Path, *args: str, **keys) -> Served:
+    """`serve` with a config of `keys` (and command-line `args`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "server_ext.cli", "serve", "--config", str(write_config(tmp_path, **keys)),
+                             *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     served = Served(proc, tmp_path / "data")
@@ -85,8 +87,8 @@ def start(tmp_path: Path, **keys) -> Served:
 def serve(tmp_path) -> Iterator:
     started: list[Served] = []
 
-    def run(**keys) -> Served:
-        started.append(start(tmp_path, **keys))
+    def run(*args: str, **keys) -> Served:
+        started.append(start(tmp_path, *args, **keys))
         return started[-1]
 
     yield run
