@@ -90,7 +90,8 @@ def test_a_replica_with_another_ca_or_secret_refuses_to_start_and_changes_nothin
         app_at(other_secret, database_url)
     with a.store.session() as s:
         assert {row.key: row.value for row in s.query(ServerIdentity)} == before
-    assert set(before) == {"ca_fingerprint", "secret_sha256"}
+    # and which directory the store's nodes come from (a vantage6 sidecar's are vantage6's)
+    assert set(before) == {"ca_fingerprint", "secret_sha256", "directory"} and before["directory"] == "vpnagent"
 
 
 def serial_of(ovpn: str) -> int:
