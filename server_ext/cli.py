@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vpnshared.cli import ConfigOption, MissingConfig, add_subcommands, require_config, setup_logging, top_parser
 
-from . import admincli
 from .admincli import PLANE_CHOICES, plane_text, print_json, server_plane, view
 from .config import (ONE_PORT_DEFAULTS, SCHEMA, ServerConfigError, default, default_tls_hostnames, flask_config,
                      load_server_config)
@@ -34,8 +33,10 @@ def _get(raw: dict[str, Any], key: str) -> Any:
     return default(key) if raw.get(key) is None else raw[key]
 
 
-# Commands that change who exists: vpnagent's own directory only (main fills it in).
-VPNAGENT_DIRECTORY_ONLY: set[Callable] = set()
+# Commands that change who exists: a vantage6 sidecar leaves that to vantage6.
+VANTAGE6_OWNS = frozenset({"add-organization", "add-collaboration", "add-node", "join-token", "add-user",
+                           "remove-user", "rotate-user-key", "remove-node", "remove-organization", "set-data-plane",
+                           "rotate-node-key"})
 
 CONFIG = ConfigOption("/etc/vpnagent/server.yaml", "VPNAGENT_SERVER_CONFIG", "server config",
                       "write one: only data_dir is required (`data_dir: /var/lib/vpnagent-server`); "
@@ -51,7 +52,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         if problem:
             raise ServerConfigError(f"--vantage6 {args.vantage6}: {problem}")
         raw["vantage6_config"] = str(Path(args.vantage6).resolve())
-    if raw.get("vantage6_config") and args.fn in VPNAGENT_DIRECTORY_ONLY:
+    if raw.get("vantage6_config") and args.cmd in VANTAGE6_OWNS:
         raise ServerConfigError(f"`{args.cmd}` changes nodes, organisations or users, which the vantage6 server owns "
                                 "here (vantage6_config is set): do it in vantage6 (its UI, `v6` or its API); the "
                                 "sidecar follows, and revokes a node vantage6 deleted within a second")
@@ -566,8 +567,8 @@ def cmd_config_reference(args) -> int:
 
 def _vantage6_option(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vantage6", metavar="FILE",
-                    help="serve as a sidecar beside the vantage6 4.x server that runs with this config file "
-                         "(sets vantage6_config; docs/vantage6.md)")
+                    help="the config file of the vantage6 4.x server this one is the sidecar of (sets "
+                         "vantage6_config; docs/vantage6.md)")
 
 
 def db_id(text: str) -> int:
@@ -649,9 +650,6 @@ def main(argv: list[str] | None = None) -> int:
         "and migrate the database (serve does it too)")
     add("db-upgrade", cmd_db_upgrade, "migrate the database only, saying each step (serve does it too)")
     add("db-current", cmd_db_current, "show the database's schema revision; exit 1 if an upgrade is pending")
-    VPNAGENT_DIRECTORY_ONLY.update({cmd_add_org, cmd_add_collab, cmd_add_node, cmd_join_token, cmd_add_user,
-                                    cmd_remove_user, cmd_rotate_user_key, cmd_remove_node, cmd_remove_org,
-                                    admincli.cmd_set_data_plane, admincli.cmd_rotate_node_key})
     s = sub.add_parser("config-reference", help="print the server config reference (Markdown table)")
     s.set_defaults(fn=cmd_config_reference)
     args = p.parse_args(argv)

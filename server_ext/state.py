@@ -146,7 +146,7 @@ class ExtensionState:
                 "secret_sha256": (_digest(self.token_secret), "the token secret "
                                   + ("(the config's secret)" if self._secret else f"({self.secret_path})"),
                                   "the config's `secret` or the data directory's `secret` file")}
-        serves = self.directory.name
+        serves = "vantage6" if self.vantage6 is not None else "vpnagent"  # the directory's name
         claimed = self.store.claim_identity("directory", serves)
         if claimed != serves:
             raise ReplicaMismatch(
