@@ -15,7 +15,9 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -446,6 +448,45 @@ def test_deleting_a_node_in_vantage6_revokes_it_and_ends_its_session(v6, world, 
                      V6_CLIENT_FLAGS + ("--cd", str(tmp_path))) as client:
             server.wait_log("TLS CRYPT V2 VERIFY SCRIPT ERROR")
             assert CONNECTED not in client.log()
+
+
+def test_the_openvpn_service_command_ends_a_deleted_nodes_session_within_seconds(v6, sidecar, proxy, link,
+                                                                                   tmp_path):
+    """The same through the command docs/vantage6.md runs beside OpenVPN: `vpnagent-server
+    openvpn --vantage6 FILE` (here without its container: OpenVPN runs in the namespace, on
+    the socket the service looks for)."""
+    state = sidecar.state
+    node = v6.call({"cmd": "setup"})["nodes"][0]  # a world of its own: the module's nodes stay
+    ovpn = node_config(v6, proxy, node)
+    cn = f"node-{node['id']}"
+    with running(link.server_ns, _server_conf(state, tmp_path / "server.conf"), tmp_path / "server.log") as server:
+        server.wait_log(CONNECTED)
+        with running(link.client_ns, _client(tmp_path / "vpn-config.ovpn", ovpn), tmp_path / "client.log",
+                     V6_CLIENT_FLAGS + ("--cd", str(tmp_path))):
+            management = Management(state.files.management_sockets)
+            wait_for(lambda: cn in management.connected(), "the node's session", 20)
+            log = (tmp_path / "service.log").open("w")
+            service = subprocess.Popen(
+                [sys.executable, "-m", "server_ext.cli", "openvpn", "--config", str(sidecar.config), "--vantage6",
+                 str(v6.workdir / "v6.yaml"), "--no-container", "--interval", "0.5"],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                wait_for(lambda: "reconciling every" in (tmp_path / "service.log").read_text()
+                         or service.poll() is not None, "the OpenVPN service to start", 30)
+                assert service.poll() is None, (tmp_path / "service.log").read_text()
+                time.sleep(1.5)  # passes with the node in vantage6: its session stays
+                assert cn in management.connected(), (tmp_path / "service.log").read_text()
+                assert v6.call({"cmd": "delete_node", "node_id": node["id"]})["status"] == 200
+                t0 = time.monotonic()
+                wait_for(lambda: cn not in management.connected(), "the service to end the session", 10)
+                print(f"session ended {time.monotonic() - t0:.1f} s after vantage6 deleted the node")
+            finally:
+                service.terminate()
+                service.wait(15)
+                log.close()
+    output = (tmp_path / "service.log").read_text()
+    assert f"vantage6 node {node['id']} was deleted on the vantage6 server" in output, output
+    assert "Traceback" not in output, output
 
 
 # ---------------------------------------------------------------- operating it
