@@ -17,6 +17,9 @@ REQS=(
   # imported by vantage6.server (large result store) but missing from its metadata
   "azure-identity==1.27.0"
   "azure-storage-blob==12.31.1"
+  # vantage6's PostgreSQL driver (its URIs are postgresql://, SQLAlchemy's psycopg2), for
+  # the sidecar test on a vantage6 PostgreSQL database
+  "psycopg2-binary==2.9.13"
 )
 VENV=.venv-v6server
 PY=${PYTHON:-python3}
@@ -30,7 +33,7 @@ case "$py_minor" in
 esac
 
 # complete = the server package imports (with its Azure imports) and has the right version
-check='import importlib.metadata as m, vantage6.server, azure.identity, azure.storage.blob; print(m.version("vantage6-server"))'
+check='import importlib.metadata as m, vantage6.server, azure.identity, azure.storage.blob, psycopg2; print(m.version("vantage6-server"))'
 if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c "$check" 2>/dev/null)" = "$VERSION" ]; then
   say "$VENV has vantage6-server $VERSION"
 else

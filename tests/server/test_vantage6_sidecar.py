@@ -541,3 +541,51 @@ def test_a_sidecar_refuses_what_vantage6_owns(v6, sidecar, tmp_path, capsys):
                    migrate=True)
     # the sidecar serves vantage6's VPN routes and nothing of vpnagent's own API
     assert requests.post(f"{sidecar.url}/api/token/node", json={"api_key": "x"}, timeout=10).status_code == 404
+
+
+# ---------------------------------------------------------------- vantage6 on PostgreSQL
+def test_a_vantage6_server_on_postgresql(postgres, tmp_path):
+    """The same sidecar beside a vantage6 server whose database is PostgreSQL (vantage6's
+    `uri` spelled postgresql://, its psycopg2), read through the sidecar's READ ONLY
+    sessions: configs, vantage6-identical addresses, a deleted node revoked."""
+    url = postgres.create()
+    try:
+        with V6Server(tmp_path / "v6", database_url=url.replace("postgresql+psycopg://", "postgresql://")) as v6pg:
+            assert v6pg.database_url.startswith("postgresql://")
+            world = v6pg.call({"cmd": "setup"})
+            nodes, orgs = world["nodes"], world["organizations"]
+            app = create_app({"VPNAGENT_DATA_DIR": str(tmp_path / "sidecar"), "VPNAGENT_VPN_SUBNET": SUBNET,
+                              "VPNAGENT_VANTAGE6_CONFIG": str(v6pg.workdir / "v6.yaml")}, migrate=True)
+            state = app.extensions["vpnagent"]
+            try:
+                client = app.test_client()
+                r = client.get("/api/vpn", headers=bearer(node_token(v6pg, nodes[0])))
+                assert r.status_code == 200 and "tun-mtu 1400" in r.get_json()["ovpn_config"]
+
+                top = _task(v6pg, world, orgs[:2])
+                run = _run_of(top, orgs[1])
+                v6pg.call({"cmd": "set_node_ip", "node_api_key": nodes[1]["api_key"], "node_id": nodes[1]["id"],
+                           "ip": "10.99.0.61"})
+                v6pg.call({"cmd": "set_run", "node_api_key": nodes[1]["api_key"], "run_id": run, "status": "active"})
+                v6pg.call({"cmd": "add_port", "node_api_key": nodes[1]["api_key"], "run_id": run, "port": 8001,
+                           "label": "echo"})
+                token = v6pg.call({"cmd": "container_token", "node_api_key": nodes[0]["api_key"],
+                                   "task_id": top["id"], "image": IMAGE})["container_token"]
+                for params in ({}, {"only_siblings": "1"}, {"label": "echo"}, {"only_self": "1"}):
+                    theirs = v6pg.call({"cmd": "addresses", "container_token": token, "params": params})
+                    ours = client.get("/api/vpn/algorithm/addresses", query_string=params, headers=bearer(token))
+                    assert (ours.status_code, ours.get_json()) == (theirs["status"], theirs["body"]), params
+                assert theirs["body"]["addresses"] == []  # only_self: node 0 registered no port
+                assert client.get("/api/vpn/algorithm/addresses", headers=bearer(token)).get_json()["addresses"][0][
+                    "ip"] == "10.99.0.61"
+
+                assert Sweeper(state)() == []
+                assert v6pg.call({"cmd": "delete_node", "node_id": nodes[0]["id"]})["status"] == 200
+                assert Sweeper(state)() == [nodes[0]["id"]]
+                with state.store.session() as s:
+                    assert s.get(Node, nodes[0]["id"]).removed_at is not None
+            finally:
+                state.store.close()
+                state.directory.close()
+    finally:
+        postgres.drop(url)

@@ -2,8 +2,10 @@
 HTTP API, for tests/v6server/harness.py. Runs under .venv-v6server/bin/python
 (scripts/v6-server.sh), so it imports nothing of vpnagent.
 
-    python driver.py WORKDIR JWT_SECRET
+    python driver.py WORKDIR JWT_SECRET [DATABASE_URI]
 
+DATABASE_URI is vantage6's `uri` (default: SQLite in WORKDIR); a PostgreSQL one is
+postgresql://..., as vantage6 spells it.
 The first line on stdout is `V6 {"port", "database_url", "api"}`; then it reads one JSON
 command per line on stdin ({"cmd": ..., optional "seq"}) and answers each with one line
 `V6 <json>` (the command's "seq" echoed when it had one; failures as {"error": ...}). Every
@@ -59,7 +61,7 @@ def _py310_enum_format() -> None:
             cls.__format__ = lambda self, spec: format(self._value_, spec)
 
 
-def _write_config(work: Path, jwt_secret: str) -> Path:
+def _write_config(work: Path, jwt_secret: str, database_uri: str) -> Path:
     import yaml
 
     config = {
@@ -67,7 +69,7 @@ def _write_config(work: Path, jwt_secret: str) -> Path:
         "ip": "127.0.0.1",
         "port": 0,  # not used: the driver serves the app itself
         "api_path": "/api",
-        "uri": f"sqlite:///{work / 'v6.db'}",
+        "uri": database_uri,
         "allow_drop_all": True,
         "jwt_secret_key": jwt_secret,
         "logging": {
@@ -311,13 +313,14 @@ def _run_bounded(fn: Callable[[dict], dict], cmd: dict) -> dict:
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print("usage: python driver.py WORKDIR JWT_SECRET", file=sys.stderr)
+    if len(sys.argv) not in (3, 4):
+        print("usage: python driver.py WORKDIR JWT_SECRET [DATABASE_URI]", file=sys.stderr)
         return 2
     answers = _answer_stream()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work, jwt_secret = Path(sys.argv[1]).resolve(), sys.argv[2]
+    database_uri = sys.argv[3] if len(sys.argv) == 4 else f"sqlite:///{work / 'v6.db'}"
     work.mkdir(parents=True, exist_ok=True)
     # the harness's server has the documented default root user root/root
     for var in ("V6_INIT_SUPER_PASS_HASHED", "V6_INIT_SUPER_PASS_HASHED_FILE"):
@@ -326,7 +329,7 @@ def main() -> int:
     from vantage6.server import run_server
 
     _py310_enum_format()  # before the server builds its permissions and default roles
-    config = _write_config(work, jwt_secret)
+    config = _write_config(work, jwt_secret, database_uri)
     app = run_server(str(config), system_folders=False)
     _py310_enum_format()  # and for enums of modules the server imported while starting
 
@@ -343,7 +346,7 @@ def main() -> int:
         answers.write("V6 " + json.dumps(out) + "\n")
         answers.flush()
 
-    say({"port": port, "database_url": f"sqlite:///{work / 'v6.db'}", "api": api})
+    say({"port": port, "database_url": database_uri, "api": api})
     try:
         for line in _stdin_lines():
             if not line.strip():

@@ -50,7 +50,8 @@ class V6Server:
     the server; `.call(cmd)` runs one driver command and returns its answer."""
 
     def __init__(self, workdir: Path, jwt_secret: str | None = None,
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, database_url: str | None = None) -> None:
+        """`database_url`: vantage6's database (postgresql://...); default SQLite in `workdir`."""
         python = v6server_python()
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,8 @@ class V6Server:
         # vantage6 keeps user folders under HOME (appdirs): keep them in the workdir
         env["HOME"] = str(home)
         try:
-            self.proc = subprocess.Popen([str(python), str(DRIVER), str(self.workdir), self.jwt_secret],
+            self.proc = subprocess.Popen([str(python), str(DRIVER), str(self.workdir), self.jwt_secret,
+                                          *([database_url] if database_url else [])],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                          cwd=str(self.workdir), env=env, bufsize=0)
             ready = self._read(time.monotonic() + start_timeout, seq=None,
