@@ -540,15 +540,20 @@ def node_runs(s: Session, ident: Identity):
 
 
 # ---------------------------------------------------------------- addresses
+def address_query() -> AddressQuery:
+    """The request's address flags and label, read as vantage6 reads them (addresses.py)."""
+    try:
+        flags = {f: flag_is_set(text_arg(f)) for f in FLAGS}
+        return AddressQuery(**flags, label=text_arg("label") or None).validate()
+    except AddressQueryError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 @bp.get("/vpn/algorithm/addresses")
 @requires("container")
 def addresses(s: Session, ident: Identity):
     """vantage6 4.13.7's rules (server_ext/addresses.py)."""
-    try:
-        flags = {f: flag_is_set(text_arg(f)) for f in FLAGS}
-        q = AddressQuery(**flags, label=text_arg("label") or None).validate()
-    except AddressQueryError as exc:
-        raise ApiError(400, str(exc)) from None
+    q = address_query()
     task = s.get(Task, ident["task_id"])
     sel = select_runs(q, task.id, task.parent_id,
                       lambda: list(s.scalars(select(Task.id).where(Task.parent_id == task.id).order_by(Task.id))))

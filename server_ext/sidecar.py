@@ -25,8 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .addresses import FLAGS, AddressQuery, AddressQueryError, flag_is_set
-from .api import ApiError, body, ext, issue_config, json_api, renew_config, requires, text_arg
+from .api import ApiError, address_query, body, ext, issue_config, json_api, renew_config, requires
 from .directory import NodeInfo
 from .store import Certificate, Collaboration, Node, Organization, member
 from .tokens import Identity
@@ -37,32 +36,27 @@ bp = Blueprint("vpnagent_vantage6", __name__)
 json_api(bp)
 
 
-
 @bp.get("/vpn")
 @requires("node")
 def vpn_get(s: Session, ident: Identity):
-    return jsonify(ovpn_config=issue_config(s, mirror_node(s, _info(s, ident))))
+    return jsonify(ovpn_config=issue_config(s, mirror_node(s, _info(ident))))
 
 
 @bp.post("/vpn/update")
 @requires("node")
 def vpn_update(s: Session, ident: Identity):
     data = body(vpn_config=(str, True))
-    return jsonify(ovpn_config=renew_config(s, mirror_node(s, _info(s, ident)), data["vpn_config"]))
+    return jsonify(ovpn_config=renew_config(s, mirror_node(s, _info(ident)), data["vpn_config"]))
 
 
 @bp.get("/vpn/algorithm/addresses")
 @requires("container")
 def addresses(s: Session, ident: Identity):
-    try:
-        flags = {f: flag_is_set(text_arg(f)) for f in FLAGS}
-        q = AddressQuery(**flags, label=text_arg("label") or None).validate()
-    except AddressQueryError as exc:
-        raise ApiError(400, str(exc)) from None
-    return jsonify(addresses=ext().directory.addresses(ident, q))
+    return jsonify(addresses=ext().directory.addresses(ident, address_query()))
 
 
-def _info(s: Session, ident: Identity) -> NodeInfo:
+def _info(ident: Identity) -> NodeInfo:
+    """The node a vantage6 node token names, as the directory checked it."""
     return NodeInfo(ident["node_id"], ident["organization_id"], ident["collaboration_id"],
                     f"vantage6-node-{ident['node_id']}")
 
