@@ -7,19 +7,15 @@ read timeout. A control with keepalives slower than that timeout shows the proxy
 an idle stream, so the first check can fail."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.conftest import docker_unavailable
+from tests.nginx import running_nginx
 from tests.server.test_events import served_world
 from tests.server.test_serve import serve  # noqa: F401 - the fixture
 from tests.waiting import wait_for
@@ -30,36 +26,12 @@ from vpnagent.tls import make_session
 PROXY_READ_TIMEOUT_S = 30  # nginx's default is 60 s; the server's keepalive (25 s) must beat either
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nginx(tmp_path) -> Iterator:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if binary is None:
-        docker_unavailable("needs nginx (apt-get install nginx-light)", "reverse-proxy test")
-    procs: list[subprocess.Popen] = []
-
-    def start(upstream: str, cert: Path, key: Path, read_timeout: int) -> str:
-        port = _free_port()
-        root = tmp_path / "nginx"
-        root.mkdir(exist_ok=True)
-        temps = " ".join(f"{name}_temp_path {root / name};" for name in
-                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (root / "nginx.conf").write_text(f"""
-daemon off;
-worker_processes 1;
-pid {root / 'nginx.pid'};
-error_log {root / 'error.log'} info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    {temps}
-    server {{
-        listen 127.0.0.1:{port} ssl;
+    with ExitStack() as stack:
+        def start(upstream: str, cert: Path, key: Path, read_timeout: int) -> str:
+            def server(port: int) -> str:
+                return f"""listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location /api/ {{
@@ -67,29 +39,11 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_read_timeout {read_timeout}s;
-        }}
-    }}
-}}
-""")
-        procs.append(subprocess.Popen([binary, "-p", str(root), "-c", str(root / "nginx.conf")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_for(lambda: _answers(port) or procs[-1].poll() is not None, "nginx to listen", 10)
-        assert procs[-1].poll() is None, (root / "error.log").read_text()
-        return f"https://127.0.0.1:{port}/api"
+        }}"""
+            port = stack.enter_context(running_nginx(tmp_path / "nginx", server, "reverse-proxy test"))
+            return f"https://127.0.0.1:{port}/api"
 
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-
-
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+        yield start
 
 
 def _through_proxy(served, nginx, read_timeout: int = PROXY_READ_TIMEOUT_S) -> tuple:

@@ -12,8 +12,6 @@ import dataclasses
 import datetime as dt
 import json
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -36,10 +34,10 @@ from server_ext.sidecar import Sweeper
 from server_ext.state import ReplicaMismatch
 from server_ext.store import Certificate, Node
 from server_ext.vpnserver import Management
-from tests.conftest import docker_unavailable
+from tests.nginx import running_nginx
 from tests.openvpn_netns import CONNECTED, SERVER_IP, running, skip_unless_possible, veth_link
 from tests.server.test_serve import serve  # noqa: F401 - the fixture
-from tests.v6server.harness import V6Server
+from tests.v6server.harness import V6Server, v6, world  # noqa: F401 - v6, world: fixtures
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.root
@@ -51,26 +49,6 @@ SERVER_TUN_IP = "10.99.0.1"
 # vantage6 4.13's vpn-client (its image's entrypoint), as the issue and docs/vantage6.md give them
 V6_CLIENT_FLAGS = ("--connect-retry-max", "1", "--pull-filter", "ignore", "route-ipv6", "--pull-filter", "ignore",
                    "ifconfig-ipv6", "--script-security", "2", "--up-restart", "--ping-exit", "30")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def v6(tmp_path_factory) -> Iterator[V6Server]:
-    server = V6Server(tmp_path_factory.mktemp("v6server"))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def world(v6: V6Server) -> dict:
-    return v6.call({"cmd": "setup"})
 
 
 @dataclasses.dataclass
@@ -118,49 +96,13 @@ def documented_nginx_routes() -> str:
 @pytest.fixture(scope="module")
 def proxy(v6: V6Server, sidecar: Sidecar, tmp_path_factory) -> Iterator[str]:
     """Debian's nginx with the documented routes, the two upstreams at their test ports."""
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if binary is None:
-        docker_unavailable("needs nginx (apt-get install nginx-light)", "vantage6 sidecar test")
     routes = documented_nginx_routes()
     assert "http://127.0.0.1:7601" in routes and "http://127.0.0.1:5000" in routes
     routes = routes.replace("http://127.0.0.1:7601", sidecar.url).replace("http://127.0.0.1:5000",
                                                                           f"http://127.0.0.1:{v6.port}")
-    root = tmp_path_factory.mktemp("nginx")
-    port = _free_port()
-    temps = " ".join(f"{name}_temp_path {root / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (root / "nginx.conf").write_text(f"""
-daemon off;
-worker_processes 1;
-pid {root / 'nginx.pid'};
-error_log {root / 'error.log'} info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    {temps}
-    server {{
-        listen 127.0.0.1:{port};
-        {routes}
-    }}
-}}
-""")
-    proc = subprocess.Popen([binary, "-p", str(root), "-c", str(root / "nginx.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(url) or proc.poll() is not None, "nginx to listen", 10)
-        assert proc.poll() is None, (root / "error.log").read_text()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(f"{url}/api/version", timeout=2)
-        return True
-    except requests.RequestException:
-        return False
+    with running_nginx(tmp_path_factory.mktemp("nginx"), lambda port: f"listen 127.0.0.1:{port};\n{routes}",
+                       "vantage6 sidecar test") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def node_token(v6: V6Server, node: dict) -> str:

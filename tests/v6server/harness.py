@@ -20,7 +20,7 @@ import select
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -170,3 +170,19 @@ class V6Server:
                     except OSError:
                         pass
             self._stderr.close()
+
+
+@pytest.fixture(scope="module")
+def v6(tmp_path_factory) -> Iterator[V6Server]:
+    """One vantage6 server for a test module (import the fixture into it)."""
+    server = V6Server(tmp_path_factory.mktemp("v6server"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def world(v6: V6Server) -> dict:
+    """Its organisations, collaboration, nodes and user (the driver's `setup`)."""
+    return v6.call({"cmd": "setup"})

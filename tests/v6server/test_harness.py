@@ -2,31 +2,15 @@
 what later tests rely on, checked on vantage6's own answers."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import jwt
 import pytest
 import requests
 
-from tests.v6server.harness import V6Server
+from tests.v6server.harness import V6Server, v6, world  # noqa: F401 - v6, world: fixtures
 
 pytestmark = pytest.mark.root
 
 IMAGE = "harbor.example.org/vpnagent/echo:1"
-
-
-@pytest.fixture(scope="module")
-def v6(tmp_path_factory) -> Iterator[V6Server]:
-    server = V6Server(tmp_path_factory.mktemp("v6server"))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def world(v6: V6Server) -> dict:
-    return v6.call({"cmd": "setup"})
 
 
 def claims(v6: V6Server, token: str) -> dict:
